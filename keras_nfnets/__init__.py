@@ -1,0 +1,16 @@
+"""keras_nfnets: DeepMind's NFNets for Keras 3."""
+
+from keras_nfnets.applications import (NFNet, NFNetF0, NFNetF0Plus, NFNetF1,
+                                       NFNetF1Plus, NFNetF2, NFNetF2Plus,
+                                       NFNetF3, NFNetF3Plus, NFNetF4,
+                                       NFNetF4Plus, NFNetF5, NFNetF5Plus,
+                                       NFNetF6, NFNetF6Plus, NFNetF7,
+                                       NFNetF7Plus)
+from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
+                                 StochasticDepth, WSConv2D,
+                                 set_grouped_conv_mode)
+from keras_nfnets.model import NFNetModel
+from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
+from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+
+__version__ = "0.1.0"
