@@ -61,7 +61,7 @@ _FUNCTIONS = {
     "selu": lambda x: ops.selu(x),
     "sigmoid": lambda x: ops.sigmoid(x),
     "silu": lambda x: ops.silu(x),
-    "soft_sign": lambda x: ops.soft_sign(x),
+    "soft_sign": lambda x: ops.softsign(x),
     "softplus": lambda x: ops.softplus(x),
     "tanh": lambda x: ops.tanh(x),
 }
