@@ -228,6 +228,13 @@ class WSConv2D(keras.layers.Conv2D):
                         dilation_rate=self.dilation_rate,
                         data_format=self.data_format)
 
+    # Conv2D saves only kernel and bias; save the gain too.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
     def get_config(self):
         config = super().get_config()
         config.pop("use_bias", None)
@@ -346,12 +353,29 @@ class NFBlock(keras.layers.Layer):
 
     `call` returns the block output; `call_with_metrics` also returns the
     residual branch's average channel variance (for signal propagation).
+
+    Three switches make it the block of every normalizer-free family:
+
+    * `se_position`: `"output"` (NFNet: SE on the block output, after
+      `conv2`), `"bottleneck"` (NF-RegNet: SE on the bottleneck width,
+      between `conv1` and `act -> conv2`) or `None` (no SE: NF-ResNet).
+    * `strided_shortcut`: `False` (NFNet, NF-RegNet: 2x2 average pool, then
+      the 1x1 projection) or `True` (NF-ResNet: a strided 1x1 projection).
+    * `group_width=None`: dense convolutions (NF-ResNet), no rounding of the
+      bottleneck width.
+
+    NFNet: `NFBlock(...)` with the defaults. NF-ResNet: `expansion=0.25,
+    group_width=None, use_two_convs=False, se_position=None,
+    strided_shortcut=True, activation="relu"`. NF-RegNet: `expansion=2.25,
+    big_width=False, group_width=8, use_two_convs=False,
+    se_position="bottleneck", activation="silu"`.
     """
 
     def __init__(self, in_channels, out_channels, expansion=0.5, se_ratio=0.5,
                  kernel_size=3, group_width=128, strides=1, beta=1.0,
                  alpha=0.2, activation="gelu", big_width=True,
                  use_two_convs=True, stochdepth_rate=None, seed=None,
+                 se_position="output", strided_shortcut=False,
                  **kwargs):
         super().__init__(**kwargs)
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -361,15 +385,24 @@ class NFBlock(keras.layers.Layer):
         self.activation = check_activation(activation)
         self.big_width, self.use_two_convs = big_width, use_two_convs
         self.stochdepth_rate, self.seed = stochdepth_rate, seed
+        if se_position not in ("output", "bottleneck", None):
+            raise ValueError(
+                f"se_position must be 'output', 'bottleneck' or None, got "
+                f"{se_position!r}")
+        self.se_position = se_position
+        self.strided_shortcut = bool(strided_shortcut)
         self._act = scaled_activation(activation)
 
         width = int((out_channels if big_width else in_channels) * expansion)
-        self.groups = width // group_width
-        if self.groups < 1:
-            raise ValueError(
-                f"Block {self.name}: bottleneck width {width} is smaller than "
-                f"group_width {group_width}.")
-        self.width = group_width * self.groups
+        if group_width is None:  # dense convolutions, width as computed
+            self.groups, self.width = 1, width
+        else:
+            self.groups = width // group_width
+            if self.groups < 1:
+                raise ValueError(
+                    f"Block {self.name}: bottleneck width {width} is smaller "
+                    f"than group_width {group_width}.")
+            self.width = group_width * self.groups
         policy = self.dtype_policy
 
         def conv(filters, k, name, strides=1, groups=1):
@@ -383,10 +416,15 @@ class NFBlock(keras.layers.Layer):
                             groups=self.groups) if use_two_convs else None)
         self.conv2 = conv(out_channels, 1, "conv2")
         self.use_projection = strides > 1 or in_channels != out_channels
-        self.conv_shortcut = (conv(out_channels, 1, "conv_shortcut")
-                              if self.use_projection else None)
-        self.se = SqueezeExcite(out_channels, out_channels, se_ratio,
-                                name="squeeze_excite", dtype=policy)
+        self.conv_shortcut = (
+            conv(out_channels, 1, "conv_shortcut",
+                 strides=strides if self.strided_shortcut else 1)
+            if self.use_projection else None)
+        se_channels = (self.width if se_position == "bottleneck"
+                       else out_channels)
+        self.se = (SqueezeExcite(se_channels, se_channels, se_ratio,
+                                 name="squeeze_excite", dtype=policy)
+                   if se_position is not None else None)
         self.has_stochdepth = (stochdepth_rate is not None
                                and 0.0 < stochdepth_rate < 1.0)
         self.stoch_depth = (StochasticDepth(stochdepth_rate, seed=seed,
@@ -411,15 +449,18 @@ class NFBlock(keras.layers.Layer):
             self.conv1b.build((n, oh, ow, self.width))
         self.conv2.build((n, oh, ow, self.width))
         if self.conv_shortcut is not None:
-            self.conv_shortcut.build((n, oh, ow, self.in_channels))
-        self.se.build((n, oh, ow, self.out_channels))
+            self.conv_shortcut.build(
+                input_shape if self.strided_shortcut
+                else (n, oh, ow, self.in_channels))
+        if self.se is not None:
+            self.se.build((n, oh, ow, self.se.in_channels))
         self.skip_gain = self.add_weight(name="skip_gain", shape=(),
                                          initializer="zeros", trainable=True)
 
     def call_with_metrics(self, x, training=False):
         out = self._act(x) * ops.cast(self.beta, x.dtype)
         shortcut = out
-        if self.strides > 1:
+        if self.strides > 1 and not self.strided_shortcut:
             shortcut = ops.average_pool(shortcut, pool_size=2, strides=2,
                                         padding="same")
         if self.use_projection:
@@ -428,10 +469,13 @@ class NFBlock(keras.layers.Layer):
             shortcut = x
         out = self.conv0(out)
         out = self.conv1(self._act(out))
+        if self.se_position == "bottleneck":
+            out = (self.se(out) * 2.0) * out
         if self.conv1b is not None:
             out = self.conv1b(self._act(out))
         out = self.conv2(self._act(out))
-        out = (self.se(out) * 2.0) * out
+        if self.se_position == "output":
+            out = (self.se(out) * 2.0) * out
         res_avg_var = ops.mean(ops.var(ops.cast(out, "float32"),
                                        axis=(0, 1, 2)))
         if self.stoch_depth is not None:
@@ -458,4 +502,6 @@ class NFBlock(keras.layers.Layer):
                 "beta": self.beta, "alpha": self.alpha,
                 "activation": self.activation, "big_width": self.big_width,
                 "use_two_convs": self.use_two_convs,
-                "stochdepth_rate": self.stochdepth_rate, "seed": self.seed}
+                "stochdepth_rate": self.stochdepth_rate, "seed": self.seed,
+                "se_position": self.se_position,
+                "strided_shortcut": self.strided_shortcut}

@@ -23,10 +23,12 @@ class NFNetConfig:
 
     width: Sequence[int]
     depth: Sequence[int]
-    group_width: Sequence[int] = (128, 128, 128, 128)
-    expansion: Sequence[float] = (0.5, 0.5, 0.5, 0.5)
-    big_width: Sequence[bool] = (True, True, True, True)
-    strides: Sequence[int] = (1, 2, 2, 2)
+    # Per-stage lists; None means DeepMind's default for every stage
+    # (group width 128, expansion 0.5, big width, strides 1, 2, 2, ...).
+    group_width: Optional[Sequence[int]] = None
+    expansion: Optional[Sequence[float]] = None
+    big_width: Optional[Sequence[bool]] = None
+    strides: Optional[Sequence[int]] = None
     se_ratio: float = 0.5
     alpha: float = 0.2
     activation: str = "gelu"
@@ -41,6 +43,12 @@ class NFNetConfig:
 
     def __post_init__(self):
         n = len(self.width)
+        defaults = {"group_width": (128,) * n, "expansion": (0.5,) * n,
+                    "big_width": (True,) * n,
+                    "strides": (1,) + (2,) * (n - 1)}
+        for field, value in defaults.items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, value)
         for field in ("depth", "group_width", "expansion", "big_width",
                       "strides"):
             value = tuple(getattr(self, field))
@@ -121,3 +129,93 @@ def get_config(variant):
             f"Unknown NFNet variant {variant!r}: expected one of "
             f"{sorted(NFNET_VARIANTS)}, a config dict or a JSON file path.")
     raise TypeError(f"Cannot make an NFNet config from {type(variant)}.")
+
+
+# ---------------------------------------------------------------------------
+# NF-ResNets and NF-RegNets, in the vocabulary of DeepMind's `NF_ResNet` and
+# `NF_RegNet` constructors (nf_resnet.py, nf_regnet.py).
+
+@dataclasses.dataclass(frozen=True)
+class NFResNetConfig:
+    """One NF-ResNet (DeepMind's `NF_ResNet` arguments).
+
+    Stage widths are `(64, 128, 256, 512) * width` and the stem has
+    `16 * width` channels; `width=4` is the standard ResNet width. DeepMind's
+    table has no dropout rate for NF-ResNets (it must be passed); 0 here.
+
+    Example:
+    >>> NFResNetConfig(depth=(3, 4, 6, 3), width=1).stage_widths
+    (64, 128, 256, 512)
+    """
+
+    depth: Sequence[int]
+    width: float = 4
+    alpha: float = 0.2
+    stochdepth_rate: float = 0.1
+    drop_rate: float = 0.0
+    activation: str = "relu"
+    use_se: bool = False
+    se_ratio: float = 0.25
+    bottleneck_ratio: float = 0.25
+    strides: Sequence[int] = (1, 2, 2, 2)
+    train_imsize: int = 224
+    test_imsize: int = 224
+
+    @property
+    def stage_widths(self):
+        return tuple(int(c * self.width) for c in (64, 128, 256, 512))
+
+
+@dataclasses.dataclass(frozen=True)
+class NFRegNetConfig:
+    """One NF-RegNet (a row of DeepMind's `nf_regnet_params` plus the
+    `NF_RegNet` arguments; `width_multiplier` is NF_RegNet's `width`).
+
+    Example:
+    >>> NF_REGNET_VARIANTS["B0"].stage_widths
+    (36, 78, 156, 330)
+    """
+
+    width: Sequence[int]
+    depth: Sequence[int]
+    train_imsize: int = 224
+    test_imsize: int = 256
+    drop_rate: float = 0.2
+    width_multiplier: float = 0.75
+    expansion: float = 2.25
+    group_size: int = 8
+    se_ratio: float = 0.5
+    alpha: float = 0.2
+    stochdepth_rate: float = 0.1
+    activation: str = "silu"
+
+    @property
+    def stage_widths(self):
+        return tuple(int(c * self.width_multiplier) for c in self.width)
+
+
+NF_RESNET_VARIANTS = {
+    "ResNet50": NFResNetConfig(depth=(3, 4, 6, 3)),
+    "ResNet101": NFResNetConfig(depth=(3, 4, 23, 3)),
+    "ResNet152": NFResNetConfig(depth=(3, 8, 36, 3)),
+    "ResNet200": NFResNetConfig(depth=(3, 24, 36, 3)),
+    "ResNet288": NFResNetConfig(depth=(24, 24, 24, 24)),
+    "ResNet600": NFResNetConfig(depth=(50, 50, 50, 50)),
+}
+
+_B_SERIES = {
+    # name: (width, depth, train_imsize, test_imsize, drop_rate)
+    "B0": ((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
+    "B1": ((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2),
+    "B2": ((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3),
+    "B3": ((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
+    "B4": ((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
+    "B5": ((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
+    "B6": ((88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5),
+    "B7": ((96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5),
+    "B8": ((104, 232, 456, 968), (4, 11, 22, 22), 600, 672, 0.5),
+}
+NF_REGNET_VARIANTS = {
+    _name: NFRegNetConfig(width=_w, depth=_d, train_imsize=_tr,
+                          test_imsize=_te, drop_rate=_dr)
+    for _name, (_w, _d, _tr, _te, _dr) in _B_SERIES.items()}
