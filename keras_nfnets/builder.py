@@ -1,13 +1,18 @@
-"""The one NFNet builder: config -> stem -> stages of blocks -> head -> model.
+"""The one builder: config -> stem -> stages of blocks -> head -> model.
 
-Every NFNet variant goes through `build_nfnet`. Layer names follow DeepMind's
-haiku module names (`stem_conv0`, `nf_block`, `nf_block_1`, ..., `final_conv`,
-`linear`), which makes the checkpoint mapping a rule.
+Every normalizer-free family goes through `build_nfnet`: NFNets
+(`NFNetConfig`), NF-ResNets (`NFResNetConfig`) and NF-RegNets
+(`NFRegNetConfig`). A family differs only in its `architecture` (stem layers,
+block switches, block name, final conv, classifier init). Layer names follow
+DeepMind's haiku module names (`stem_conv0` or `initial_conv`, `nf_block`,
+`nf_block_1`, ... or `nf_res_block`, ..., `final_conv`, `linear`), which
+makes the checkpoint mapping a rule.
 """
 
 import keras
 
 from keras_nfnets import layers as nf_layers
+from keras_nfnets import variants
 from keras_nfnets.model import NFNetModel
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -21,20 +26,28 @@ def block_schedule(config, stochdepth_rate):
     to 1 after each stage's first block (its shortcut is a fresh projection)
     and then grows by alpha**2 in variance per block, as in DeepMind's code.
     """
+    return stage_schedule(
+        config.width[0] // 2, config.width, config.depth, config.strides,
+        config.alpha, stochdepth_rate, expansion=config.expansion,
+        group_width=config.group_width, big_width=config.big_width)
+
+
+def stage_schedule(in_channels, widths, depths, strides, alpha,
+                   stochdepth_rate, **per_stage):
+    """The block schedule of any family: one dict of `NFBlock` arguments per
+    block (plus its `stage`). `per_stage` maps extra block arguments to one
+    value per stage."""
     blocks = []
     expected_std = 1.0
-    ch = config.width[0] // 2
+    ch = in_channels
     index = 0
-    num_blocks = config.num_blocks
-    for stage, (width, depth, expansion, group_width, big_width,
-                stride) in enumerate(zip(config.width, config.depth,
-                                         config.expansion, config.group_width,
-                                         config.big_width, config.strides)):
+    num_blocks = sum(depths)
+    for stage, (width, depth, stride) in enumerate(
+            zip(widths, depths, strides)):
         for block_index in range(depth):
             blocks.append(dict(
                 in_channels=ch, out_channels=int(width),
-                expansion=expansion, group_width=group_width,
-                big_width=big_width,
+                **{k: v[stage] for k, v in per_stage.items()},
                 strides=stride if block_index == 0 else 1,
                 beta=1.0 / expected_std,
                 stochdepth_rate=stochdepth_rate * index / num_blocks,
@@ -43,13 +56,70 @@ def block_schedule(config, stochdepth_rate):
             index += 1
             if block_index == 0:
                 expected_std = 1.0
-            expected_std = (expected_std ** 2 + config.alpha ** 2) ** 0.5
+            expected_std = (expected_std ** 2 + alpha ** 2) ** 0.5
     return blocks
 
 
-def block_name(index):
+def block_name(index, prefix="nf_block"):
     """haiku's naming of repeated modules: nf_block, nf_block_1, ..."""
-    return "nf_block" if index == 0 else f"nf_block_{index}"
+    return prefix if index == 0 else f"{prefix}_{index}"
+
+
+def _fc_init(stddev):
+    return (keras.initializers.RandomNormal(0.0, stddev) if stddev
+            else keras.initializers.Zeros())
+
+
+def architecture(config, stochdepth_rate):
+    """A family's layout: `stem` (a list of `("conv", name, filters, kernel,
+    stride)`, `("act", name)` or `("max_pool", name, size, stride)`),
+    `blocks` (from `stage_schedule`), `block_kwargs` (the block switches
+    shared by all blocks), `block_prefix`, `final_conv` channels (or None)
+    and `fc_stddev` (0: zero-initialised classifier)."""
+    if isinstance(config, variants.NFResNetConfig):
+        ch = int(16 * config.width)
+        return dict(
+            stem=[("conv", "initial_conv", ch, 7, 2),
+                  ("max_pool", "stem_pool", 3, 2)],
+            blocks=stage_schedule(ch, config.stage_widths, config.depth,
+                                  config.strides, config.alpha,
+                                  stochdepth_rate),
+            block_kwargs=dict(
+                expansion=config.bottleneck_ratio, group_width=None,
+                use_two_convs=False, strided_shortcut=True,
+                se_position="output" if config.use_se else None,
+                se_ratio=config.se_ratio),
+            block_prefix="nf_res_block", final_conv=None, fc_stddev=0.01)
+    if isinstance(config, variants.NFRegNetConfig):
+        widths = config.stage_widths
+        blocks = stage_schedule(widths[0], widths, config.depth,
+                                (2,) * len(widths), config.alpha,
+                                stochdepth_rate)
+        blocks[0]["expansion"] = 1  # EfficientNet-style first block
+        return dict(
+            stem=[("conv", "initial_conv", widths[0], 3, 2)],
+            blocks=blocks,
+            block_kwargs=dict(
+                expansion=config.expansion, big_width=False,
+                group_width=config.group_size, use_two_convs=False,
+                se_position="bottleneck", se_ratio=config.se_ratio),
+            block_prefix="nf_block",
+            final_conv=1280 * widths[-1] // 440, fc_stddev=0.0)
+    stem_ch = [(16, 2), (32, 1), (64, 1), (config.width[0] // 2, 2)]
+    stem = []
+    for i, (filters, stride) in enumerate(stem_ch):
+        stem.append(("conv", f"stem_conv{i}", filters, 3, stride))
+        if i < len(stem_ch) - 1:
+            stem.append(("act", f"stem_act{i}"))
+    return dict(
+        stem=stem, blocks=block_schedule(config, stochdepth_rate),
+        block_kwargs=dict(se_ratio=config.se_ratio,
+                          use_two_convs=config.use_two_convs),
+        block_prefix="nf_block",
+        final_conv=(int(config.final_conv_mult * config.width[-1])
+                    if config.final_conv_mult is not None else
+                    config.final_conv_ch),
+        fc_stddev=0.01)
 
 
 def _preprocessing(channels):
@@ -67,7 +137,8 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
                 classifier_activation="softmax", include_preprocessing=True,
                 drop_rate=None, stochdepth_rate=None, activation=None,
                 seed=None, name="nfnet"):
-    """Builds an NFNet `keras.Model` from an `NFNetConfig` (no weights).
+    """Builds a `keras.Model` from an `NFNetConfig`, `NFResNetConfig` or
+    `NFRegNetConfig` (no weights).
 
     See `keras_nfnets.NFNet` for the arguments.
     """
@@ -91,24 +162,28 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
     def act(name):
         return nf_layers.ScaledActivation(activation, name=name)
 
-    stem = [(16, 2), (32, 1), (64, 1), (config.width[0] // 2, 2)]
-    for i, (filters, stride) in enumerate(stem):
-        x = nf_layers.WSConv2D(filters, 3, strides=stride,
-                               name=f"stem_conv{i}")(x)
-        if i < len(stem) - 1:
-            x = act(f"stem_act{i}")(x)
+    arch = architecture(config, stochdepth_rate)
+    for kind, layer_name, *args in arch["stem"]:
+        if kind == "conv":
+            filters, kernel, stride = args
+            x = nf_layers.WSConv2D(filters, kernel, strides=stride,
+                                   name=layer_name)(x)
+        elif kind == "act":
+            x = act(layer_name)(x)
+        else:
+            size, stride = args
+            x = keras.layers.MaxPooling2D(size, strides=stride,
+                                          padding="same", name=layer_name)(x)
 
-    for i, block in enumerate(block_schedule(config, stochdepth_rate)):
+    for i, block in enumerate(arch["blocks"]):
         block.pop("stage")
         x = nf_layers.NFBlock(
-            **block, se_ratio=config.se_ratio, alpha=config.alpha,
-            activation=activation, use_two_convs=config.use_two_convs,
-            seed=None if seed is None else seed + i, name=block_name(i))(x)
+            **{**arch["block_kwargs"], **block}, alpha=config.alpha,
+            activation=activation, seed=None if seed is None else seed + i,
+            name=block_name(i, arch["block_prefix"]))(x)
 
-    final_ch = (int(config.final_conv_mult * config.width[-1])
-                if config.final_conv_mult is not None else
-                config.final_conv_ch)
-    x = nf_layers.WSConv2D(final_ch, 1, name="final_conv")(x)
+    if arch["final_conv"] is not None:
+        x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv")(x)
     x = act("final_act")(x)
 
     if include_top:
@@ -118,7 +193,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
                                      name="top_dropout")(x)
         x = keras.layers.Dense(
             classes, activation=classifier_activation,
-            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
+            kernel_initializer=_fc_init(arch["fc_stddev"]),
             name="linear")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
