@@ -9,7 +9,10 @@ from keras_nfnets.applications import (NFNet, NFNetF0, NFNetF0Plus, NFNetF1,
 from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  StochasticDepth, WSConv2D,
                                  set_grouped_conv_mode)
+from keras_nfnets.agc import AGC, adaptive_clip_grads, unitwise_norm
 from keras_nfnets.model import NFNetModel
+from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
+                                     nfnet_optimizer)
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
 
