@@ -6,6 +6,12 @@ from keras_nfnets.applications import (NFNet, NFNetF0, NFNetF0Plus, NFNetF1,
                                        NFNetF4Plus, NFNetF5, NFNetF5Plus,
                                        NFNetF6, NFNetF6Plus, NFNetF7,
                                        NFNetF7Plus)
+from keras_nfnets.applications import (NFRegNet, NFRegNetB0, NFRegNetB1,
+                                       NFRegNetB2, NFRegNetB3, NFRegNetB4,
+                                       NFRegNetB5, NFRegNetB6, NFRegNetB7,
+                                       NFRegNetB8, NFResNet, NFResNet50,
+                                       NFResNet101, NFResNet152, NFResNet200,
+                                       NFResNet288, NFResNet600)
 from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  StochasticDepth, WSConv2D,
                                  set_grouped_conv_mode)
@@ -14,6 +20,8 @@ from keras_nfnets.model import NFNetModel
 from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
                                      nfnet_optimizer)
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
+from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
+                                   NFRegNetConfig, NFResNetConfig)
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
 
 __version__ = "0.1.0"

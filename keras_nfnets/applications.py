@@ -1,9 +1,11 @@
-"""Keras Applications-style constructors: `NFNetF0()` ... `NFNetF7Plus()`.
+"""Keras Applications-style constructors: `NFNetF0()` ... `NFNetF7Plus()`,
+`NFResNet50()` ... `NFResNet600()` and `NFRegNetB0()` ... `NFRegNetB8()`.
 
 Thin wrappers over `builder.build_nfnet`, with the Keras Applications
 argument handling (`include_top`, `weights`, `input_shape`, `pooling`, ...).
 """
 
+import dataclasses
 import os
 
 from keras_nfnets import builder
@@ -134,14 +136,32 @@ def NFNet(config="F0", include_top=True, weights=None, input_tensor=None,
     variant = config if isinstance(config, str) and not os.path.isfile(
         config) else None
     cfg = variants.get_config(config)
+    if name is None:
+        name = "nfnet_" + (variant or "custom").lower().replace("+", "_plus")
+    return _make_model(cfg, variant, include_top=include_top, weights=weights,
+                       input_tensor=input_tensor, input_shape=input_shape,
+                       pooling=pooling, classes=classes,
+                       classifier_activation=classifier_activation,
+                       include_preprocessing=include_preprocessing, name=name,
+                       **nfnet_kwargs)
+
+
+def _make_model(cfg, variant, include_top, weights, input_tensor,
+                input_shape, pooling, classes, classifier_activation,
+                include_preprocessing, name, **nfnet_kwargs):
+    """Argument checks, `builder.build_nfnet`, then the weights: shared by
+    every family."""
     _validate(weights, include_top, classes, classifier_activation, pooling)
     if weights == "imagenet":
+        if not isinstance(cfg, variants.NFNetConfig):
+            raise ValueError(
+                f"No ImageNet weights are available for {name}: "
+                "weights='imagenet' exists for NFNets only. Use weights=None "
+                "or the path to a weights file.")
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
         pretrained.check_available(variant)
     if input_tensor is None or input_shape is not None:
         input_shape = _input_shape(input_shape, cfg.test_imsize, include_top)
-    if name is None:
-        name = "nfnet_" + (variant or "custom").lower().replace("+", "_plus")
     model = builder.build_nfnet(
         cfg, include_top=include_top, input_tensor=input_tensor,
         input_shape=input_shape, pooling=pooling, classes=classes,
@@ -194,3 +214,172 @@ NFNetF4Plus = _constructor("F4+")
 NFNetF5Plus = _constructor("F5+")
 NFNetF6Plus = _constructor("F6+")
 NFNetF7Plus = _constructor("F7+")
+
+
+# ---------------------------------------------------------------------------
+# NF-ResNets and NF-RegNets: the same machinery with another config.
+
+FAMILY_DOCSTRING = """Instantiates the {name} architecture ({family}).
+
+Reference:
+- {reference}
+
+Numerically identical to DeepMind's `{module}` (deepmind-research/nfnets):
+the same `WSConv2D`, gamma-scaled {activation}, `NFBlock` and head as the
+NFNets, built by the same builder. Default input size
+{test_imsize}x{test_imsize}.
+
+Args:
+    include_top, weights, input_tensor, input_shape, pooling, classes,
+    classifier_activation, include_preprocessing, name: as for
+        `keras_nfnets.NFNetF0` (Keras Applications conventions). `weights`
+        is `None` or the path of a DeepMind `*_haiku.npz` checkpoint or a
+        Keras `.weights.h5` file; `"imagenet"` is not available.
+    drop_rate, stochdepth_rate, activation, seed: as for the NFNets.
+    **config_overrides: fields of `{config_cls}` to change, e.g.
+        {override_example}.
+
+Returns:
+    A `keras_nfnets.NFNetModel`.
+
+Example:
+```python
+model = keras_nfnets.{name}(weights=None, classes=10,
+                           input_shape=(64, 64, 3))
+```
+"""
+
+_BUILDER_KWARGS = ("drop_rate", "stochdepth_rate", "activation", "seed")
+
+
+def _family_model(table, config, default_name, include_top, weights,
+                  input_tensor, input_shape, pooling, classes,
+                  classifier_activation, include_preprocessing, name,
+                  kwargs):
+    cfg_cls = type(next(iter(table.values())))
+    if isinstance(config, str):
+        if config not in table:
+            raise ValueError(f"Unknown variant {config!r}: expected one of "
+                             f"{sorted(table)} or a {cfg_cls.__name__}.")
+        variant, cfg = config, table[config]
+    elif isinstance(config, cfg_cls):
+        variant, cfg = None, config
+    else:
+        raise TypeError(f"config must be a variant name or a "
+                        f"{cfg_cls.__name__}, got {type(config)}.")
+    overrides = {k: kwargs.pop(k) for k in list(kwargs)
+                 if k not in _BUILDER_KWARGS}
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(cfg_cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(
+                f"Unknown argument(s) {unknown}: expected Keras Applications "
+                f"arguments, {list(_BUILDER_KWARGS)} or {cfg_cls.__name__} "
+                f"fields {sorted(fields)}.")
+        cfg = dataclasses.replace(cfg, **overrides)
+    return _make_model(cfg, variant, include_top=include_top, weights=weights,
+                       input_tensor=input_tensor, input_shape=input_shape,
+                       pooling=pooling, classes=classes,
+                       classifier_activation=classifier_activation,
+                       include_preprocessing=include_preprocessing,
+                       name=name or default_name, **kwargs)
+
+
+def NFResNet(config="ResNet50", include_top=True, weights=None,
+             input_tensor=None, input_shape=None, pooling=None, classes=1000,
+             classifier_activation="softmax", include_preprocessing=True,
+             name=None, **kwargs):
+    """Builds any NF-ResNet from a variant name (`"ResNet50"` ...) or an
+    `NFResNetConfig`; takes the arguments of `NFResNet50`.
+
+    Example (DeepMind's `NF_ResNet(variant='ResNet50', width=1)`):
+    ```python
+    model = keras_nfnets.NFResNet("ResNet50", width=1, classes=10,
+                                  input_shape=(64, 64, 3))
+    ```
+    """
+    default = ("nf_" + config.lower() if isinstance(config, str)
+               else "nf_resnet_custom")
+    return _family_model(
+        variants.NF_RESNET_VARIANTS, config, default, include_top, weights,
+        input_tensor, input_shape, pooling, classes, classifier_activation,
+        include_preprocessing, name, kwargs)
+
+
+def NFRegNet(config="B0", include_top=True, weights=None, input_tensor=None,
+             input_shape=None, pooling=None, classes=1000,
+             classifier_activation="softmax", include_preprocessing=True,
+             name=None, **kwargs):
+    """Builds any NF-RegNet from a variant name (`"B0"` ... `"B8"`) or an
+    `NFRegNetConfig`; takes the arguments of `NFRegNetB0`.
+
+    Example:
+    ```python
+    model = keras_nfnets.NFRegNet("B0", classes=10, input_shape=(64, 64, 3))
+    ```
+    """
+    default = ("nf_regnet_" + config.lower() if isinstance(config, str)
+               else "nf_regnet_custom")
+    return _family_model(
+        variants.NF_REGNET_VARIANTS, config, default, include_top, weights,
+        input_tensor, input_shape, pooling, classes, classifier_activation,
+        include_preprocessing, name, kwargs)
+
+
+_FAMILY_DOCS = {
+    NFResNet: dict(
+        family="Normalizer-Free ResNet", module="nf_resnet.NF_ResNet",
+        reference="[Characterizing signal propagation to close the "
+        "performance gap in unnormalized ResNets](https://arxiv.org/abs/"
+        "2101.08692) (Brock, De, Smith, ICLR 2021)",
+        activation="ReLU", config_cls="NFResNetConfig",
+        override_example="`width=1` (DeepMind's width multiplier; default 4)"
+        " or `use_se=True` (squeeze-excite, ratio 0.25)"),
+    NFRegNet: dict(
+        family="Normalizer-Free RegNet", module="nf_regnet.NF_RegNet",
+        reference="[Characterizing signal propagation to close the "
+        "performance gap in unnormalized ResNets](https://arxiv.org/abs/"
+        "2101.08692) (Brock, De, Smith, ICLR 2021)",
+        activation="SiLU", config_cls="NFRegNetConfig",
+        override_example="`width_multiplier=1.0` or `group_size=16`"),
+}
+
+
+def _family_constructor(family, variant, fname):
+    table = (variants.NF_RESNET_VARIANTS if family is NFResNet
+             else variants.NF_REGNET_VARIANTS)
+
+    def constructor(include_top=True, weights=None, input_tensor=None,
+                    input_shape=None, pooling=None, classes=1000,
+                    classifier_activation="softmax",
+                    include_preprocessing=True, name=None, **kwargs):
+        return family(variant, include_top=include_top, weights=weights,
+                      input_tensor=input_tensor, input_shape=input_shape,
+                      pooling=pooling, classes=classes,
+                      classifier_activation=classifier_activation,
+                      include_preprocessing=include_preprocessing,
+                      name=name, **kwargs)
+
+    constructor.__name__ = constructor.__qualname__ = fname
+    constructor.__doc__ = FAMILY_DOCSTRING.format(
+        name=fname, test_imsize=table[variant].test_imsize,
+        **_FAMILY_DOCS[family])
+    return constructor
+
+
+NFResNet50 = _family_constructor(NFResNet, "ResNet50", "NFResNet50")
+NFResNet101 = _family_constructor(NFResNet, "ResNet101", "NFResNet101")
+NFResNet152 = _family_constructor(NFResNet, "ResNet152", "NFResNet152")
+NFResNet200 = _family_constructor(NFResNet, "ResNet200", "NFResNet200")
+NFResNet288 = _family_constructor(NFResNet, "ResNet288", "NFResNet288")
+NFResNet600 = _family_constructor(NFResNet, "ResNet600", "NFResNet600")
+NFRegNetB0 = _family_constructor(NFRegNet, "B0", "NFRegNetB0")
+NFRegNetB1 = _family_constructor(NFRegNet, "B1", "NFRegNetB1")
+NFRegNetB2 = _family_constructor(NFRegNet, "B2", "NFRegNetB2")
+NFRegNetB3 = _family_constructor(NFRegNet, "B3", "NFRegNetB3")
+NFRegNetB4 = _family_constructor(NFRegNet, "B4", "NFRegNetB4")
+NFRegNetB5 = _family_constructor(NFRegNet, "B5", "NFRegNetB5")
+NFRegNetB6 = _family_constructor(NFRegNet, "B6", "NFRegNetB6")
+NFRegNetB7 = _family_constructor(NFRegNet, "B7", "NFRegNetB7")
+NFRegNetB8 = _family_constructor(NFRegNet, "B8", "NFRegNetB8")
