@@ -20,6 +20,7 @@ from keras_nfnets.model import NFNetModel
 from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
                                      nfnet_optimizer)
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
+from keras_nfnets.spp import plot_signal_propagation, signal_propagation
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
