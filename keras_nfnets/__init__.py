@@ -20,9 +20,17 @@ from keras_nfnets.model import NFNetModel
 from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
                                      nfnet_optimizer)
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
-from keras_nfnets.spp import plot_signal_propagation, signal_propagation
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The SPP functions are imported on first use, so that
+    # `python -m keras_nfnets.spp` does not find the module already imported.
+    if name in ("signal_propagation", "plot_signal_propagation"):
+        from keras_nfnets import spp  # pylint: disable=import-outside-toplevel
+        return getattr(spp, name)
+    raise AttributeError(f"module 'keras_nfnets' has no attribute {name!r}")
