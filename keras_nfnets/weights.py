@@ -124,9 +124,14 @@ def load_deepmind_checkpoint(path):
         raise CheckpointError(f"{path}: {e}") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError,
             IndexError, KeyError, AttributeError, MemoryError) as e:
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise CheckpointError(
+                f"Checkpoint {path} is truncated or corrupt: the pickle ends "
+                f"early, after {len(data)} bytes (an interrupted download?)."
+            ) from None
         raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt "
-            f"({type(e).__name__}: {e}).") from None
+            f"Checkpoint {path} is truncated or corrupt: invalid pickle "
+            f"data ({type(e).__name__}: {e}).") from None
     return _validate_structure(params, path)
 
 
