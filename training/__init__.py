@@ -1,0 +1,1 @@
+"""The NFNet training program (TensorFlow): `python -m training.train`."""

@@ -1,0 +1,92 @@
+"""`--strategy` / `--tpu` to a `tf.distribute` strategy.
+
+`resolve_strategy_name` is the pure decision (tested everywhere);
+`make_strategy` builds the strategy (TPU initialisation only happens there).
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device",
+              "default")
+
+
+def tf_config_workers(tf_config=None):
+    """Number of worker/chief tasks in TF_CONFIG (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+    return sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
+
+
+def resolve_strategy_name(strategy="auto", tpu=None, tf_config=None,
+                          num_gpus=None):
+    """The strategy `--strategy=auto` means here:
+
+    `--tpu` given -> 'tpu'; TF_CONFIG with more than one worker ->
+    'multi_worker'; several GPUs -> 'mirrored'; one GPU -> 'one_device';
+    otherwise 'default'. An explicit name is returned as is (validated).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy={strategy!r}: expected one of "
+                         f"{', '.join(STRATEGIES)}.")
+    if strategy != "auto":
+        if strategy == "tpu" and not tpu:
+            tpu = "local"
+        return strategy
+    if tpu:
+        return "tpu"
+    if tf_config_workers(tf_config) > 1:
+        return "multi_worker"
+    if num_gpus is None:
+        num_gpus = len(tf.config.list_physical_devices("GPU"))
+    if num_gpus > 1:
+        return "mirrored"
+    if num_gpus == 1:
+        return "one_device"
+    return "default"
+
+
+def tpu_needs_connect(tpu):
+    """Remote TPUs (a name or grpc:// address) need
+    `experimental_connect_to_cluster`; `local` (a TPU VM) does not."""
+    return bool(tpu) and tpu not in ("local",)
+
+
+def make_strategy(name, tpu=None):
+    """Builds the strategy for a resolved name (see resolve_strategy_name)."""
+    if name == "tpu":
+        tpu = tpu or "local"
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu_needs_connect(tpu):
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(
+            gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True on the task that writes logs, checkpoints and the model."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(
+            strategy, tf.distribute.TPUStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief

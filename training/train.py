@@ -1,0 +1,431 @@
+"""Trains an NFNet: `python -m training.train --variant=F0 --dataset=...`.
+
+Defaults are DeepMind's ImageNet recipe (batch 4096, lr 0.1 per 256, 5
+warmup epochs then cosine, Nesterov SGD with coupled weight decay 2e-5, AGC
+0.01, label smoothing 0.1, EMA 0.99999, MixUp 0.2 + CutMix, the variant's
+RandAugment level, stochastic depth and dropout, bfloat16, 360 epochs).
+`--demo` trains a small NFNet on the CIFAR-10 sample shipped in
+training/demo_data, offline, on CPU.
+
+Readable top to bottom: flags -> checks -> strategy -> data -> model ->
+fit (resumable) -> evaluation on the EMA weights -> metrics.json + .keras.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO_DATA = os.path.join(HERE, "demo_data")
+
+# --- model and data
+flags.DEFINE_string("variant", "F0", "F0..F7, F0+..F7+, or a JSON config "
+                    "file in DeepMind's nfnet_params vocabulary.")
+flags.DEFINE_string("dataset", "imagenet2012", "A tfds name (prepared in "
+                    "--data_dir) or folder:/path (class-per-folder images, "
+                    "with train/ and validation/ or test/ subfolders).")
+flags.DEFINE_string("data_dir", None, "tfds data_dir, local or gs://.")
+flags.DEFINE_string("train_split", "train", "Training split.")
+flags.DEFINE_string("eval_split", None,
+                    "Evaluation split (default: validation, else test).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, logs and the model "
+                    "(local or gs://; must be gs:// on TPU).")
+# --- distribution
+flags.DEFINE_string("tpu", None, "TPU name, 'local' (TPU VM) or grpc://.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
+                                       "multi_worker", "one_device",
+                                       "default"], "tf.distribute strategy.")
+# --- schedule
+flags.DEFINE_integer("batch_size", 4096, "Global batch size.")
+flags.DEFINE_float("epochs", 360, "Training epochs.")
+flags.DEFINE_integer("train_steps", None, "Training steps (overrides "
+                     "--epochs).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per Keras epoch "
+                     "(default: one pass over the training split).")
+# --- optimizer
+flags.DEFINE_float("lr", 0.1, "Learning rate per 256 examples.")
+flags.DEFINE_float("warmup_epochs", 5, "Linear warmup epochs.")
+flags.DEFINE_float("weight_decay", 2e-5, "Coupled L2 weight decay.")
+flags.DEFINE_float("momentum", 0.9, "Nesterov momentum.")
+flags.DEFINE_float("agc_clipping", 0.01, "AGC threshold; 0 turns AGC off.")
+flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
+flags.DEFINE_float("ema_decay", 0.99999, "EMA decay of the weights used "
+                   "for evaluation; 0 turns the EMA off.")
+# --- precision and sizes
+flags.DEFINE_enum("mixed_precision", "bfloat16",
+                  ["bfloat16", "float16", "none"], "Mixed precision.")
+flags.DEFINE_integer("image_size", None, "Training size (default: the "
+                     "variant's train_imsize).")
+flags.DEFINE_integer("eval_image_size", None, "Evaluation size (default: "
+                     "the variant's test_imsize).")
+flags.DEFINE_integer("eval_crop_padding", 32, "Evaluation resizes to "
+                     "(size + padding)^2 and centre-crops size^2.")
+flags.DEFINE_integer("eval_batch_size", None, "Default: --batch_size.")
+# --- regularisation
+flags.DEFINE_string("randaugment", None, "RandAugment level, e.g. '405' (4 "
+                    "layers, magnitude 5); default the variant's; 'none'.")
+flags.DEFINE_float("mixup_alpha", 0.2, "MixUp alpha (0: off).")
+flags.DEFINE_bool("cutmix", True, "CutMix on half of each batch.")
+flags.DEFINE_float("stochdepth_rate", None, "Default: the variant's.")
+flags.DEFINE_float("drop_rate", None, "Default: the variant's.")
+flags.DEFINE_float("crop_area_min", 0.08, "Smallest Inception crop area.")
+# --- run control
+flags.DEFINE_string("weights", None, "Fine-tune from 'imagenet', a "
+                    "DeepMind .npz, a .weights.h5 or a .keras file.")
+flags.DEFINE_integer("seed", 0, "Seed for initialisation and the data.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA.")
+flags.DEFINE_integer("steps_per_execution", 1, "Steps per tf.function call "
+                     "(raise on TPU, e.g. 100).")
+flags.DEFINE_integer("checkpoint_steps", 500, "Steps between backups.")
+flags.DEFINE_bool("deterministic_ops", False, "tf.config.experimental."
+                  "enable_op_determinism() (bit-exact, slower on GPU).")
+flags.DEFINE_bool("demo", False, "Train the offline demo (a small NFNet on "
+                  "the CIFAR-10 sample in training/demo_data).")
+
+# Demo: a small NFNet (the layout of DeepMind's F-series, narrower and
+# shallower) on 3,000 CIFAR-10 JPEGs at 32px; about 5 minutes on 2 cores.
+DEMO_FLAGS = dict(
+    variant=os.path.join(DEMO_DATA, "nfnet_demo.json"),
+    dataset="folder:" + DEMO_DATA, model_dir="/tmp/keras_nfnets_demo",
+    batch_size=64, epochs=25, lr=0.4, warmup_epochs=1, weight_decay=5e-5,
+    agc_clipping=0.04, ema_decay=0.999, mixed_precision="none",
+    image_size=32, eval_image_size=32, eval_crop_padding=0,
+    randaugment="205", mixup_alpha=0.0, cutmix=False, crop_area_min=0.25,
+    stochdepth_rate=0.0, drop_rate=0.1, checkpoint_steps=100)
+
+
+class UsageError(ValueError):
+    """Bad flags: reported before any work starts."""
+
+
+def apply_demo_defaults():
+    """--demo: the demo's values for every flag not given explicitly."""
+    for name, value in DEMO_FLAGS.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
+def is_finished(model_dir):
+    from training import data  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.exists(data.join(model_dir, "metrics.json"))
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything resolved from the flags before any work."""
+    config: object
+    variant_name: str
+    image_size: int
+    eval_image_size: int
+    randaugment: object
+    stochdepth_rate: float
+    drop_rate: float
+
+
+def check_flags():
+    """Flag checks that need no data and no devices. Returns a Plan."""
+    from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
+    from training import augment  # pylint: disable=import-outside-toplevel
+    try:
+        config = variants.get_config(FLAGS.variant)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--variant={FLAGS.variant!r}: {e}") from e
+    if FLAGS.batch_size < 1:
+        raise UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1.")
+    if FLAGS.train_steps is None and FLAGS.epochs <= 0:
+        raise UsageError("--epochs must be > 0 (or give --train_steps).")
+    try:
+        ra = augment.parse_randaugment(
+            FLAGS.randaugment if FLAGS.randaugment is not None
+            else config.RA_level)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    uses_tpu = FLAGS.strategy == "tpu" or (FLAGS.strategy == "auto"
+                                           and FLAGS.tpu)
+    if uses_tpu and not str(FLAGS.model_dir or "").startswith("gs://"):
+        raise UsageError(
+            f"--model_dir={FLAGS.model_dir!r}: on TPU the model directory "
+            "must be a gs:// bucket path (e.g. --model_dir=gs://BUCKET/nfnet_"
+            "f0): the TPU workers write checkpoints and logs there directly.")
+    if not FLAGS.model_dir:
+        raise UsageError("--model_dir is required (checkpoints, logs, the "
+                         "trained model and metrics.json go there).")
+    if FLAGS.weights not in (None, "imagenet") and not os.path.exists(
+            FLAGS.weights) and not FLAGS.weights.startswith("gs://"):
+        raise UsageError(f"--weights={FLAGS.weights!r}: no such file "
+                         "(expected 'imagenet' or a weights file).")
+    name = str(FLAGS.variant)
+    return Plan(
+        config=config, variant_name=name,
+        image_size=FLAGS.image_size or config.train_imsize,
+        eval_image_size=FLAGS.eval_image_size or config.test_imsize,
+        randaugment=ra,
+        stochdepth_rate=(config.stochdepth_rate if FLAGS.stochdepth_rate is
+                         None else FLAGS.stochdepth_rate),
+        drop_rate=(config.drop_rate if FLAGS.drop_rate is None
+                   else FLAGS.drop_rate))
+
+
+def check_replicas(strategy, batch_size, what="--batch_size"):
+    n = strategy.num_replicas_in_sync
+    if batch_size % n:
+        raise UsageError(
+            f"{what}={batch_size} is not divisible by the {n} replicas of "
+            f"the {type(strategy).__name__}: use a multiple of {n}, e.g. "
+            f"{max(n, batch_size // n * n)}.")
+
+
+def build_model(plan, num_classes, seed):
+    """The NFNet (logits out, any input size), with --weights loaded."""
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    model = keras_nfnets.NFNet(
+        plan.config, weights=None, classes=num_classes,
+        input_shape=(None, None, 3), classifier_activation=None,
+        drop_rate=plan.drop_rate, stochdepth_rate=plan.stochdepth_rate,
+        seed=seed, name="nfnet")
+    if FLAGS.weights:
+        load_finetune_weights(model, FLAGS.weights, plan.variant_name,
+                              num_classes)
+    return model
+
+
+def load_finetune_weights(model, weights, variant, num_classes):
+    """Pretrained weights for fine-tuning; the classifier is kept only when
+    its shape matches (same number of classes)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    from keras_nfnets import weights as nf_weights  # pylint: disable=import-outside-toplevel
+    from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
+    skip = () if num_classes == 1000 else ("linear",)
+    if weights == "imagenet":
+        pretrained.load_imagenet_weights(model, variant, skip_layers=skip)
+    elif str(weights).endswith(".keras"):
+        source = keras.models.load_model(weights, compile=False)
+        for layer in model.layers:
+            try:
+                other = source.get_layer(layer.name)
+            except ValueError:
+                continue
+            src = other.get_weights()
+            if [w.shape for w in src] == [w.shape for w in
+                                          layer.get_weights()]:
+                layer.set_weights(src)
+    else:
+        nf_weights.load_weights(model, weights, skip_layers=skip)
+
+
+def compile_model(model, steps_per_epoch, total_steps, jit_compile):
+    """DeepMind's optimizer recipe + AGC, all from keras_nfnets (the one
+    place where the optimizer is chosen)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    from keras_nfnets import optimizers  # pylint: disable=import-outside-toplevel
+    warmup = int(FLAGS.warmup_epochs * steps_per_epoch)
+    warmup = min(warmup, max(total_steps - 1, 0))
+    schedule = optimizers.WarmupCosineDecay(
+        FLAGS.lr * FLAGS.batch_size / 256.0, warmup_steps=warmup,
+        total_steps=max(total_steps, warmup + 1))
+    optimizer = optimizers.NFNetSGD(
+        schedule, momentum=FLAGS.momentum, nesterov=True,
+        weight_decay=FLAGS.weight_decay, use_ema=FLAGS.ema_decay > 0,
+        ema_momentum=FLAGS.ema_decay or 0.99)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=FLAGS.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="top1"),
+                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+        agc_clipping=FLAGS.agc_clipping or None,
+        steps_per_execution=FLAGS.steps_per_execution,
+        jit_compile={"auto": "auto", "true": True,
+                     "false": False}[FLAGS.jit_compile])
+
+
+class _KeepTrainingWeights:
+    """A partial `fit` (the rest of an interrupted epoch) must not end by
+    swapping the EMA into the model, which Keras does at the end of fit."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def __enter__(self):
+        self.optimizer.finalize_variable_values = lambda var_list: None
+
+    def __exit__(self, *exc):
+        del self.optimizer.finalize_variable_values
+
+
+def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
+        callbacks, backup):
+    """Runs (or resumes) training up to `total_steps`. Returns the History
+    of the last fit call."""
+    from training import data  # pylint: disable=import-outside-toplevel
+    step = backup.restore(model)
+    if step:
+        logging.info("Resuming from the backup at step %d.", step)
+        print(f"Resuming from step {step}/{total_steps}.", flush=True)
+
+    def dataset_from(start):
+        cfg = data.TrainInput(
+            global_batch_size=FLAGS.batch_size, image_size=plan.image_size,
+            num_classes=source.num_classes, seed=FLAGS.seed,
+            randaugment=plan.randaugment, mixup_alpha=FLAGS.mixup_alpha,
+            cutmix=FLAGS.cutmix, crop_area_min=FLAGS.crop_area_min,
+            start_step=start)
+        return strategy.distribute_datasets_from_function(
+            data.train_dataset_fn(source, cfg))
+
+    history = None
+    epoch, done = divmod(step, steps_per_epoch)
+    if done and step < total_steps:  # finish the interrupted epoch first
+        with _KeepTrainingWeights(model.optimizer):
+            history = model.fit(
+                dataset_from(step), initial_epoch=epoch, epochs=epoch + 1,
+                steps_per_epoch=min(steps_per_epoch - done,
+                                    total_steps - step),
+                callbacks=callbacks, verbose=_verbose(strategy))
+        step = _current_step(model)
+        epoch += 1
+    if step < total_steps:
+        history = model.fit(
+            dataset_from(step), initial_epoch=epoch, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+            verbose=_verbose(strategy))
+    elif history is None:  # the backup was taken after the last step
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    return history
+
+
+def _current_step(model):
+    import keras  # pylint: disable=import-outside-toplevel
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _verbose(strategy):
+    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    return 1 if strategy_lib.is_chief(strategy) else 0
+
+
+def run(argv=None):
+    """The program. Returns the metrics dict."""
+    del argv
+    if FLAGS.demo:
+        apply_demo_defaults()
+    plan = check_flags()  # raises UsageError before any work
+
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import keras  # pylint: disable=import-outside-toplevel
+    from training import data  # pylint: disable=import-outside-toplevel
+    from training import evaluate  # pylint: disable=import-outside-toplevel
+    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from training.checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+
+    model_dir = FLAGS.model_dir
+    if is_finished(model_dir):
+        with tf.io.gfile.GFile(data.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        print(f"{model_dir} holds a finished run (metrics.json); not "
+              "training again. Use a new --model_dir to train again.")
+        _report(metrics)
+        return metrics
+
+    try:
+        source = data.get_source(FLAGS.dataset, FLAGS.data_dir,
+                                 FLAGS.train_split, FLAGS.eval_split)
+    except data.DatasetError as e:
+        raise UsageError(str(e)) from e
+
+    name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
+    strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    eval_batch = FLAGS.eval_batch_size or FLAGS.batch_size
+    check_replicas(strategy, FLAGS.batch_size)
+    check_replicas(strategy, eval_batch, "--eval_batch_size")
+    chief = strategy_lib.is_chief(strategy)
+
+    if FLAGS.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(
+            "mixed_" + FLAGS.mixed_precision)
+
+    steps_per_epoch = FLAGS.steps_per_epoch or max(
+        source.num_train // FLAGS.batch_size, 1)
+    if FLAGS.train_steps:
+        total_steps = FLAGS.train_steps
+    else:
+        total_steps = max(int(round(FLAGS.epochs * steps_per_epoch)), 1)
+    epochs = -(-total_steps // steps_per_epoch)
+    print(f"{plan.variant_name} on {source.name}: {source.num_classes} "
+          f"classes, {source.num_train} training images; {name} strategy "
+          f"with {strategy.num_replicas_in_sync} replica(s); batch "
+          f"{FLAGS.batch_size}, {total_steps} steps ({steps_per_epoch} per "
+          f"epoch), {plan.image_size}px train / {plan.eval_image_size}px "
+          "eval.", flush=True)
+
+    with strategy.scope():
+        model = build_model(plan, source.num_classes, FLAGS.seed)
+        compile_model(model, steps_per_epoch, total_steps, FLAGS.jit_compile)
+
+    tf.io.gfile.makedirs(model_dir)
+    backup = StepBackup(data.join(model_dir, "backup"),
+                        save_freq=FLAGS.checkpoint_steps, write=chief)
+    callbacks = [backup]
+    if chief:
+        callbacks += [
+            keras.callbacks.TensorBoard(data.join(model_dir, "logs"),
+                                        update_freq=100),
+            keras.callbacks.CSVLogger(data.join(model_dir, "history.csv"),
+                                      append=True)]
+    start = time.time()
+    fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
+        callbacks, backup)
+    train_time = time.time() - start
+
+    # The model now holds the EMA weights (Keras swaps them in after fit).
+    result = evaluate.evaluate_model(
+        model, strategy, source, eval_batch, plan.eval_image_size,
+        FLAGS.eval_crop_padding)
+    metrics = {
+        "top1": result["top1"], "top5": result["top5"],
+        "eval_examples": result["examples"], "split": source.eval_split,
+        "eval_image_size": plan.eval_image_size,
+        "eval_crop_padding": FLAGS.eval_crop_padding,
+        "ema": FLAGS.ema_decay > 0, "steps": _current_step(model),
+        "train_seconds": round(train_time, 1), "variant": plan.variant_name,
+        "dataset": source.name, "class_names": list(source.class_names)}
+    if chief:
+        model.save(data.join(model_dir, "model.keras"))
+        with tf.io.gfile.GFile(data.join(model_dir, "metrics.json"),
+                               "w") as f:
+            json.dump(metrics, f, indent=1)
+    _report(metrics, model_dir)
+    return metrics
+
+
+def _report(metrics, model_dir=None):
+    print(f"top-1 accuracy: {100 * metrics['top1']:.1f}%  (top-5 "
+          f"{100 * metrics['top5']:.1f}%, {metrics['eval_examples']} "
+          f"{metrics['split']} images, {metrics['eval_image_size']}px"
+          f"{', EMA weights' if metrics.get('ema') else ''})", flush=True)
+    if model_dir:
+        print(f"model: {model_dir}/model.keras; metrics: "
+              f"{model_dir}/metrics.json", flush=True)
+
+
+def main(argv):
+    try:
+        run(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
