@@ -23,6 +23,8 @@ from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+from keras_nfnets.imagenet import (decode_predictions, preprocess_for_eval,
+                                   preprocess_input)
 
 __version__ = "0.1.0"
 
