@@ -246,7 +246,9 @@ class AGC(keras.optimizers.Optimizer):
 
     def _install_hook(self):
         inner = self.inner_optimizer
-        if getattr(inner, "_agc_hooked_by", None) is self:
+        # An id, not a reference: a reference back to this wrapper would make
+        # a cycle that Keras's saving walks forever.
+        if getattr(inner, "_agc_hook_owner", None) == id(self):
             return
         if keras.backend.backend() == "tensorflow":
             # Clip right after the cross-replica all-reduce (the sum of the
@@ -268,12 +270,12 @@ class AGC(keras.optimizers.Optimizer):
                                  learning_rate)
 
             object.__setattr__(inner, "_backend_update_step", clip_then_update)
-        object.__setattr__(inner, "_agc_hooked_by", self)
+        object.__setattr__(inner, "_agc_hook_owner", id(self))
 
     # ------------------------------------------------------------------ apply
     def apply(self, grads, trainable_variables=None):
         if not self.built:
-            with keras.backend.name_scope(self.name, caller=self):
+            with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
         if not self.skip_nonfinite:
@@ -311,13 +313,13 @@ class AGC(keras.optimizers.Optimizer):
             return
 
         def cross_replica(distribution, grads, trainable_variables):
-            finite_per_replica = distribution.extended.call_for_each_replica(
-                lambda g: ops.cast(self.check_finite(g), "int32"),
+            bad_per_replica = distribution.extended.call_for_each_replica(
+                lambda g: 1 - ops.cast(self.check_finite(g), "int32"),
                 args=(grads,))
             # All replicas must agree: skip if any replica saw inf/nan (the
             # all-reduced gradient would carry it to every replica).
-            finite = distribution.reduce(tf.distribute.ReduceOp.MIN,
-                                         finite_per_replica, axis=None) > 0
+            finite = ops.equal(distribution.reduce(
+                tf.distribute.ReduceOp.SUM, bad_per_replica, axis=None), 0)
 
             def apply_fn():
                 distribution.extended.call_for_each_replica(

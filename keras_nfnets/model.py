@@ -67,3 +67,10 @@ class NFNetModel(keras.Model):
                 args["agc_exclude"] = list(args["agc_exclude"])
             config.update(args)
         return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model (AGC settings included)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)

@@ -1,0 +1,340 @@
+"""Adaptive gradient clipping: the pure functions against DeepMind's numbers,
+and AGC inside training (NFNetModel.compile, the AGC wrapper around a
+user-built model, non-finite steps, mixed precision, saving, and
+MirroredStrategy over two logical CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_nfnets
+from keras_nfnets import agc
+from conftest import REPO, deepmind_fixture, fixture_path, relative_error
+
+NAMES = ["conv/w", "conv/gain", "conv/bias", "block/skip_gain", "se/w",
+         "zero_init/w", "linear/w", "linear/b"]
+
+
+# ---------------------------------------------------------------- functions
+def test_unitwise_norm_axes():
+    x = np.random.default_rng(0).normal(size=(3, 3, 8, 16)).astype("float32")
+    np.testing.assert_allclose(
+        keras_nfnets.unitwise_norm(x),
+        np.sqrt((x ** 2).sum(axis=(0, 1, 2), keepdims=True)), rtol=1e-6)
+    d = x[0, 0]  # dense kernel (in=8, out=16): norm over the inputs
+    np.testing.assert_allclose(keras_nfnets.unitwise_norm(d),
+                               np.sqrt((d ** 2).sum(0, keepdims=True)),
+                               rtol=1e-6)
+    for v in (x[0, 0, 0], np.float32(-3.0), x[:1, :1, :1, :]):
+        # vectors, scalars, and anything that squeezes to a vector: whole
+        np.testing.assert_allclose(keras_nfnets.unitwise_norm(v),
+                                   np.sqrt((np.asarray(v) ** 2).sum()),
+                                   rtol=1e-6)
+    with pytest.raises(ValueError):
+        keras_nfnets.unitwise_norm(np.ones((2, 2, 2, 2, 2)))
+
+
+def test_adaptive_clip_grads_matches_deepmind():
+    ref = deepmind_fixture("agc_reference.npz")
+    clipped = keras_nfnets.adaptive_clip_grads(
+        [ref["grad:" + n] for n in NAMES], [ref["param:" + n] for n in NAMES],
+        clipping=0.01, eps=1e-3)
+    for name, c in zip(NAMES, clipped):
+        err = relative_error(np.asarray(c), ref["clipped:" + name])
+        assert err < 1e-5, (name, err)
+    # The fixture exercises both branches and the eps floor.
+    assert not np.allclose(ref["grad:conv/bias"], ref["clipped:conv/bias"])
+    assert np.allclose(ref["grad:conv/w"], ref["clipped:conv/w"])
+    assert keras_nfnets.adaptive_clip_grads([None], [ref["param:se/w"]]) == [
+        None]
+
+
+def test_clip_rule_by_hand():
+    w = np.array([[3.0, 0.0], [4.0, 0.0]], "float32")  # unit norms 5, 0
+    g = np.array([[0.3, 0.0], [0.0, 1.0]], "float32")  # unit norms .3, 1
+    out = np.asarray(keras_nfnets.adaptive_clip_grads([g], [w], 0.1, 1e-3)[0])
+    # unit 0: 0.3 <= 0.1 * 5, untouched; unit 1: 1 > 0.1 * max(0, 1e-3)
+    np.testing.assert_allclose(out, [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-6)
+
+
+# ------------------------------------------------------------ training step
+def _tiny(include_top=True, **kwargs):
+    return keras_nfnets.NFNet(
+        str(fixture_path("nfnet_tiny_config.json")), include_top=include_top,
+        classes=10, input_shape=(32, 32, 3), classifier_activation=None,
+        include_preprocessing=False, drop_rate=0.0, stochdepth_rate=0.0,
+        seed=1, **kwargs)
+
+
+def _batch(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 32, 32, 3)).astype("float32"),
+            rng.integers(0, 10, size=(n,)))
+
+
+def _raw_grads(model, x, y):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    return [g.numpy() for g in tape.gradient(loss,
+                                             model.trainable_variables)]
+
+
+def _check_one_sgd_step(model, before, grads, lr, unclipped_path):
+    """After one plain-SGD step, every variable moved by -lr * AGC(g) except
+    `unclipped_path`, which moved by -lr * g although AGC would clip it."""
+    seen = False
+    for v, w0, g in zip(model.trainable_variables, before, grads):
+        if v.path == unclipped_path:
+            seen = True
+            would_clip = np.asarray(agc.clip_gradient(g, w0, 0.01, 1e-3))
+            assert not np.allclose(would_clip, g), "clip would be a no-op"
+            expected = w0 - lr * g
+        else:
+            expected = w0 - lr * np.asarray(agc.clip_gradient(g, w0, 0.01,
+                                                              1e-3))
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-4,
+                                   atol=1e-6, err_msg=v.path)
+    assert seen
+
+
+def test_fit_clips_everything_but_the_classifier_weight():
+    model = _tiny()
+    x, y = _batch()
+    before = [v.numpy() for v in model.trainable_variables]
+    grads = _raw_grads(model, x, y)
+    lr = 0.5
+    model.compile(optimizer=keras.optimizers.SGD(lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True), agc_clipping=0.01)
+    assert isinstance(model.optimizer, keras_nfnets.AGC)
+    assert model.optimizer.exclude == ("linear/kernel",)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    _check_one_sgd_step(model, before, grads, lr, "linear/kernel")
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+
+def test_agc_wrapper_for_a_user_model_around_a_backbone():
+    backbone = _tiny(include_top=False, pooling="avg")
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(10, name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs)
+    x, y = _batch(seed=1)
+    before = [v.numpy() for v in model.trainable_variables]
+    grads = _raw_grads(model, x, y)
+    model.compile(
+        optimizer=keras_nfnets.AGC(keras.optimizers.SGD(0.5),
+                                   exclude="head/kernel"),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    _check_one_sgd_step(model, before, grads, 0.5, "head/kernel")
+
+
+def test_exclude_that_matches_nothing_warns():
+    var = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    opt = keras_nfnets.AGC(keras.optimizers.SGD(0.1), exclude=("linear",))
+    with pytest.warns(UserWarning, match="match no trainable variable"):
+        opt.build([var])
+
+
+def test_agc_off_leaves_the_optimizer_alone():
+    model = _tiny()
+    model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_nonfinite_gradients_skip_the_step(in_function):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    w = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
+    b = keras.Variable(np.ones((2,), "float32"), name="bias")
+    opt = keras_nfnets.AGC(
+        keras_nfnets.NFNetSGD(0.1, use_ema=True), exclude=())
+
+    def step(gw, gb):
+        opt.apply_gradients([(gw, w), (gb, b)])
+
+    if in_function:
+        step = tf.function(step)
+    good = np.full((3, 2), 0.1, "float32"), np.full((2,), 0.1, "float32")
+    step(*good)
+    state = [v.numpy() for v in [w, b] + opt.variables]
+    for bad in (np.inf, np.nan):
+        gw = good[0].copy()
+        gw[1, 1] = bad
+        step(gw, good[1])
+        assert all(np.array_equal(s, v.numpy(), equal_nan=True) for s, v in
+                   zip(state[:2], [w, b]))
+    assert int(opt.skipped_steps.numpy()) == 2
+    assert int(opt.iterations.numpy()) == 1
+    step(*good)
+    assert int(opt.iterations.numpy()) == 2 and not np.array_equal(
+        state[0], w.numpy())
+
+
+def test_save_and_load_keep_agc(tmp_path):
+    model = _tiny()
+    x, y = _batch()
+    model.compile(optimizer=keras_nfnets.NFNetSGD(0.1, use_ema=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True),
+                  agc_clipping=0.02, agc_eps=1e-3)
+    model.fit(x, y, batch_size=4, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, keras_nfnets.NFNetModel)
+    opt = loaded.optimizer
+    assert isinstance(opt, keras_nfnets.AGC) and opt.clipping == 0.02
+    assert opt.exclude == ("linear/kernel",)
+    assert isinstance(opt.inner_optimizer, keras_nfnets.NFNetSGD)
+    for a, b in zip(model.optimizer.variables, opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    loaded.fit(x, y, batch_size=4, verbose=0)
+    assert int(opt.iterations.numpy()) == 2
+    # Compiling with AGC off also round-trips.
+    model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
+    model.save(path)
+    assert isinstance(keras.saving.load_model(path).optimizer,
+                      keras.optimizers.SGD)
+
+
+# ---------------------------------------------------------- mixed precision
+def _one_step_update(policy, monkeypatch=None):
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(3)
+        model = _tiny()
+        keras.config.set_dtype_policy("float32")
+        x, y = _batch(seed=2)
+        before = [v.numpy() for v in model.trainable_variables]
+        model.compile(optimizer=keras.optimizers.SGD(0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True), agc_clipping=0.01)
+        model.fit(x, y, batch_size=4, verbose=0)
+        return model, [v.numpy() - w for v, w in
+                       zip(model.trainable_variables, before)]
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_float16_agc_sees_unscaled_gradients():
+    _, ref = _one_step_update("float32")
+    model, got = _one_step_update("mixed_float16")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer.inner_optimizer, keras_nfnets.AGC)
+    worst = max(relative_error(g, r) for g, r in zip(got, ref))
+    assert worst < 2e-2, worst  # float16 tolerance; a scaled clip is 1e4 off
+
+
+def test_mixed_bfloat16_keeps_agc_in_float32(monkeypatch):
+    dtypes = []
+    original = agc.clip_gradient
+
+    def spy(grad, param, *args):
+        out = original(grad, param, *args)
+        dtypes.append((str(out.dtype), str(param.dtype)))
+        return out
+
+    monkeypatch.setattr(agc, "clip_gradient", spy)
+    _, ref = _one_step_update("float32")
+    dtypes.clear()
+    model, got = _one_step_update("mixed_bfloat16")
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    assert dtypes and all(d == ("float32", "float32") for d in dtypes)
+    worst = max(relative_error(g, r) for g, r in zip(got, ref))
+    assert worst < 5e-2, worst
+
+
+# ------------------------------------------------------------- distribution
+_DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    import keras_nfnets
+    from keras_nfnets import agc
+
+    class PerReplicaAGC(keras_nfnets.AGC):
+        # The naive design: clip in apply(), i.e. each replica's share.
+        def _install_hook(self):
+            pass
+        def apply(self, grads, trainable_variables=None):
+            if not self.built:
+                self.build(trainable_variables)
+            self.inner_optimizer.apply(self.clip(grads, trainable_variables),
+                                       trainable_variables)
+
+    config, jit = sys.argv[1], sys.argv[2] == "1"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=(24,))
+
+    def build():
+        return keras_nfnets.NFNet(
+            config, classes=10, input_shape=(32, 32, 3),
+            classifier_activation=None, include_preprocessing=False,
+            drop_rate=0.0, stochdepth_rate=0.0)
+
+    init = build().get_weights()
+
+    def run(strategy, wrapper):
+        with strategy.scope():
+            model = build()
+            model.set_weights(init)
+            sgd = keras.optimizers.SGD(0.5, momentum=0.9)
+            opt = None if wrapper is None else wrapper(sgd)
+            model.compile(optimizer=opt or sgd, loss=keras.losses.
+                          SparseCategoricalCrossentropy(from_logits=True),
+                          agc_clipping=0.01 if wrapper else None,
+                          jit_compile=jit)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    single = tf.distribute.OneDeviceStrategy("/cpu:0")
+    agc_ = lambda o: keras_nfnets.AGC(o, exclude=("linear/kernel",))
+    naive = lambda o: PerReplicaAGC(o, exclude=("linear/kernel",))
+
+    def err(a, b):
+        return max(float(np.abs(u - v).max() / max(np.abs(v).max(), 1e-12))
+                   for u, v in zip(a, b))
+
+    ref = run(single, agc_)
+    out = {"mirrored": err(run(mirrored, agc_), ref),
+           "naive_mirrored": err(run(mirrored, naive), ref),
+           "unclipped_single": err(run(single, None), ref)}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_mirrored_strategy_clips_the_global_batch_gradient(jit):
+    """3 steps (global batch 8, 4 per replica) over two logical CPUs end
+    where one device ends; clipping each replica's share does not."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
+                   "PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISTRIBUTED,
+         str(fixture_path("nfnet_tiny_config.json")), "1" if jit else "0"],
+        capture_output=True, text=True, env=env, timeout=900, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT"):])
+    print(result)
+    assert result["mirrored"] < 1e-5, result
+    assert result["naive_mirrored"] > 1e-3, result  # per-replica clip fails
+    assert result["unclipped_single"] > 1e-3, result  # clipping was active
