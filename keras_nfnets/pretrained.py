@@ -53,7 +53,7 @@ HASH_RECORD = "keras_nfnets_sha256.json"
 #: as `"F0_haiku.npz": "<64 hex digits>"`; never guess one.
 KNOWN_SHA256 = {}
 
-#: ImageNet top-1 (%) and (train, test) resolutions of DeepMind's release.
+#: ImageNet top-1 (%) DeepMind reports for its released checkpoints.
 IMAGENET_TOP1 = {"F0": 83.6, "F1": 84.7, "F2": 85.1, "F3": 85.7,
                  "F4": 85.9, "F5": 86.0, "F6": 86.5}
 

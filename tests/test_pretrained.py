@@ -4,7 +4,6 @@ Every test serves files from a real HTTP server on 127.0.0.1 (nothing is
 ever fetched from outside) and uses a temporary KERAS_HOME.
 """
 
-import functools
 import hashlib
 import http.server
 import json
