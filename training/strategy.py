@@ -90,3 +90,11 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def task_name(strategy):
+    """'worker_1', 'chief_0', ... ('chief_0' without a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return "chief_0"
+    return f"{resolver.task_type}_{resolver.task_id}"

@@ -405,6 +405,10 @@ def run(argv=None):
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json"),
                                "w") as f:
             json.dump(metrics, f, indent=1)
+    else:  # other workers: their copy, to check that replicas agree
+        tf.io.gfile.makedirs(data.join(model_dir, "workers"))
+        model.save(data.join(model_dir, "workers", strategy_lib.task_name(
+            strategy) + ".keras"))
     _report(metrics, model_dir)
     return metrics
 

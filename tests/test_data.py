@@ -1,0 +1,171 @@
+"""Input pipeline: folder and tfds sources, the dataset functions with an
+InputContext of several pipelines, augmentation, determinism, resume skip."""
+
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import augment
+from training import data
+from training_helpers import make_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = make_folder(tmp_path_factory.mktemp("imgs"), classes=3, train=8,
+                       test=4)
+    return data.folder_source(str(root))
+
+
+def _cfg(**kw):
+    base = dict(global_batch_size=8, image_size=24, num_classes=3, seed=3)
+    base.update(kw)
+    return data.TrainInput(**base)
+
+
+def _take(ds, n):
+    return [tuple(np.asarray(t) for t in b) for b in ds.take(n)]
+
+
+def test_folder_source(folder):
+    assert folder.num_classes == 3 and folder.num_train == 24
+    assert folder.num_eval == 12 and folder.eval_split == "test"
+    assert folder.class_names == ("airplane", "automobile", "bird")
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(data.DatasetError, match="no such directory"):
+        data.get_source(f"folder:{tmp_path}/missing")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(data.DatasetError, match="no images"):
+        data.get_source(f"folder:{tmp_path}")
+
+
+def test_parse_randaugment():
+    assert augment.parse_randaugment("405") == (4, 5)
+    assert augment.parse_randaugment("415") == (4, 15)
+    assert augment.parse_randaugment("none") is None
+    with pytest.raises(ValueError, match="RA level"):
+        augment.parse_randaugment("4x5")
+
+
+def test_train_batches_are_per_replica_and_deterministic(folder):
+    cfg = _cfg(randaugment=(2, 5), mixup_alpha=0.2, cutmix=True)
+    fn = data.train_dataset_fn(folder, cfg)
+    a = _take(fn(tf.distribute.InputContext()), 3)
+    b = _take(fn(tf.distribute.InputContext()), 3)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.shape == (8, 24, 24, 3) and ya.shape == (8, 3)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_allclose(ya.sum(-1), 1.0, rtol=1e-6)
+        assert 0.0 <= xa.min() and xa.max() <= 255.0
+    other = _take(data.train_dataset_fn(folder, _cfg(seed=4))(None), 1)
+    assert not np.array_equal(other[0][0], a[0][0])
+
+
+def test_resume_skip_equals_uninterrupted_stream(folder):
+    cfg = _cfg(randaugment=(2, 5), mixup_alpha=0.2, cutmix=True)
+    full = _take(data.train_dataset_fn(folder, cfg)(None), 5)
+    cfg.start_step = 3
+    resumed = _take(data.train_dataset_fn(folder, cfg)(None), 2)
+    for (x1, y1), (x2, y2) in zip(full[3:], resumed):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_input_context_with_several_pipelines(folder):
+    """4 pipelines x 2 replicas each (8 replicas, as on a 4-host TPU pod
+    slice): per-replica batches of global/8, disjoint shards whose union is
+    what one pipeline reads for the same global steps."""
+    cfg = _cfg(global_batch_size=16)
+    fn = data.train_dataset_fn(folder, cfg)
+    single = _take(fn(tf.distribute.InputContext()), 3)  # 3 steps of 16
+    shards = []
+    for pid in range(4):
+        ctx = tf.distribute.InputContext(num_input_pipelines=4,
+                                         input_pipeline_id=pid,
+                                         num_replicas_in_sync=8)
+        assert ctx.get_per_replica_batch_size(16) == 2
+        batches = _take(fn(ctx), 6)  # 2 local replicas x 3 steps
+        assert all(x.shape == (2, 24, 24, 3) for x, _ in batches)
+        shards.append(batches)
+
+    def key(x):
+        return x.round(3).tobytes()
+
+    for step in range(3):
+        want = sorted(key(x) for x in single[step][0])
+        got = sorted(key(x) for s in shards for x, _ in
+                     (s[2 * step], s[2 * step + 1]) for x in x)
+        assert want == got
+
+
+def test_eval_dataset_pads_every_pipeline_to_the_same_steps(folder):
+    fn = data.eval_dataset_fn(folder, 9, 24, crop_padding=8)
+    steps = data.eval_steps(folder.num_eval, 9)  # 12 examples: 2 steps
+    seen, labels = 0.0, 0
+    for pid in range(3):
+        ctx = tf.distribute.InputContext(3, pid, 3)
+        batches = list(fn(ctx))
+        assert len(batches) == steps  # the same on every pipeline
+        for x, y, w in batches:
+            assert x.shape[1:] == (24, 24, 3)
+            seen += float(tf.reduce_sum(w))
+            labels += int(tf.reduce_sum(y))
+    assert seen == folder.num_eval == labels
+
+
+def _png_bytes(h, w):
+    return tf.io.encode_png(tf.cast(tf.random.uniform([h, w, 3], 0, 255),
+                                    tf.uint8))
+
+
+def test_crops_work_on_jpeg_and_png(folder):
+    jpeg = tf.io.read_file(folder.files["train"][0][0])
+    seed = tf.constant([1, 2], tf.int64)
+    for raw in (jpeg, _png_bytes(40, 30)):
+        assert data.inception_crop(raw, 20, seed).shape == (20, 20, 3)
+        assert data.eval_preprocess(raw, 20).shape == (20, 20, 3)
+
+
+def test_eval_preprocess_is_resize_then_centre_crop():
+    image = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
+    raw = tf.io.encode_png(image)
+    out = data.eval_preprocess(raw, 32, crop_padding=32).numpy()
+    np.testing.assert_allclose(out, image[16:48, 16:48].astype(np.float32),
+                               atol=1e-3)
+
+
+def test_mixup_cutmix_halves():
+    images = tf.concat([tf.zeros([4, 8, 8, 3]), 255 * tf.ones([4, 8, 8, 3])],
+                       0)
+    labels = tf.one_hot([0, 0, 0, 0, 1, 1, 1, 1], 2)
+    seed = tf.constant([5, 6], tf.int64)
+    x, y = augment.mixup_cutmix(images, labels, seed, 0.2, True)
+    np.testing.assert_allclose(tf.reduce_sum(y, -1), 1.0, rtol=1e-6)
+    # second half is CutMix: label weight of the partner = pasted area
+    pasted = tf.reduce_mean(tf.cast(x[4:, ..., 0] == 0, tf.float32), [1, 2])
+    np.testing.assert_allclose(y[4:, 0], pasted, atol=1e-6)
+    # first half is MixUp within the (all-zero) half: unchanged images
+    np.testing.assert_allclose(x[:4], 0.0)
+
+
+def test_gcs_paths():
+    assert data.is_gcs("gs://bucket/x") and not data.is_gcs("/tmp/x")
+    assert data.join("gs://bucket/run", "backup", "latest.json") == \
+        "gs://bucket/run/backup/latest.json"
+    assert data.imagenet_manual_dir("gs://b/tfds") == \
+        "gs://b/tfds/downloads/manual"
+
+
+def test_unprepared_tfds_dataset_names_the_fix(tmp_path):
+    with pytest.raises(data.DatasetError, match="tfds build mnist"):
+        data.get_source("mnist", str(tmp_path))
+    with pytest.raises(data.DatasetError) as e:
+        data.get_source("imagenet2012", str(tmp_path))
+    assert "ILSVRC2012_img_train.tar" in str(e.value)
+    assert f"{tmp_path}/downloads/manual" in str(e.value)
+
+

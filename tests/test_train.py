@@ -1,0 +1,174 @@
+"""The training program end to end: bad input, the real tfds path, resume
+after SIGKILL, a finished run not re-run, training.evaluate agreeing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from training import train
+from training_helpers import (DATASETS_SCRIPT, REPO, env, make_folder,
+                              model_weights, run_train, tiny_flags,
+                              train_cmd, write_config)
+
+
+# ----------------------------------------------------------- bad input
+
+def _usage_error(tmp_path, *args):
+    out = run_train([f"--model_dir={tmp_path}/run", *args], timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert not os.path.exists(f"{tmp_path}/run"), "work started"
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_bad_inputs_each_have_their_own_message(tmp_path):
+    messages = {
+        "variant": _usage_error(tmp_path, "--variant=F9"),
+        "imagenet": _usage_error(tmp_path, "--dataset=imagenet2012",
+                                 f"--data_dir={tmp_path}/tfds"),
+        "tpu": _usage_error(tmp_path, "--tpu=local"),
+    }
+    assert "Unknown NFNet variant 'F9'" in messages["variant"]
+    assert "ILSVRC2012_img_train.tar" in messages["imagenet"]
+    assert f"{tmp_path}/tfds/downloads/manual" in messages["imagenet"]
+    assert "must be a gs:// bucket path" in messages["tpu"]
+    assert len(set(messages.values())) == len(messages)
+
+
+def test_batch_size_not_divisible_by_replicas():
+    fake = types.SimpleNamespace(num_replicas_in_sync=8)
+    with pytest.raises(train.UsageError,
+                       match="--batch_size=100 is not divisible by the 8 "
+                             "replicas"):
+        train.check_replicas(fake, 100)
+    train.check_replicas(fake, 4096)
+
+
+def test_batch_size_check_runs_before_work(tmp_path):
+    """Two MultiWorkerMirroredStrategy replicas (two workers), batch 5."""
+    from training_helpers import free_ports  # pylint: disable=import-outside-toplevel
+    root = make_folder(tmp_path / "imgs", classes=2, train=4, test=2)
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [subprocess.Popen(
+        train_cmd(tiny_flags(write_config(tmp_path / "c.json"),
+                             f"folder:{root}", tmp_path / "run",
+                             batch_size=5, strategy="multi_worker")),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {
+            "type": "worker", "index": i}}))) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "--batch_size=5 is not divisible by the 2 replicas" in outs[0]
+    assert not os.path.exists(tmp_path / "run")
+
+
+# ------------------------------------------------------------ tfds path
+
+@pytest.fixture(scope="module")
+def cifar_tfds(tmp_path_factory):
+    """A real prepared tfds `cifar10` (3.0.2), built offline with
+    ../shared/datasets/make_cifar10_tfds.py from 60 of the demo JPEGs."""
+    if not DATASETS_SCRIPT.exists():
+        pytest.skip(f"{DATASETS_SCRIPT} is not available")
+    base = tmp_path_factory.mktemp("cifar")
+    jpegs = make_folder(base / "jpeg", classes=10, train=4, test=2)
+    out = subprocess.run(
+        [sys.executable, str(DATASETS_SCRIPT), str(jpegs), str(base / "tfds")],
+        env=env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base / "tfds"
+
+
+def test_real_tfds_path(tmp_path, cifar_tfds):
+    args = tiny_flags(write_config(tmp_path / "c.json"), "cifar10",
+                      tmp_path / "run", data_dir=cifar_tfds, train_steps=3,
+                      eval_batch_size=8)
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "10 classes, 40 training images" in out.stdout
+    with open(tmp_path / "run" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["eval_examples"] == 20 and metrics["split"] == "test"
+    assert metrics["steps"] == 3
+    for name in ("model.keras", "history.csv", "logs"):
+        assert (tmp_path / "run" / name).exists()
+
+
+# --------------------------------------------------------------- resume
+
+RESUME = dict(batch_size=8, train_steps=14, steps_per_epoch=5,
+              checkpoint_steps=1, randaugment="205", mixup_alpha=0.2,
+              cutmix="true", drop_rate=0.2, stochdepth_rate=0.2,
+              ema_decay=0.9)
+
+
+def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
+    config = write_config(tmp_path / "c.json")
+
+    def flags(name):
+        return tiny_flags(config, f"folder:{root}", tmp_path / name,
+                          **RESUME)
+
+    straight = run_train(flags("straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    # Kill the second run with SIGKILL once its backup is past step 7
+    # (inside the second epoch of 5 steps), then restart it.
+    meta = tmp_path / "killed" / "backup" / "latest.json"
+    proc = subprocess.Popen(train_cmd(flags("killed")), cwd=REPO, env=env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            killed_at = json.loads(meta.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            killed_at = None
+        if killed_at is not None and killed_at >= 7:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run was not killed"
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+
+    restarted = run_train(flags("killed"))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "Resuming from step" in restarted.stdout
+
+    a = model_weights(str(tmp_path / "straight" / "model.keras"))
+    b = model_weights(str(tmp_path / "killed" / "model.keras"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+    for run in ("straight", "killed"):
+        with open(tmp_path / run / "metrics.json") as f:
+            assert json.load(f)["steps"] == RESUME["train_steps"]
+
+    # A finished run is not re-run.
+    again = run_train(flags("killed"))
+    assert again.returncode == 0
+    assert "holds a finished run" in again.stdout
+    assert "top-1 accuracy:" in again.stdout
+
+    # training.evaluate scores the saved model as training did.
+    ev = subprocess.run(
+        [sys.executable, "-m", "training.evaluate",
+         f"--weights={tmp_path}/straight/model.keras",
+         f"--dataset=folder:{root}", "--batch_size=8"],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    line = [l for l in ev.stdout.splitlines() if "top-1 accuracy" in l][0]
+    trained = [l for l in straight.stdout.splitlines()
+               if "top-1 accuracy" in l][0]
+    assert line.split("(")[0] == trained.split("(")[0]

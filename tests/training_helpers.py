@@ -1,0 +1,90 @@
+"""Helpers for the training tests: tiny image folders and a subprocess
+runner for `python -m training.train`."""
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "training" / "demo_data"
+TINY_CONFIG = {  # smaller than DeepMind's tiny config: fast on 2 cores
+    "width": [16, 32, 32, 32], "depth": [1, 1, 1, 1],
+    "group_width": [8, 8, 8, 8], "expansion": [0.5, 0.5, 0.5, 0.5],
+    "big_width": [True, True, True, True], "strides": [1, 2, 2, 2],
+    "se_ratio": 0.5, "alpha": 0.2, "activation": "gelu",
+    "final_conv_mult": 2, "use_two_convs": True, "train_imsize": 32,
+    "test_imsize": 32, "RA_level": "205", "drop_rate": 0.1,
+    "stochdepth_rate": 0.1}
+
+
+def make_folder(root, classes=3, train=8, test=4):
+    """root/{train,test}/<class>/*.jpg with real CIFAR-10 JPEGs from the
+    demo sample."""
+    root = pathlib.Path(root)
+    for split, n in (("train", train), ("test", test)):
+        for c in sorted(os.listdir(DEMO_DATA / split))[:classes]:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for f in sorted(os.listdir(DEMO_DATA / split / c))[:n]:
+                shutil.copy(DEMO_DATA / split / c / f, root / split / c / f)
+    return root
+
+
+def write_config(path):
+    path = pathlib.Path(path)
+    path.write_text(json.dumps(TINY_CONFIG))
+    return path
+
+
+def tiny_flags(config, dataset, model_dir, **overrides):
+    flags = dict(variant=str(config), dataset=dataset,
+                 model_dir=str(model_dir), batch_size=8, train_steps=4,
+                 image_size=32, eval_image_size=32, eval_crop_padding=0,
+                 mixed_precision="none", jit_compile="false",
+                 warmup_epochs=0.5, lr=0.2, ema_decay=0.99, seed=1)
+    flags.update(overrides)
+    return [f"--{k}={v}" for k, v in flags.items()]
+
+
+def env(**extra):
+    e = dict(os.environ)
+    e.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
+             CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    e.pop("TF_CONFIG", None)
+    e.update(extra)
+    return e
+
+
+def train_cmd(args):
+    return [sys.executable, "-m", "training.train", *args]
+
+
+def run_train(args, timeout=300, **env_extra):
+    return subprocess.run(train_cmd(args), cwd=REPO, env=env(**env_extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def model_weights(path):
+    """The weights of a saved .keras model or .weights.h5 file, by path."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import keras_nfnets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    model = keras.models.load_model(path, compile=False)
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+DATASETS_SCRIPT = pathlib.Path(os.environ.get(
+    "KERAS_NFNETS_SHARED", REPO.parent / "shared")) / "datasets" / \
+    "make_cifar10_tfds.py"
