@@ -7,9 +7,10 @@ weights of an uninterrupted run. `StepBackup` is the same idea at step
 granularity:
 
 * every `save_freq` steps (and at each epoch end) the chief writes the model
-  *and optimizer* variables (step counter, momentum, EMA, and the layers'
-  random-generator states) to `<backup_dir>/latest.weights.h5`, atomically
-  (write, then rename) so a kill during the write keeps the previous one;
+  *and optimizer* variables (step counter, momentum, EMA) to
+  `<backup_dir>/latest.weights.h5`, atomically (write, then rename) so a
+  kill during the write keeps the previous one, and the layers'
+  random-generator states (dropout, stochastic depth) to `latest.json`;
 * `restore()` loads it before `fit` and returns the global step, from
   which `train.py` resumes mid-epoch with the input stream skipped to that
   step (see `training.data`).
@@ -27,6 +28,12 @@ import tensorflow as tf
 
 WEIGHTS = "latest.weights.h5"
 META = "latest.json"
+
+
+def _rng_states(model):
+    """The state variables of the layers' `SeedGenerator`s (dropout,
+    stochastic depth): not part of Keras weights files, so kept here."""
+    return [v for v in model.variables if "seed_generator_state" in v.path]
 
 
 def _global_step(model):
@@ -70,6 +77,12 @@ class StepBackup(keras.callbacks.Callback):
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(self.weights_path)
+        with tf.io.gfile.GFile(os.path.join(self.backup_dir, META)) as f:
+            rng = json.load(f).get("rng", [])
+        states = _rng_states(model)
+        if len(rng) == len(states):
+            for var, value in zip(states, rng):
+                var.assign(keras.ops.convert_to_tensor(value, var.dtype))
         step = _global_step(model)
         self._last_saved = step
         return step
@@ -92,7 +105,9 @@ class StepBackup(keras.callbacks.Callback):
             os.remove(tmp)
         meta = os.path.join(self.backup_dir, META)
         with tf.io.gfile.GFile(meta + ".tmp", "w") as f:
-            json.dump({"step": step}, f)
+            json.dump({"step": step, "rng": [
+                keras.ops.convert_to_numpy(v).tolist()
+                for v in _rng_states(self.model)]}, f)
         tf.io.gfile.rename(meta + ".tmp", meta, overwrite=True)
         self._last_saved = step
 

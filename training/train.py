@@ -251,14 +251,17 @@ class _KeepTrainingWeights:
     """A partial `fit` (the rest of an interrupted epoch) must not end by
     swapping the EMA into the model, which Keras does at the end of fit."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, active=True):
         self.optimizer = optimizer
+        self.active = active
 
     def __enter__(self):
-        self.optimizer.finalize_variable_values = lambda var_list: None
+        if self.active:
+            self.optimizer.finalize_variable_values = lambda var_list: None
 
     def __exit__(self, *exc):
-        del self.optimizer.finalize_variable_values
+        if self.active:
+            del self.optimizer.finalize_variable_values
 
 
 def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
@@ -281,23 +284,30 @@ def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
         return strategy.distribute_datasets_from_function(
             data.train_dataset_fn(source, cfg))
 
-    history = None
+    # Keras runs whole epochs of `steps_per_epoch`; the rest of an
+    # interrupted epoch and a last partial epoch are fit calls of their own.
+    segments = []  # (first epoch, end epoch, steps per epoch)
     epoch, done = divmod(step, steps_per_epoch)
-    if done and step < total_steps:  # finish the interrupted epoch first
-        with _KeepTrainingWeights(model.optimizer):
-            history = model.fit(
-                dataset_from(step), initial_epoch=epoch, epochs=epoch + 1,
-                steps_per_epoch=min(steps_per_epoch - done,
-                                    total_steps - step),
-                callbacks=callbacks, verbose=_verbose(strategy))
-        step = _current_step(model)
+    if done and step < total_steps:
+        segments.append((epoch, epoch + 1,
+                         min(steps_per_epoch - done, total_steps - step)))
         epoch += 1
-    if step < total_steps:
-        history = model.fit(
-            dataset_from(step), initial_epoch=epoch, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-            verbose=_verbose(strategy))
-    elif history is None:  # the backup was taken after the last step
+    full_epochs = total_steps // steps_per_epoch
+    if full_epochs > epoch:
+        segments.append((epoch, full_epochs, steps_per_epoch))
+        epoch = full_epochs
+    last = total_steps - max(full_epochs * steps_per_epoch, step)
+    if last > 0 and epoch < epochs:
+        segments.append((epoch, epoch + 1, last))
+    history = None
+    for i, (first, end, steps) in enumerate(segments):
+        final = i == len(segments) - 1
+        with _KeepTrainingWeights(model.optimizer, active=not final):
+            history = model.fit(
+                dataset_from(_current_step(model)), initial_epoch=first,
+                epochs=end, steps_per_epoch=steps, callbacks=callbacks,
+                verbose=_verbose(strategy))
+    if history is None:  # the backup was taken after the last step
         model.optimizer.finalize_variable_values(model.trainable_variables)
     return history
 
