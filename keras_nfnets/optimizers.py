@@ -208,8 +208,7 @@ def nfnet_optimizer(batch_size, steps_per_epoch, epochs, base_lr=0.1,
     model.compile(optimizer=keras_nfnets.nfnet_optimizer(
                       batch_size=4096, steps_per_epoch=312, epochs=360),
                   loss=keras.losses.CategoricalCrossentropy(
-                      label_smoothing=0.1),
-                  agc_clipping=None)  # the optimizer already clips
+                      label_smoothing=0.1))  # an AGC optimizer: not rewrapped
     model.fit(train_ds, epochs=360,
               callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)])
     ```
