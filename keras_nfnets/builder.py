@@ -136,7 +136,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
                 input_shape=None, pooling=None, classes=1000,
                 classifier_activation="softmax", include_preprocessing=True,
                 drop_rate=None, stochdepth_rate=None, activation=None,
-                seed=None, name="nfnet"):
+                seed=None, remat=False, name="nfnet"):
     """Builds a `keras.Model` from an `NFNetConfig`, `NFResNetConfig` or
     `NFRegNetConfig` (no weights).
 
@@ -180,7 +180,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
         x = nf_layers.NFBlock(
             **{**arch["block_kwargs"], **block}, alpha=config.alpha,
             activation=activation, seed=None if seed is None else seed + i,
-            name=block_name(i, arch["block_prefix"]))(x)
+            remat=remat, name=block_name(i, arch["block_prefix"]))(x)
 
     if arch["final_conv"] is not None:
         x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv")(x)

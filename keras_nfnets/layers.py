@@ -376,8 +376,9 @@ class NFBlock(keras.layers.Layer):
                  alpha=0.2, activation="gelu", big_width=True,
                  use_two_convs=True, stochdepth_rate=None, seed=None,
                  se_position="output", strided_shortcut=False,
-                 **kwargs):
+                 remat=False, **kwargs):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.expansion, self.se_ratio = expansion, se_ratio
         self.kernel_size, self.group_width = kernel_size, group_width
@@ -457,16 +458,9 @@ class NFBlock(keras.layers.Layer):
         self.skip_gain = self.add_weight(name="skip_gain", shape=(),
                                          initializer="zeros", trainable=True)
 
-    def call_with_metrics(self, x, training=False):
-        out = self._act(x) * ops.cast(self.beta, x.dtype)
-        shortcut = out
-        if self.strides > 1 and not self.strided_shortcut:
-            shortcut = ops.average_pool(shortcut, pool_size=2, strides=2,
-                                        padding="same")
-        if self.use_projection:
-            shortcut = self.conv_shortcut(shortcut)
-        else:
-            shortcut = x
+    def _residual_branch(self, out):
+        """conv0 -> act -> conv1 -> [SE] -> act -> conv1b -> act -> conv2
+        -> [SE]: deterministic, so it can be recomputed (remat)."""
         out = self.conv0(out)
         out = self.conv1(self._act(out))
         if self.se_position == "bottleneck":
@@ -476,15 +470,41 @@ class NFBlock(keras.layers.Layer):
         out = self.conv2(self._act(out))
         if self.se_position == "output":
             out = (self.se(out) * 2.0) * out
-        res_avg_var = ops.mean(ops.var(ops.cast(out, "float32"),
-                                       axis=(0, 1, 2)))
+        return out
+
+    def call_with_metrics(self, x, training=False, return_metrics=True):
+        """Returns `(output, res_avg_var)`: the block output, and the
+        residual branch's average channel variance before stochastic depth
+        and skip gain (None when `return_metrics=False`)."""
+        out = self._act(x) * ops.cast(self.beta, x.dtype)
+        shortcut = out
+        if self.strides > 1 and not self.strided_shortcut:
+            shortcut = ops.average_pool(shortcut, pool_size=2, strides=2,
+                                        padding="same")
+        if self.use_projection:
+            shortcut = self.conv_shortcut(shortcut)
+        else:
+            shortcut = x
+        if self.remat:
+            # Keep only the block's input for the backward pass: the branch's
+            # activations and standardized kernels are recomputed. The
+            # stochastic-depth draw stays outside, so recomputation cannot
+            # change it.
+            out = keras.remat(self._residual_branch)(out)
+        else:
+            out = self._residual_branch(out)
+        res_avg_var = None
+        if return_metrics:
+            res_avg_var = ops.mean(ops.var(ops.cast(out, "float32"),
+                                           axis=(0, 1, 2)))
         if self.stoch_depth is not None:
             out = self.stoch_depth(out, training=training)
         out = out * ops.cast(self.skip_gain, out.dtype)
         return out * ops.cast(self.alpha, out.dtype) + shortcut, res_avg_var
 
     def call(self, x, training=False):
-        return self.call_with_metrics(x, training=training)[0]
+        return self.call_with_metrics(x, training=training,
+                                      return_metrics=False)[0]
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
@@ -504,4 +524,5 @@ class NFBlock(keras.layers.Layer):
                 "use_two_convs": self.use_two_convs,
                 "stochdepth_rate": self.stochdepth_rate, "seed": self.seed,
                 "se_position": self.se_position,
-                "strided_shortcut": self.strided_shortcut}
+                "strided_shortcut": self.strided_shortcut,
+                "remat": self.remat}

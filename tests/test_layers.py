@@ -174,3 +174,28 @@ def test_nfblock_stochastic_depth_training_only():
     dropped = np.all(np.isclose(t, x, atol=1e-6), axis=(1, 2, 3))
     kept = np.all(np.isclose(t, a, atol=1e-5), axis=(1, 2, 3))
     assert np.all(dropped | kept) and dropped.any() and kept.any()
+
+
+def test_nfblock_remat_gives_identical_outputs_and_gradients():
+    """Recomputing the residual branch in the backward pass (remat) changes
+    memory, not numbers; stochastic depth draws stay outside it."""
+    import tensorflow as tf
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(4, 8, 8, 16)).astype("float32"))
+    results = []
+    for remat in (False, True):
+        block = nfl.NFBlock(16, 32, group_width=8, strides=2, beta=0.8,
+                            remat=remat, name="nf_block_2")
+        block.build(x.shape)
+        for v in block.weights:  # same weights for both
+            v.assign(np.random.default_rng(len(v.path)).normal(
+                size=v.shape).astype("float32") * 0.3)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = block(x, training=True)
+            loss = tf.reduce_sum(y * y)
+        grads = tape.gradient(loss, [x] + block.trainable_weights)
+        results.append([y.numpy()] + [g.numpy() for g in grads])
+        assert nfl.NFBlock.from_config(block.get_config()).remat == remat
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

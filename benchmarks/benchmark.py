@@ -1,0 +1,227 @@
+"""Speed and memory benchmark for keras_nfnets.
+
+Each measurement runs in a fresh process (so peak RSS and start-up time are
+its own), and configurations are interleaved over several rounds, because the
+machine is shared and noisy: compare numbers only within one run.
+
+    python benchmarks/benchmark.py                       # F0 defaults, table
+    python benchmarks/benchmark.py --variant F0 --rounds 3 --out bench.json
+    python benchmarks/benchmark.py --child train --variant F0 --batch 8 --size 192
+
+Measured per configuration:
+  * training images/s: a full `train_on_batch` step (the same compiled
+    train function `fit` uses) with AGC and SGD, median over steps after
+    warm-up;
+  * inference images/s (`predict_on_batch`), median after warm-up;
+  * peak resident memory of the process (ru_maxrss);
+  * seconds from process start to the end of the first and second step;
+  * model FLOPs per image (multiply-adds x 2, counted from the layers);
+  * this machine's fp32 matmul rate (GFLOP/s, measured in the same process)
+    and the model-FLOP utilisation it implies (training counts 3x the
+    forward FLOPs).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+_START = time.time()
+
+
+def matmul_gflops(n=1024, repeats=10):
+    """fp32 matrix-multiply rate of this machine, through TensorFlow."""
+    import tensorflow as tf
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    (a @ b).numpy()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        (a @ b).numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _peak_rss_gb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def run_child(args):
+    """One measurement in this process; prints a JSON line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import keras
+    import keras_nfnets
+    from keras_nfnets.flops import count_flops
+
+    if args.precision != "float32":
+        keras.mixed_precision.set_global_policy(args.precision)
+    if args.grouped_conv:
+        keras_nfnets.set_grouped_conv_mode(args.grouped_conv)
+    size = args.size
+    model = keras_nfnets.NFNet(args.variant, weights=None,
+                               input_shape=(size, size, 3),
+                               classifier_activation=None,
+                               remat=args.remat)
+    flops = count_flops(model)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
+    result = dict(variant=args.variant, mode=args.child, batch=args.batch,
+                  size=size, precision=args.precision, jit=args.jit,
+                  remat=args.remat,
+                  grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
+                  flops_per_image=flops)
+    if args.child == "train":
+        y = rng.integers(0, 1000, (args.batch,))
+        compile_kwargs = dict(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=args.jit)
+        compile_kwargs.update(_agc_kwargs(args))
+        model.compile(**compile_kwargs)
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+        work = 3 * flops  # forward + backward
+    else:
+        step = lambda: model.predict_on_batch(x)  # noqa: E731
+        work = flops
+    times = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if i == 0:
+            result["first_step_s_since_start"] = time.time() - _START
+        if i == 1:
+            result["second_step_s_since_start"] = time.time() - _START
+    measured = times[args.warmup:]
+    median = statistics.median(measured)
+    result["step_times_s"] = [round(t, 3) for t in measured]
+    result["images_per_s"] = args.batch / median
+    result["peak_rss_gb"] = _peak_rss_gb()
+    result["matmul_gflops"] = matmul_gflops()
+    achieved = work * args.batch / median / 1e9
+    result["achieved_gflops"] = achieved
+    result["mfu"] = achieved / result["matmul_gflops"]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _agc_kwargs(args):
+    """AGC arguments for `NFNetModel.compile`, when the package has AGC."""
+    if args.agc_clipping <= 0:
+        return {}
+    import inspect
+    import keras_nfnets
+    params = inspect.signature(keras_nfnets.NFNetModel.compile).parameters
+    if "agc_clipping" in params:
+        return {"agc_clipping": args.agc_clipping}
+    return {}
+
+
+def spawn(config, common):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", config["mode"],
+           "--variant", common.variant, "--batch", str(config["batch"]),
+           "--size", str(config["size"]), "--precision", common.precision,
+           "--steps", str(common.steps), "--warmup", str(common.warmup),
+           "--agc_clipping", str(common.agc_clipping)]
+    if common.jit:
+        cmd.append("--jit")
+    if common.remat:
+        cmd.append("--remat")
+    if config.get("grouped_conv"):
+        cmd += ["--grouped_conv", config["grouped_conv"]]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="F0")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--train_size", type=int, default=None,
+                   help="training resolution (default: the variant's)")
+    p.add_argument("--infer_size", type=int, default=None,
+                   help="inference resolution (default: the variant's test)")
+    p.add_argument("--precision", default="float32",
+                   choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    p.add_argument("--jit", action="store_true", help="XLA (jit_compile)")
+    p.add_argument("--agc_clipping", type=float, default=0.01)
+    p.add_argument("--grouped_conv", default=None,
+                   choices=[None, "split", "native"])
+    p.add_argument("--compare_grouped_conv", action="store_true",
+                   help="also run the native grouped convolution")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute each block's activations in backward")
+    p.add_argument("--modes", default="train,infer")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", default=None, help="write all results as JSON")
+    # child-only
+    p.add_argument("--child", choices=["train", "infer"], default=None)
+    p.add_argument("--size", type=int, default=None)
+    args = p.parse_args(argv)
+
+    if args.child:
+        run_child(args)
+        return
+
+    import keras_nfnets.variants as variants
+    cfg = variants.get_config(args.variant)
+    train_size = args.train_size or cfg.train_imsize
+    infer_size = args.infer_size or cfg.test_imsize
+    configs = []
+    gcs = [args.grouped_conv]
+    if args.compare_grouped_conv:
+        gcs = ["split", "native"]
+    for gc in gcs:
+        for mode in args.modes.split(","):
+            configs.append(dict(mode=mode, batch=args.batch,
+                                size=train_size if mode == "train"
+                                else infer_size, grouped_conv=gc))
+    results = []
+    for r in range(args.rounds):
+        for config in configs:
+            res = spawn(config, args)
+            res["round"] = r
+            results.append(res)
+            print(f"round {r} {res['mode']:5s} {res['grouped_conv']:6s} "
+                  f"{res['images_per_s']:.2f} img/s  "
+                  f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
+    print_table(results)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def print_table(results):
+    keys = sorted({(r["mode"], r["grouped_conv"], r["size"]) for r in results})
+    print()
+    print(f"| mode | grouped conv | batch x px | img/s (median of rounds) | "
+          f"img/s per round | peak RSS GB | first step s | GFLOP/img | "
+          f"matmul GFLOP/s | MFU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mode, gc, size in keys:
+        rs = [r for r in results if (r["mode"], r["grouped_conv"], r["size"])
+              == (mode, gc, size)]
+        ips = [r["images_per_s"] for r in rs]
+        print(f"| {mode} | {gc} | {rs[0]['batch']} x {size} | "
+              f"{statistics.median(ips):.2f} | "
+              f"{', '.join(f'{v:.2f}' for v in ips)} | "
+              f"{max(r['peak_rss_gb'] for r in rs):.2f} | "
+              f"{statistics.median(r['first_step_s_since_start'] for r in rs):.1f} | "
+              f"{rs[0]['flops_per_image'] / 1e9:.2f} | "
+              f"{statistics.median(r['matmul_gflops'] for r in rs):.0f} | "
+              f"{statistics.median(r['mfu'] for r in rs):.1%} |")
+
+
+if __name__ == "__main__":
+    main()
