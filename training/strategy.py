@@ -98,3 +98,36 @@ def task_name(strategy):
     if resolver is None or resolver.task_type is None:
         return "chief_0"
     return f"{resolver.task_type}_{resolver.task_id}"
+
+
+def build_without_data_probe(model, strategy, batch):
+    """Builds the model's compiled state from `batch` (arrays with the
+    shapes and dtypes of one batch) and stops Keras' fit/evaluate from
+    probing the input instead: Keras 3 pulls the first batch and
+    `strategy.reduce`s it, which MultiWorkerMirroredStrategy cannot do for
+    a nested per-replica batch (it fails with "Attempt to convert a value
+    (PerReplica...) to a Tensor")."""
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
+    model._maybe_symbolic_build = (  # pylint: disable=protected-access
+        lambda iterator=None, data_batch=None: None)
+
+
+def fix_multi_worker_logs(model, strategy):
+    """Keras 3 reduces each step's logs across MultiWorkerMirroredStrategy
+    workers with `strategy.reduce("MEAN", v, axis=0)`, which fails on the
+    scalar loss and metrics ("Invalid reduction dimension 0 for input with
+    0 dimensions"). Give it 1-element vectors: the mean over axis 0 is then
+    the scalar it expects."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def vectorise(step):
+        def wrapped(data):
+            logs = step(data)
+            return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v
+                    for k, v in logs.items()}
+        return wrapped
+
+    model.train_step = vectorise(model.train_step)
+    model.test_step = vectorise(model.test_step)

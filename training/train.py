@@ -329,6 +329,7 @@ def run(argv=None):
         apply_demo_defaults()
     plan = check_flags()  # raises UsageError before any work
 
+    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
     from training import data  # pylint: disable=import-outside-toplevel
@@ -382,6 +383,11 @@ def run(argv=None):
     with strategy.scope():
         model = build_model(plan, source.num_classes, FLAGS.seed)
         compile_model(model, steps_per_epoch, total_steps, FLAGS.jit_compile)
+
+    strategy_lib.build_without_data_probe(model, strategy, (
+        np.zeros((1, plan.image_size, plan.image_size, 3), "float32"),
+        np.zeros((1, source.num_classes), "float32")))
+    strategy_lib.fix_multi_worker_logs(model, strategy)
 
     tf.io.gfile.makedirs(model_dir)
     backup = StepBackup(data.join(model_dir, "backup"),
