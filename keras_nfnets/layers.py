@@ -67,8 +67,53 @@ _FUNCTIONS = {
 }
 
 
-def scaled_activation(name):
+# Derivatives of the nonlinearities whose automatic differentiation keeps
+# several activation-sized intermediates alive until the backward pass (the
+# tanh-approximate gelu is ~8 elementwise ops, each saving its inputs). With
+# these, the scaled activation saves only its input: on NFNet-F0 at batch 8
+# this removes ~1 GB of training memory. The forward values are unchanged.
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_derivative(x):
+    c = ops.cast(_SQRT_2_OVER_PI, x.dtype)
+    k = ops.cast(0.044715, x.dtype)
+    x2 = x * x
+    t = ops.tanh(c * (x + k * x2 * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * k * x2)
+
+
+def _silu_derivative(x):
+    s = ops.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+_DERIVATIVES = {"gelu": _gelu_derivative, "silu": _silu_derivative}
+
+
+def _lean_scaled(fn, gamma, derivative):
+    """`fn(x) * gamma` with a gradient that saves only `x`."""
+
+    @ops.custom_gradient
+    def scaled(x):
+        g = ops.cast(gamma, x.dtype)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return upstream * (derivative(x) * g)
+
+        return fn(x) * g, grad
+
+    return scaled
+
+
+def scaled_activation(name, lean_gradient=True):
     """Returns DeepMind's nonlinearity `name` multiplied by its gamma.
+
+    With `lean_gradient` (default), gelu and silu use a closed-form
+    derivative that saves only the input for the backward pass (same
+    forward values; gradients equal autodiff's to float rounding).
 
     Example:
     >>> act = scaled_activation("gelu")
@@ -80,6 +125,8 @@ def scaled_activation(name):
     fn, gamma = _FUNCTIONS[name], GAMMAS[name]
     if name == "identity":
         return fn
+    if lean_gradient and name in _DERIVATIVES:
+        return _lean_scaled(fn, gamma, _DERIVATIVES[name])
     return lambda x: fn(x) * ops.cast(gamma, x.dtype)
 
 
@@ -155,6 +202,57 @@ def grouped_conv_mode():
     return _GROUPED_CONV_MODE["resolved"]
 
 
+def _standardize(w, gain, eps):
+    mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
+    var = ops.var(w, axis=(0, 1, 2), keepdims=True)
+    fan_in = math.prod(w.shape[:-1])
+    inv = ops.rsqrt(ops.maximum(var * fan_in, eps))
+    scale = inv * gain
+    return w * scale - mean * scale, mean, var * fan_in, inv, scale
+
+
+def standardize_weight(w, gain, eps=1e-4, lean_gradient=True):
+    """DeepMind's scaled weight standardization of a kernel `w` (HWIO):
+
+        w_hat = (w - mean) * rsqrt(max(var * fan_in, eps)) * gain
+
+    with the mean and biased variance over (H, W, I). With `lean_gradient`
+    (default) the backward pass is the closed form of the normalization's
+    gradient and keeps nothing kernel-sized but `w` itself (autodiff keeps
+    `w - mean` and its square: about 0.5 GB on NFNet-F0). With `u = w - mean`,
+    `n = ||u||` per output channel, `s = rsqrt(max(n^2, eps))`:
+
+        dgain = sum(g * u) * s
+        dw = gain * s * (g - mean(g) - u * s^2 * sum(g * u))   (n^2 >= eps)
+        dw = gain * s * (g - mean(g))                          (clamped)
+
+    The forward values are exactly those of the plain formula.
+    """
+    if not lean_gradient:
+        return _standardize(w, gain, eps)[0]
+
+    @ops.custom_gradient
+    def standardize(w, gain):
+        w_hat, mean, n2, inv, scale = _standardize(w, gain, eps)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            g = ops.cast(upstream, w.dtype)
+            axes = (0, 1, 2)
+            u = w - mean
+            gu = ops.sum(g * u, axis=axes, keepdims=True)
+            dgain = ops.reshape(gu * inv, ops.shape(gain))
+            proj = ops.where(n2 >= eps, gu * inv * inv, ops.zeros_like(gu))
+            dw = scale * (g - ops.mean(g, axis=axes, keepdims=True)
+                          - u * proj)
+            return dw, dgain
+
+        return w_hat, grad
+
+    return standardize(w, gain)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class WSConv2D(keras.layers.Conv2D):
     """2D convolution with Scaled Weight Standardization and a learnable gain.
@@ -204,12 +302,10 @@ class WSConv2D(keras.layers.Conv2D):
 
     def standardized_kernel(self):
         """Returns the standardized kernel `w_hat` (variable dtype)."""
-        w = ops.convert_to_tensor(self.kernel)
-        mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
-        var = ops.var(w, axis=(0, 1, 2), keepdims=True)
-        fan_in = math.prod(w.shape[:-1])
-        scale = ops.rsqrt(ops.maximum(var * fan_in, self.eps)) * self.gain
-        return w * scale - mean * scale
+        # ops.copy reads the variables into tensors (tf.identity: no copy),
+        # so the custom gradient sees tensor inputs, not variables.
+        return standardize_weight(ops.copy(self.kernel), ops.copy(self.gain),
+                                  self.eps)
 
     def call(self, inputs):
         w = ops.cast(self.standardized_kernel(), self.compute_dtype)
