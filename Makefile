@@ -22,7 +22,7 @@ demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m training.train --demo
 
 bench: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --compare_remat --out benchmarks/results.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -112,14 +112,14 @@ def run_child(args):
 
 def _agc_kwargs(args):
     """AGC arguments for `NFNetModel.compile`, when the package has AGC."""
-    if args.agc_clipping <= 0:
-        return {}
     import inspect
     import keras_nfnets
     params = inspect.signature(keras_nfnets.NFNetModel.compile).parameters
-    if "agc_clipping" in params:
-        return {"agc_clipping": args.agc_clipping}
-    return {}
+    if "agc_clipping" not in params:
+        return {}
+    # NFNetModel.compile clips by default; --agc_clipping 0 turns it off.
+    return {"agc_clipping": args.agc_clipping if args.agc_clipping > 0
+            else None}
 
 
 def spawn(config, common):
@@ -130,7 +130,7 @@ def spawn(config, common):
            "--agc_clipping", str(common.agc_clipping)]
     if common.jit:
         cmd.append("--jit")
-    if common.remat:
+    if config.get("remat", common.remat):
         cmd.append("--remat")
     if config.get("grouped_conv"):
         cmd += ["--grouped_conv", config["grouped_conv"]]
@@ -160,6 +160,8 @@ def main(argv=None):
                    help="also run the native grouped convolution")
     p.add_argument("--remat", action="store_true",
                    help="recompute each block's activations in backward")
+    p.add_argument("--compare_remat", action="store_true",
+                   help="also run training with remat")
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
@@ -187,6 +189,8 @@ def main(argv=None):
             configs.append(dict(mode=mode, batch=args.batch,
                                 size=train_size if mode == "train"
                                 else infer_size, grouped_conv=gc))
+            if mode == "train" and args.compare_remat and not args.remat:
+                configs.append(dict(configs[-1], remat=True))
     results = []
     for r in range(args.rounds):
         for config in configs:
@@ -194,6 +198,7 @@ def main(argv=None):
             res["round"] = r
             results.append(res)
             print(f"round {r} {res['mode']:5s} {res['grouped_conv']:6s} "
+                  f"remat={res['remat']!s:5s} "
                   f"{res['images_per_s']:.2f} img/s  "
                   f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
     print_table(results)
@@ -203,17 +208,21 @@ def main(argv=None):
 
 
 def print_table(results):
-    keys = sorted({(r["mode"], r["grouped_conv"], r["size"]) for r in results})
+    def key(r):
+        return (r["mode"], r["grouped_conv"], r["size"], r["remat"])
+    keys = sorted({key(r) for r in results})
     print()
-    print(f"| mode | grouped conv | batch x px | img/s (median of rounds) | "
+    print(f"| mode | grouped conv | remat | batch x px | "
+          f"img/s (median of rounds) | "
           f"img/s per round | peak RSS GB | first step s | GFLOP/img | "
           f"matmul GFLOP/s | MFU |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for mode, gc, size in keys:
-        rs = [r for r in results if (r["mode"], r["grouped_conv"], r["size"])
-              == (mode, gc, size)]
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for k in keys:
+        mode, gc, size, remat = k
+        rs = [r for r in results if key(r) == k]
         ips = [r["images_per_s"] for r in rs]
-        print(f"| {mode} | {gc} | {rs[0]['batch']} x {size} | "
+        print(f"| {mode} | {gc} | {'on' if remat else 'off'} | "
+              f"{rs[0]['batch']} x {size} | "
               f"{statistics.median(ips):.2f} | "
               f"{', '.join(f'{v:.2f}' for v in ips)} | "
               f"{max(r['peak_rss_gb'] for r in rs):.2f} | "
