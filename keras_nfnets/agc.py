@@ -299,9 +299,29 @@ class AGC(keras.optimizers.Optimizer):
         self.skipped_steps.assign_add(1)
 
     def _common_apply(self, grads, trainable_variables=None):
+        if keras.backend.backend() == "jax":
+            self._select_apply(grads, trainable_variables)
+            return
         ops.cond(self.check_finite(grads),
                  lambda: self._apply_finite(grads, trainable_variables),
                  self._count_skipped)
+
+    def _select_apply(self, grads, trainable_variables):
+        """Skip a non-finite step without a stateful `cond` (JAX cannot
+        assign variables inside `lax.cond`): apply, then keep the old values
+        of every weight and optimizer variable where the gradient was not
+        finite. Works eagerly and inside Keras's stateless JAX train step."""
+        finite = self.check_finite(grads)
+        if trainable_variables is None:  # Keras's stateless JAX train step
+            trainable_variables = self.inner_optimizer._trainable_variables
+        trainable_variables = list(trainable_variables)
+        state = trainable_variables + list(self.inner_optimizer.variables)
+        old = [v.value for v in state]
+        self._apply_finite(grads, trainable_variables)
+        for v, before in zip(state, old):
+            v.assign(ops.where(finite, v.value, before))
+        self.skipped_steps.assign_add(
+            1 - ops.cast(finite, self.skipped_steps.dtype))
 
     def _tf_apply(self, grads, trainable_variables=None):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
