@@ -46,6 +46,9 @@ def matmul_gflops(n=1024, repeats=10):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+_REMAT = {"auto": "auto", "on": True, "off": False}
+
+
 def _peak_rss_gb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -67,13 +70,14 @@ def run_child(args):
     model = keras_nfnets.NFNet(args.variant, weights=None,
                                input_shape=(size, size, 3),
                                classifier_activation=None,
-                               remat=args.remat)
+                               remat=_REMAT[args.remat])
     flops = count_flops(model)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
     result = dict(variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
-                  remat=args.remat,
+                  remat=any(getattr(layer, "remat", False)
+                            for layer in model.layers),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
                   flops_per_image=flops)
     if args.child == "train":
@@ -130,8 +134,7 @@ def spawn(config, common):
            "--agc_clipping", str(common.agc_clipping)]
     if common.jit:
         cmd.append("--jit")
-    if config.get("remat", common.remat):
-        cmd.append("--remat")
+    cmd += ["--remat", config.get("remat", common.remat)]
     if config.get("grouped_conv"):
         cmd += ["--grouped_conv", config["grouped_conv"]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -158,10 +161,11 @@ def main(argv=None):
                    choices=[None, "split", "native"])
     p.add_argument("--compare_grouped_conv", action="store_true",
                    help="also run the native grouped convolution")
-    p.add_argument("--remat", action="store_true",
-                   help="recompute each block's activations in backward")
+    p.add_argument("--remat", default="auto", choices=sorted(_REMAT),
+                   help="recompute each block's activations in backward "
+                        "(auto: the model's default, on for CPU)")
     p.add_argument("--compare_remat", action="store_true",
-                   help="also run training with remat")
+                   help="run training both with remat on and off")
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
@@ -189,8 +193,9 @@ def main(argv=None):
             configs.append(dict(mode=mode, batch=args.batch,
                                 size=train_size if mode == "train"
                                 else infer_size, grouped_conv=gc))
-            if mode == "train" and args.compare_remat and not args.remat:
-                configs.append(dict(configs[-1], remat=True))
+            if mode == "train" and args.compare_remat:
+                configs[-1]["remat"] = "on"
+                configs.append(dict(configs[-1], remat="off"))
     results = []
     for r in range(args.rounds):
         for config in configs:

@@ -53,6 +53,10 @@ Args:
     activation: one of DeepMind's gamma-scaled nonlinearities (default
         `"gelu"`).
     seed: seed for dropout and stochastic depth.
+    remat: recompute each block's residual branch in the backward pass
+        (less training memory, a little more compute). `"auto"` (default):
+        on when Keras sees no GPU/TPU, off otherwise; `True`/`False` force
+        it. Outputs and gradients are the same either way.
     name: the model name.
 
 Returns:

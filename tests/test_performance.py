@@ -70,3 +70,11 @@ def test_lean_activation_gradient_equals_autodiff(name):
         out[lean] = (y.numpy(), tape.gradient(y, x).numpy())
     np.testing.assert_array_equal(out[True][0], out[False][0])
     np.testing.assert_allclose(out[True][1], out[False][1], rtol=0, atol=1e-5)
+
+
+def test_remat_auto_is_on_without_accelerator_and_validated():
+    from keras_nfnets import builder
+    assert builder.resolve_remat("auto") is (not builder._has_accelerator())
+    assert builder.resolve_remat(False) is False
+    with pytest.raises(ValueError, match="remat"):
+        builder.resolve_remat("yes")
