@@ -99,11 +99,13 @@ class NFNetSGD(keras.optimizers.Optimizer):
         self._momentums = (self.add_optimizer_variables(variables, "momentum")
                            if self.momentum else [None] * len(variables))
         if self.use_ema:
-            # DeepMind's EMA starts from the initial weights.
+            # DeepMind's EMA starts from the initial weights. A copy: on JAX
+            # an assigned array is shared, and a train step that donates
+            # its state cannot donate one buffer twice.
             for var, average in zip(variables,
                                     self._model_variables_moving_average):
                 if average is not None:
-                    average.assign(var)
+                    average.assign(ops.copy(var))
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -131,6 +133,20 @@ class NFNetSGD(keras.optimizers.Optimizer):
             d = ops.cast(decay, average.dtype)
             average.assign(d * average + (1.0 - d) * ops.cast(var,
                                                              average.dtype))
+
+    def _overwrite_model_variables_with_average_value(self,
+                                                      trainable_variables):
+        # As Keras's, but with copies: on JAX the weights and their average
+        # would share one buffer, and the next jitted step that donates the
+        # weights (evaluate, fit) would delete the average with them.
+        averages = self._model_variables_moving_average
+        if len(trainable_variables) != len(averages):
+            super()._overwrite_model_variables_with_average_value(
+                trainable_variables)  # raises Keras's error
+            return
+        for var, average in zip(trainable_variables, averages):
+            if average is not None:
+                var.assign(ops.copy(average))
 
     def get_config(self):
         config = super().get_config()

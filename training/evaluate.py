@@ -13,6 +13,10 @@ evaluation preprocessing: bicubic resize to (size + 32)^2, centre crop.
 import os
 import sys
 
+if __name__ == "__main__":  # --backend must reach keras before its import
+    from training import backends as _backends
+    _backends.select_from_argv()
+
 from absl import app
 from absl import flags
 
@@ -34,7 +38,11 @@ def define_flags():
     flags.DEFINE_integer("crop_padding", 32, "Resize to (size + padding)^2 "
                          "before the centre crop.")
     flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
-    flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://.")
+    flags.DEFINE_string("backend", None, "Keras backend: tensorflow, jax "
+                        "(DataParallel over the local devices) or torch. "
+                        "Default: $KERAS_BACKEND, else tensorflow.")
+    flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc:// "
+                        "(TensorFlow backend).")
     flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
                                            "multi_worker", "one_device",
                                            "default"], "tf.distribute strategy.")
@@ -61,7 +69,9 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
         probe = keras.Model(model.inputs, model.outputs)
         # Keras' evaluate needs a loss; report none (the model may end in
         # logits or probabilities, top-k is the same on both).
-        probe.compile(metrics=metrics, jit_compile=False,
+        # (Not XLA on TensorFlow; compiled on JAX, which is eager otherwise.)
+        probe.compile(metrics=metrics, jit_compile=(
+            False if keras.backend.backend() == "tensorflow" else "auto"),
                       loss=lambda y, p: keras.ops.zeros_like(y[..., 0]))
     strategy_lib.build_without_data_probe(probe, strategy, (
         np.zeros((1, image_size, image_size, 3), "float32"),
@@ -93,8 +103,16 @@ def run():
                          "a DeepMind .npz or a .weights.h5).")
     source = data.get_source(FLAGS.dataset, FLAGS.data_dir,
                              eval_split=FLAGS.split)
-    name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
-    strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    from training import backends  # pylint: disable=import-outside-toplevel
+    backend = backends.requested_backend(FLAGS.backend)
+    problem = backends.check_active(backend)
+    if problem:
+        raise ValueError(problem)
+    if backend == "tensorflow":
+        name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
+        strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    else:
+        strategy = strategy_lib.KerasDistribution(backend)
     if FLAGS.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={FLAGS.batch_size} is not divisible "
                          f"by {strategy.num_replicas_in_sync} replicas.")

@@ -4,6 +4,7 @@
 `make_strategy` builds the strategy (TPU initialisation only happens there).
 """
 
+import contextlib
 import json
 import os
 
@@ -131,3 +132,54 @@ def fix_multi_worker_logs(model, strategy):
 
     model.train_step = vectorise(model.train_step)
     model.test_step = vectorise(model.test_step)
+
+
+class KerasDistribution:
+    """What training uses in place of a `tf.distribute` strategy on JAX and
+    PyTorch (the same few members: `num_replicas_in_sync`, `scope()`,
+    `distribute_datasets_from_function`, `cluster_resolver`).
+
+    JAX: every device JAX sees (GPUs, the chips of a TPU VM with
+    `jax[tpu]`, or `--xla_force_host_platform_device_count` CPU devices)
+    under `keras.distribution.DataParallel`, set globally before the model
+    is built: variables are replicated, each global batch is split across
+    the devices by Keras, and gradients are the global-batch mean (AGC
+    clips that reduced gradient). The input is the global batch from the
+    same dataset function the TF path uses, called once with one pipeline.
+    One process only: multi-host JAX (TPU pod slices) is not supported yet.
+
+    PyTorch: one device.
+    """
+
+    cluster_resolver = None
+
+    def __init__(self, backend):
+        import keras  # pylint: disable=import-outside-toplevel
+        self.backend = backend
+        self.distribution = None
+        self.num_replicas_in_sync = 1
+        if backend == "jax":
+            import jax  # pylint: disable=import-outside-toplevel
+            if jax.process_count() > 1:
+                raise ValueError(
+                    f"--backend=jax: {jax.process_count()} JAX processes; "
+                    "multi-host JAX training (TPU pod slices) is not "
+                    "supported yet: use one host (e.g. a single TPU VM) or "
+                    "--backend=tensorflow with --tpu.")
+            devices = keras.distribution.list_devices()
+            self.num_replicas_in_sync = len(devices)
+            if len(devices) > 1:
+                self.distribution = keras.distribution.DataParallel(
+                    devices=devices)
+            keras.distribution.set_distribution(self.distribution)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def distribute_datasets_from_function(self, dataset_fn):
+        """The global-batch dataset (Keras shards each batch on JAX)."""
+        return dataset_fn(tf.distribute.InputContext())
+
+    def __repr__(self):
+        return (f"KerasDistribution({self.backend}, "
+                f"{self.num_replicas_in_sync} device(s))")

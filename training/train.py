@@ -17,6 +17,10 @@ import os
 import sys
 import time
 
+if __name__ == "__main__":  # --backend must reach keras before its import
+    from training import backends as _backends
+    _backends.select_from_argv()
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -37,11 +41,19 @@ flags.DEFINE_string("eval_split", None,
                     "Evaluation split (default: validation, else test).")
 flags.DEFINE_string("model_dir", None, "Checkpoints, logs and the model "
                     "(local or gs://; must be gs:// on TPU).")
-# --- distribution
-flags.DEFINE_string("tpu", None, "TPU name, 'local' (TPU VM) or grpc://.")
+# --- backend and distribution
+flags.DEFINE_string("backend", None, "Keras backend: tensorflow (default; "
+                    "--strategy/--tpu, tf.distribute), jax (keras.distribution"
+                    ".DataParallel over every local device: several GPUs, or "
+                    "a TPU VM with jax[tpu]; one host only) or torch (one "
+                    "device). Default: $KERAS_BACKEND, else tensorflow. "
+                    "Resuming from a backup works on each backend.")
+flags.DEFINE_string("tpu", None, "TPU name, 'local' (TPU VM) or grpc:// "
+                    "(TensorFlow backend; on JAX, jax[tpu] finds the TPU).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
                                        "multi_worker", "one_device",
-                                       "default"], "tf.distribute strategy.")
+                                       "default"], "tf.distribute strategy "
+                  "(TensorFlow backend).")
 # --- schedule
 flags.DEFINE_integer("batch_size", 4096, "Global batch size.")
 flags.DEFINE_float("epochs", 360, "Training epochs.")
@@ -128,12 +140,14 @@ class Plan:
     randaugment: object
     stochdepth_rate: float
     drop_rate: float
+    backend: str = "tensorflow"
 
 
 def check_flags():
     """Flag checks that need no data and no devices. Returns a Plan."""
     from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
     from training import augment  # pylint: disable=import-outside-toplevel
+    from training import backends  # pylint: disable=import-outside-toplevel
     try:
         config = variants.get_config(FLAGS.variant)
     except (ValueError, TypeError) as e:
@@ -148,8 +162,20 @@ def check_flags():
             else config.RA_level)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    uses_tpu = FLAGS.strategy == "tpu" or (FLAGS.strategy == "auto"
-                                           and FLAGS.tpu)
+    backend = backends.requested_backend(FLAGS.backend)
+    if backend not in backends.BACKENDS:
+        raise UsageError(f"--backend={backend!r}: expected one of "
+                         f"{', '.join(backends.BACKENDS)}.")
+    if backend != "tensorflow" and (FLAGS.tpu or FLAGS.strategy not in (
+            "auto", "default")):
+        raise UsageError(
+            f"--tpu/--strategy select a tf.distribute strategy (TensorFlow "
+            f"backend); --backend={backend} uses "
+            + ("keras.distribution.DataParallel over every device JAX sees "
+               "(on a TPU VM: pip install 'jax[tpu]', no --tpu needed)."
+               if backend == "jax" else "one device."))
+    uses_tpu = backend == "tensorflow" and (FLAGS.strategy == "tpu" or (
+        FLAGS.strategy == "auto" and FLAGS.tpu))
     if uses_tpu and not str(FLAGS.model_dir or "").startswith("gs://"):
         raise UsageError(
             f"--model_dir={FLAGS.model_dir!r}: on TPU the model directory "
@@ -171,7 +197,8 @@ def check_flags():
         stochdepth_rate=(config.stochdepth_rate if FLAGS.stochdepth_rate is
                          None else FLAGS.stochdepth_rate),
         drop_rate=(config.drop_rate if FLAGS.drop_rate is None
-                   else FLAGS.drop_rate))
+                   else FLAGS.drop_rate),
+        backend=backend)
 
 
 def check_replicas(strategy, batch_size, what="--batch_size"):
@@ -336,7 +363,11 @@ def run(argv=None):
     from training import evaluate  # pylint: disable=import-outside-toplevel
     from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     from training.checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+    from training import backends  # pylint: disable=import-outside-toplevel
 
+    problem = backends.check_active(plan.backend)
+    if problem:
+        raise UsageError(problem)
     model_dir = FLAGS.model_dir
     if is_finished(model_dir):
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json")) as f:
@@ -352,8 +383,16 @@ def run(argv=None):
     except data.DatasetError as e:
         raise UsageError(str(e)) from e
 
-    name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
-    strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    if plan.backend == "tensorflow":
+        name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
+        strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    else:
+        try:
+            strategy = strategy_lib.KerasDistribution(plan.backend)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        name = (f"{plan.backend} DataParallel" if strategy.distribution
+                else f"{plan.backend} single-device")
     eval_batch = FLAGS.eval_batch_size or FLAGS.batch_size
     check_replicas(strategy, FLAGS.batch_size)
     check_replicas(strategy, eval_batch, "--eval_batch_size")
@@ -415,7 +454,8 @@ def run(argv=None):
         "eval_crop_padding": FLAGS.eval_crop_padding,
         "ema": FLAGS.ema_decay > 0, "steps": _current_step(model),
         "train_seconds": round(train_time, 1), "variant": plan.variant_name,
-        "dataset": source.name, "class_names": list(source.class_names)}
+        "dataset": source.name, "class_names": list(source.class_names),
+        "backend": plan.backend, "replicas": strategy.num_replicas_in_sync}
     if chief:
         model.save(data.join(model_dir, "model.keras"))
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json"),
