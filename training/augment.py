@@ -64,7 +64,9 @@ class RandAugment(keras.layers.RandAugment):
     def __init__(self, num_ops, magnitude, **kwargs):
         super().__init__(num_ops=num_ops, factor=min(magnitude / 10.0, 1.0),
                          value_range=(0, 255), **kwargs)
-        self._fold_in = _FoldInSeeds()
+        # Not tracked as one of the layer's seed generators (it has no state
+        # variable: Layer.variables on PyTorch would ask for one).
+        object.__setattr__(self, "_fold_in", _FoldInSeeds())
 
     def _get_seed_generator(self, backend=None):
         return self._fold_in

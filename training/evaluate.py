@@ -65,7 +65,8 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
     steps = data.eval_steps(n, global_batch_size)
     with strategy.scope():
         metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
-                   keras.metrics.TopKCategoricalAccuracy(5, name="top5")]
+                   keras.metrics.TopKCategoricalAccuracy(
+                       min(5, source.num_classes), name="top5")]
         probe = keras.Model(model.inputs, model.outputs)
         # Keras' evaluate needs a loss; report none (the model may end in
         # logits or probabilities, top-k is the same on both).

@@ -267,7 +267,9 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=FLAGS.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="top1"),
-                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+                 # (k <= classes: PyTorch's topk rejects a larger k)
+                 keras.metrics.TopKCategoricalAccuracy(
+                     min(5, model.output_shape[-1]), name="top5")],
         agc_clipping=FLAGS.agc_clipping or None,
         steps_per_execution=FLAGS.steps_per_execution,
         jit_compile={"auto": "auto", "true": True,
