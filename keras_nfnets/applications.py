@@ -181,25 +181,32 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
     return model
 
 
-def _constructor(variant):
-    cfg = variants.get_config(variant)
-    fname = "NFNet" + variant.replace("+", "Plus")
+def _thin_constructor(builder_fn, variant, fname, doc):
+    """A Keras Applications constructor: `builder_fn(variant, ...)` with the
+    standard signature, its own name and a docstring."""
 
     def constructor(include_top=True, weights=None, input_tensor=None,
                     input_shape=None, pooling=None, classes=1000,
                     classifier_activation="softmax",
-                    include_preprocessing=True, name=None, **nfnet_kwargs):
-        return NFNet(variant, include_top=include_top, weights=weights,
-                     input_tensor=input_tensor, input_shape=input_shape,
-                     pooling=pooling, classes=classes,
-                     classifier_activation=classifier_activation,
-                     include_preprocessing=include_preprocessing,
-                     name=name, **nfnet_kwargs)
+                    include_preprocessing=True, name=None, **kwargs):
+        return builder_fn(variant, include_top=include_top, weights=weights,
+                          input_tensor=input_tensor, input_shape=input_shape,
+                          pooling=pooling, classes=classes,
+                          classifier_activation=classifier_activation,
+                          include_preprocessing=include_preprocessing,
+                          name=name, **kwargs)
 
     constructor.__name__ = constructor.__qualname__ = fname
-    constructor.__doc__ = BASE_DOCSTRING.format(
-        name=fname, test_imsize=cfg.test_imsize, train_imsize=cfg.train_imsize)
+    constructor.__doc__ = doc
     return constructor
+
+
+def _constructor(variant):
+    cfg = variants.get_config(variant)
+    fname = "NFNet" + variant.replace("+", "Plus")
+    return _thin_constructor(NFNet, variant, fname, BASE_DOCSTRING.format(
+        name=fname, test_imsize=cfg.test_imsize,
+        train_imsize=cfg.train_imsize))
 
 
 NFNetF0 = _constructor("F0")
@@ -353,23 +360,9 @@ _FAMILY_DOCS = {
 def _family_constructor(family, variant, fname):
     table = (variants.NF_RESNET_VARIANTS if family is NFResNet
              else variants.NF_REGNET_VARIANTS)
-
-    def constructor(include_top=True, weights=None, input_tensor=None,
-                    input_shape=None, pooling=None, classes=1000,
-                    classifier_activation="softmax",
-                    include_preprocessing=True, name=None, **kwargs):
-        return family(variant, include_top=include_top, weights=weights,
-                      input_tensor=input_tensor, input_shape=input_shape,
-                      pooling=pooling, classes=classes,
-                      classifier_activation=classifier_activation,
-                      include_preprocessing=include_preprocessing,
-                      name=name, **kwargs)
-
-    constructor.__name__ = constructor.__qualname__ = fname
-    constructor.__doc__ = FAMILY_DOCSTRING.format(
+    return _thin_constructor(family, variant, fname, FAMILY_DOCSTRING.format(
         name=fname, test_imsize=table[variant].test_imsize,
-        **_FAMILY_DOCS[family])
-    return constructor
+        **_FAMILY_DOCS[family]))
 
 
 NFResNet50 = _family_constructor(NFResNet, "ResNet50", "NFResNet50")
