@@ -1,0 +1,114 @@
+"""`python -m training.train --backend=jax` (keras.distribution.DataParallel
+over 2 CPU devices) and `--backend=torch`, end to end in subprocesses: the
+runs finish, the JAX model loads under TensorFlow (this process) with the
+same predictions, and 2 devices end with the weights of 1 device."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training_helpers import (REPO, env, make_folder, model_weights,
+                              run_train, tiny_flags, train_cmd, write_config)
+
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
+
+
+def _needs(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+
+
+def _flags(tmp_path, root, name, backend, **overrides):
+    return tiny_flags(write_config(tmp_path / "c.json"), f"folder:{root}",
+                      tmp_path / name, backend=backend, train_steps=3,
+                      checkpoint_steps=2, **overrides)
+
+
+def _metrics(run_dir):
+    with open(run_dir / "metrics.json") as f:
+        return json.load(f)
+
+
+JAX_PREDICT = """
+import json, sys
+import numpy as np
+import keras
+import keras_nfnets  # registers the NFNet classes
+model = keras.models.load_model(sys.argv[1], compile=False)
+x = np.load(sys.argv[2])
+print("RESULT " + json.dumps(np.asarray(model.predict(x, verbose=0)).tolist()))
+"""
+
+
+def test_jax_data_parallel_run_equals_one_device_and_loads_on_tf(tmp_path):
+    _needs("jax")
+    root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
+    # XLA (the JAX default) for both; the two runs go side by side.
+    procs = {
+        devices: subprocess.Popen(
+            train_cmd(_flags(tmp_path, root, f"jax{devices}", "jax",
+                             jit_compile="auto")),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env(JAX_PLATFORMS="cpu", **(
+                {"XLA_FLAGS": TWO_DEVICES} if devices == 2 else {})))
+        for devices in (2, 1)}
+    outs = {d: p.communicate(timeout=300) for d, p in procs.items()}
+    for d, p in procs.items():
+        assert p.returncode == 0, outs[d][1][-3000:]
+    assert "jax DataParallel strategy with 2 replica(s)" in outs[2][0]
+    assert "jax single-device strategy with 1 replica(s)" in outs[1][0]
+    for d in (2, 1):
+        m = _metrics(tmp_path / f"jax{d}")
+        assert (m["backend"], m["replicas"], m["steps"]) == ("jax", d, 3)
+        assert (tmp_path / f"jax{d}" / "backup" / "latest.weights.h5").exists()
+
+    # Same global batches -> the same final (EMA) weights on 1 and 2 devices.
+    two = model_weights(str(tmp_path / "jax2" / "model.keras"))
+    one = model_weights(str(tmp_path / "jax1" / "model.keras"))
+    assert two.keys() == one.keys()
+    assert max(float(np.max(np.abs(two[k] - one[k]))) for k in two) < 1e-5
+
+    # The JAX-trained .keras loads under TensorFlow (this process) and
+    # predicts what it predicts under JAX.
+    import keras  # pylint: disable=import-outside-toplevel
+    assert keras.backend.backend() == "tensorflow"
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3))
+    np.save(tmp_path / "x.npy", x.astype("float32"))
+    model_path = str(tmp_path / "jax2" / "model.keras")
+    out = subprocess.run(
+        [sys.executable, "-c", JAX_PREDICT, model_path,
+         str(tmp_path / "x.npy")], cwd=REPO, capture_output=True, text=True,
+        env=env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"), timeout=120)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert line, out.stderr[-3000:]
+    on_jax = np.array(json.loads(line[0][len("RESULT "):]))
+    on_tf = keras.models.load_model(model_path, compile=False).predict(
+        x.astype("float32"), verbose=0)
+    assert on_tf.shape == (4, 3)
+    np.testing.assert_allclose(on_tf, on_jax, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_run_finishes(tmp_path):
+    _needs("torch")
+    root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
+    out = run_train(_flags(tmp_path, root, "torch", "torch"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = _metrics(tmp_path / "torch")
+    assert (m["backend"], m["replicas"], m["steps"]) == ("torch", 1, 3)
+    assert (tmp_path / "torch" / "model.keras").exists()
+
+
+def test_tf_distribute_flags_rejected_on_jax(tmp_path):
+    out = run_train([f"--model_dir={tmp_path}/run", "--backend=jax",
+                     "--tpu=local"], timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "jax[tpu]" in out.stderr
+    assert not (tmp_path / "run").exists()
+    out = run_train([f"--model_dir={tmp_path}/run", "--backend=mxnet"],
+                    timeout=120)
+    assert out.returncode == 2
+    assert "--backend='mxnet': expected one of" in out.stderr
