@@ -1,0 +1,41 @@
+"""Resident-memory timeline of NFNet-F0 training (docs/performance.md).
+
+    python benchmarks/memory_probe.py [--remat] [--plain] [--noagc] [--jit]
+
+Samples /proc/self/statm every 2 ms and prints the RSS after import, build,
+compile and each of three train steps (--plain: SGD without momentum;
+--noagc: no adaptive gradient clipping; TICK=1: also every 2 s; B=batch).
+"""
+import os, sys, time, threading, resource
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL","3")
+T0=time.time()
+def rss():
+    with open("/proc/self/statm") as f: return int(f.read().split()[1])*4096/1e9
+peak=[0.0]
+def sampler():
+    while True:
+        r=rss()
+        if r>peak[0]: peak[0]=r
+        time.sleep(0.002)
+threading.Thread(target=sampler,daemon=True).start()
+def ticker():
+    while True:
+        time.sleep(2); print(f"   tick {time.time()-T0:6.1f}s rss {rss():.2f}", flush=True)
+if os.environ.get("TICK"): threading.Thread(target=ticker,daemon=True).start()
+def mark(name):
+    print(f"{time.time()-T0:6.1f}s {name:28s} rss {rss():.2f} phase-peak {peak[0]:.2f} maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e6:.2f}", flush=True)
+    peak[0]=0
+import numpy as np, keras, keras_nfnets
+mark("import")
+remat = "--remat" in sys.argv  # off unless asked (the model default is "auto")
+b=int(os.environ.get("B","8"))
+model=keras_nfnets.NFNet("F0",weights=None,input_shape=(192,192,3),classifier_activation=None,remat=remat)
+mark("build")
+opt = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True) if "--plain" not in sys.argv else keras.optimizers.SGD(0.1)
+model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile="--jit" in sys.argv, agc_clipping=None if "--noagc" in sys.argv else 0.01)
+rng=np.random.default_rng(0)
+x=rng.uniform(0,255,(b,192,192,3)).astype("float32"); y=rng.integers(0,1000,(b,))
+mark("compile")
+tf_fn = None
+for i in range(3):
+    t=time.time(); model.train_on_batch(x,y); mark(f"step{i} {time.time()-t:.2f}s")
