@@ -79,12 +79,31 @@ def _kernel_manager(workdir):
 def _stop_tensorboards(workdir):
     """Stops TensorBoard servers that a notebook started (their records are
     in the kernel's TMPDIR, i.e. under workdir)."""
+    pids = []
     for info in workdir.glob(".tensorboard-info/pid-*.info"):
         try:
-            pid = json.loads(info.read_text())["pid"]
-            os.kill(pid, signal.SIGTERM)
+            pids.append(int(json.loads(info.read_text())["pid"]))
+            os.kill(pids[-1], signal.SIGTERM)
         except (OSError, ValueError, KeyError):
             pass
+    deadline = time.time() + 15
+    for pid in pids:
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _execute(path, workdir, extra_cells=()):
@@ -212,3 +231,12 @@ def test_train_notebook_trained_and_reported(tmp_path_factory):
     out = _stdout(nb)
     assert "top-1 accuracy:" in out  # training.train's final report
     assert "TRAINING_FINISHED rc=0" in out
+    # TensorBoard started (the magic reports failures as output, not errors)
+    board = next(c for c in nb.cells if c.cell_type == "code"
+                 and "%tensorboard" in c.source)
+    shown = json.dumps(board.outputs)
+    assert "ERROR" not in shown and "Could not find" not in shown, shown
+    assert any("text/html" in out.get("data", {}) for out in board.outputs), (
+        shown)
+    assert any("image/png" in out.get("data", {}) for out in _outputs(nb)), (
+        "no training-curve plot")
