@@ -33,15 +33,18 @@ _START = time.time()
 
 
 def matmul_gflops(n=1024, repeats=10):
-    """fp32 matrix-multiply rate of this machine, through TensorFlow."""
-    import tensorflow as tf
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    (a @ b).numpy()
+    """fp32 matrix-multiply rate of this machine, through the Keras
+    backend in use (keras.ops.matmul, synchronised by the numpy copy)."""
+    import numpy as np
+    from keras import ops
+    rng = np.random.default_rng(0)
+    a = ops.convert_to_tensor(rng.normal(size=(n, n)).astype("float32"))
+    b = ops.convert_to_tensor(rng.normal(size=(n, n)).astype("float32"))
+    ops.convert_to_numpy(ops.matmul(a, b))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        (a @ b).numpy()
+        ops.convert_to_numpy(ops.matmul(a, b))
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
@@ -57,6 +60,7 @@ def _peak_rss_gb():
 def run_child(args):
     """One measurement in this process; prints a JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["KERAS_BACKEND"] = args.backend  # before keras is imported
     import numpy as np
     import keras
     import keras_nfnets
@@ -74,7 +78,8 @@ def run_child(args):
     flops = count_flops(model)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
-    result = dict(variant=args.variant, mode=args.child, batch=args.batch,
+    result = dict(backend=keras.backend.backend(),
+                  variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
                   remat=any(getattr(layer, "remat", False)
                             for layer in model.layers),
@@ -85,7 +90,9 @@ def run_child(args):
         compile_kwargs = dict(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=args.jit)
+            # --jit is XLA on TensorFlow; JAX always compiles (XLA), and
+            # "auto" is eager on PyTorch.
+            jit_compile=args.jit if args.backend == "tensorflow" else "auto")
         compile_kwargs.update(_agc_kwargs(args))
         model.compile(**compile_kwargs)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
@@ -131,7 +138,8 @@ def spawn(config, common):
            "--variant", common.variant, "--batch", str(config["batch"]),
            "--size", str(config["size"]), "--precision", common.precision,
            "--steps", str(common.steps), "--warmup", str(common.warmup),
-           "--agc_clipping", str(common.agc_clipping)]
+           "--agc_clipping", str(common.agc_clipping),
+           "--backend", config.get("backend", "tensorflow")]
     if common.jit:
         cmd.append("--jit")
     cmd += ["--remat", config.get("remat", common.remat)]
@@ -167,6 +175,10 @@ def main(argv=None):
     p.add_argument("--compare_remat", action="store_true",
                    help="run training both with remat on and off")
     p.add_argument("--modes", default="train,infer")
+    p.add_argument("--backend", default="tensorflow",
+                   help="Keras backend(s), comma-separated, interleaved: "
+                        "tensorflow, jax, torch (each child sets "
+                        "KERAS_BACKEND before importing keras)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
@@ -190,19 +202,22 @@ def main(argv=None):
         gcs = ["split", "native"]
     for gc in gcs:
         for mode in args.modes.split(","):
-            configs.append(dict(mode=mode, batch=args.batch,
-                                size=train_size if mode == "train"
-                                else infer_size, grouped_conv=gc))
-            if mode == "train" and args.compare_remat:
-                configs[-1]["remat"] = "on"
-                configs.append(dict(configs[-1], remat="off"))
+            for backend in args.backend.split(","):
+                configs.append(dict(mode=mode, batch=args.batch,
+                                    size=train_size if mode == "train"
+                                    else infer_size, grouped_conv=gc,
+                                    backend=backend))
+                if mode == "train" and args.compare_remat:
+                    configs[-1]["remat"] = "on"
+                    configs.append(dict(configs[-1], remat="off"))
     results = []
     for r in range(args.rounds):
         for config in configs:
             res = spawn(config, args)
             res["round"] = r
             results.append(res)
-            print(f"round {r} {res['mode']:5s} {res['grouped_conv']:6s} "
+            print(f"round {r} {res['backend']:10s} {res['mode']:5s} "
+                  f"{res['grouped_conv']:6s} "
                   f"remat={res['remat']!s:5s} "
                   f"{res['images_per_s']:.2f} img/s  "
                   f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
@@ -214,19 +229,20 @@ def main(argv=None):
 
 def print_table(results):
     def key(r):
-        return (r["mode"], r["grouped_conv"], r["size"], r["remat"])
+        return (r.get("backend", "tensorflow"), r["mode"], r["grouped_conv"],
+                r["size"], r["remat"])
     keys = sorted({key(r) for r in results})
     print()
-    print(f"| mode | grouped conv | remat | batch x px | "
+    print(f"| backend | mode | grouped conv | remat | batch x px | "
           f"img/s (median of rounds) | "
           f"img/s per round | peak RSS GB | first step s | GFLOP/img | "
           f"matmul GFLOP/s | MFU |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 12 + "|")
     for k in keys:
-        mode, gc, size, remat = k
+        backend, mode, gc, size, remat = k
         rs = [r for r in results if key(r) == k]
         ips = [r["images_per_s"] for r in rs]
-        print(f"| {mode} | {gc} | {'on' if remat else 'off'} | "
+        print(f"| {backend} | {mode} | {gc} | {'on' if remat else 'off'} | "
               f"{rs[0]['batch']} x {size} | "
               f"{statistics.median(ips):.2f} | "
               f"{', '.join(f'{v:.2f}' for v in ips)} | "
