@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --compare_remat --out benchmarks/results.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
