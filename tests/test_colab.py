@@ -52,6 +52,7 @@ def _kernel_manager(workdir):
     closed_port = "http://127.0.0.1:9"
     env = {
         "KERAS_NFNETS_SMOKE": "1",
+        "KERAS_BACKEND": "tensorflow",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
