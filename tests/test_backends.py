@@ -14,12 +14,15 @@ import sys
 
 import pytest
 
+from conftest import fixture_path
+
 SCRIPT = pathlib.Path(__file__).with_name("backend_checks.py")
 
 
 def run_check(backend, check, **env):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
+    fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
     full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                     CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **env)
     out = subprocess.run([sys.executable, str(SCRIPT), check], env=full_env,
