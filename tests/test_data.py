@@ -130,12 +130,28 @@ def test_crops_work_on_jpeg_and_png(folder):
         assert data.eval_preprocess(raw, 20).shape == (20, 20, 3)
 
 
-def test_eval_preprocess_is_resize_then_centre_crop():
-    image = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
-    raw = tf.io.encode_png(image)
-    out = data.eval_preprocess(raw, 32, crop_padding=32).numpy()
-    np.testing.assert_allclose(out, image[16:48, 16:48].astype(np.float32),
-                               atol=1e-3)
+@pytest.mark.parametrize("shape,encode", [((64, 64, 3), "png"),
+                                          ((75, 100, 3), "png"),
+                                          ((67, 48, 3), "jpeg")])
+def test_eval_preprocess_is_deepmind_centre_crop_then_resize(shape, encode):
+    """DeepMind's `_decode_and_center_crop` + bicubic resize, written out
+    from nfnets/dataset.py: crop size/(size+32) of the short side."""
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    raw = (tf.io.encode_png(image) if encode == "png"
+           else tf.io.encode_jpeg(image, quality=100))
+    decoded = tf.io.decode_image(raw, channels=3)
+    size = 32
+    h, w = shape[0], shape[1]
+    crop = int(min(h, w) / (size + 32) * size)
+    top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+    if encode == "jpeg":  # DeepMind's crop(): cut while decoding a JPEG
+        cropped = tf.image.decode_and_crop_jpeg(raw, [top, left, crop, crop],
+                                                channels=3)
+    else:
+        cropped = decoded[top:top + crop, left:left + crop]
+    expected = tf.image.resize(cropped, [size, size], method="bicubic").numpy()
+    out = data.eval_preprocess(raw, size, crop_padding=32).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-3)
 
 
 def test_mixup_cutmix_halves():

@@ -298,17 +298,33 @@ def inception_crop(image_bytes, image_size, seed, area_range=(0.08, 1.0)):
 
 
 def eval_preprocess(image_bytes, image_size, crop_padding=32):
-    """DeepMind's evaluation: bicubic resize to (size+padding)^2, centre crop
-    size^2. Returns float32 RGB in [0, 255]."""
-    image = tf.io.decode_image(image_bytes, channels=3,
-                               expand_animations=False)
-    big = image_size + crop_padding
-    image = tf.image.resize(tf.cast(image, tf.float32), [big, big],
-                            method="bicubic")
-    off = crop_padding // 2
-    image = image[off:off + image_size, off:off + image_size]
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return tf.clip_by_value(image, 0.0, 255.0)
+    """DeepMind's evaluation crop (`_decode_and_center_crop`, 'crop_resize'):
+    a centred square of `size / (size + padding)` of the short side, cut
+    while decoding (JPEG) and resized bicubically to `size`. Returns float32
+    RGB, not clipped (bicubic overshoots slightly, as in DeepMind's code)."""
+    is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+    shape = tf.cond(
+        is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes),
+        lambda: tf.shape(tf.io.decode_image(image_bytes, channels=3,
+                                            expand_animations=False)))
+    h, w = shape[0], shape[1]
+    scale = tf.minimum(tf.cast(h, tf.float32), tf.cast(w, tf.float32)) / (
+        image_size + crop_padding)
+    crop = tf.cast(scale * image_size, tf.int32)
+    window = tf.stack([(h - crop + 1) // 2, (w - crop + 1) // 2, crop, crop])
+
+    def from_jpeg():
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def from_other():
+        image = tf.io.decode_image(image_bytes, channels=3,
+                                   expand_animations=False)
+        return tf.image.crop_to_bounding_box(image, window[0], window[1],
+                                             crop, crop)
+
+    image = tf.cond(is_jpeg, from_jpeg, from_other)
+    image = tf.image.resize(image, [image_size, image_size], method="bicubic")
+    return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 # ---------------------------------------------------------- dataset fns

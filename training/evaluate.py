@@ -7,7 +7,8 @@
 
 `--weights`: a `.keras` file (variant and classes come from it), `imagenet`,
 a DeepMind `*_haiku.npz` or a `.weights.h5` (with `--variant`). DeepMind's
-evaluation preprocessing: bicubic resize to (size + 32)^2, centre crop.
+evaluation preprocessing: a centred size/(size + 32) crop of the short side,
+bicubic resize to size.
 """
 
 import os
@@ -35,8 +36,9 @@ def define_flags():
     flags.DEFINE_string("split", None, "Split (default: validation, else test).")
     flags.DEFINE_integer("image_size", None, "Default: the variant's test size "
                          "(or the size the .keras model was evaluated at).")
-    flags.DEFINE_integer("crop_padding", 32, "Resize to (size + padding)^2 "
-                         "before the centre crop.")
+    flags.DEFINE_integer("crop_padding", 32, "Centre-crop size/(size + "
+                         "padding) of the short side, then resize to size "
+                         "(DeepMind's crop_resize).")
     flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
     flags.DEFINE_string("backend", None, "Keras backend: tensorflow, jax "
                         "(DataParallel over the local devices) or torch. "
