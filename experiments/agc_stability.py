@@ -278,15 +278,21 @@ def plot(summary, curves, selected, out_dir, n_train):
         plt.close(fig)
 
 
+def parse_csv_value(v):
+    """A CSV cell back to bool, int, float or str."""
+    if v in ("True", "False"):
+        return v == "True"
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
 def read_csvs(out_dir):
     """(summary, curves, lr_curves) from the CSVs in `out_dir`."""
-    def parse(v):
-        if v in ("True", "False"):
-            return v == "True"
-        try:
-            return float(v) if any(c in v for c in ".eEn") else int(v)
-        except ValueError:
-            return v
+    parse = parse_csv_value
     with open(out_dir / "agc_stability_summary.csv") as f:
         summary = [{k: (v if k in ("clipping", "reason") else parse(v))
                     for k, v in row.items()} for row in csv.DictReader(f)]

@@ -215,16 +215,7 @@ def write_csv(rows, path):
 
 
 def read_csv(path):
-    def parse(v):
-        if v in ("True", "False"):
-            return v == "True"
-        try:
-            return int(v)
-        except ValueError:
-            try:
-                return float(v)
-            except ValueError:
-                return v
+    parse = agc.parse_csv_value
     with open(path) as f:
         return [{k: parse(v) for k, v in row.items()}
                 for row in csv.DictReader(f)]
