@@ -19,26 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 
 import keras_nfnets  # noqa: E402
-from conftest import deepmind_fixture, fixture_path, relative_error  # noqa: E402
-
-AGC_NAMES = ["conv/w", "conv/gain", "conv/bias", "block/skip_gain", "se/w",
-             "zero_init/w", "linear/w", "linear/b"]
-
+from conftest import (AGC_NAMES, agc_fixture_variables,  # noqa: E402
+                      deepmind_fixture, fixture_path, relative_error)
 
 def tiny_model(**kwargs):
     return keras_nfnets.NFNet(
         config=str(fixture_path("nfnet_tiny_config.json")), classes=10,
         input_shape=(40, 40, 3), classifier_activation=None,
         include_preprocessing=False, **kwargs)
-
-
-def _agc_variables(ref):
-    variables = []
-    for name in AGC_NAMES:
-        scope, leaf = name.split("/")
-        with keras.name_scope(scope):
-            variables.append(keras.Variable(ref["param:" + name], name=leaf))
-    return variables
 
 
 def parity():
@@ -52,7 +40,7 @@ def parity():
                              for k in ref if k.startswith(("avg_", "res_")))
 
     agc = deepmind_fixture("agc_reference.npz")
-    variables = _agc_variables(agc)
+    variables = agc_fixture_variables(agc)
     grads = [keras.ops.convert_to_tensor(agc["grad:" + n]) for n in AGC_NAMES]
     clipped = keras_nfnets.adaptive_clip_grads(grads, variables, 0.01, 1e-3)
     out["clipped_rel_err"] = max(

@@ -39,3 +39,21 @@ def relative_error(actual, expected):
     actual, expected = np.asarray(actual), np.asarray(expected)
     return float(np.max(np.abs(actual - expected)) /
                  max(np.max(np.abs(expected)), 1e-12))
+
+
+# The tensors of agc_reference.npz, in DeepMind's path vocabulary.
+AGC_NAMES = ["conv/w", "conv/gain", "conv/bias", "block/skip_gain", "se/w",
+             "zero_init/w", "linear/w", "linear/b"]
+
+
+def agc_fixture_variables(ref):
+    """Keras variables holding `param:*` of agc_reference.npz, with paths
+    equal to the fixture's names (`conv/w` ...)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    variables = []
+    for name in AGC_NAMES:
+        scope, leaf = name.split("/")
+        with keras.name_scope(scope):
+            variables.append(keras.Variable(ref["param:" + name], name=leaf))
+    assert [v.path for v in variables] == AGC_NAMES
+    return variables

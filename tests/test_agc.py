@@ -15,10 +15,8 @@ import pytest
 
 import keras_nfnets
 from keras_nfnets import agc
-from conftest import REPO, deepmind_fixture, fixture_path, relative_error
-
-NAMES = ["conv/w", "conv/gain", "conv/bias", "block/skip_gain", "se/w",
-         "zero_init/w", "linear/w", "linear/b"]
+from conftest import (AGC_NAMES, REPO, deepmind_fixture, fixture_path,
+                      relative_error)
 
 
 # ---------------------------------------------------------------- functions
@@ -43,9 +41,9 @@ def test_unitwise_norm_axes():
 def test_adaptive_clip_grads_matches_deepmind():
     ref = deepmind_fixture("agc_reference.npz")
     clipped = keras_nfnets.adaptive_clip_grads(
-        [ref["grad:" + n] for n in NAMES], [ref["param:" + n] for n in NAMES],
+        [ref["grad:" + n] for n in AGC_NAMES], [ref["param:" + n] for n in AGC_NAMES],
         clipping=0.01, eps=1e-3)
-    for name, c in zip(NAMES, clipped):
+    for name, c in zip(AGC_NAMES, clipped):
         err = relative_error(np.asarray(c), ref["clipped:" + name])
         assert err < 1e-5, (name, err)
     # The fixture exercises both branches and the eps floor.

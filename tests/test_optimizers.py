@@ -6,33 +6,20 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from conftest import deepmind_fixture, relative_error
-
-NAMES = ["conv/w", "conv/gain", "conv/bias", "block/skip_gain", "se/w",
-         "zero_init/w", "linear/w", "linear/b"]
-
-
-def _variables(ref):
-    variables = []
-    for name in NAMES:
-        scope, leaf = name.split("/")
-        with keras.name_scope(scope):
-            variables.append(keras.Variable(ref["param:" + name], name=leaf))
-    assert [v.path for v in variables] == NAMES
-    return variables
-
+from conftest import (AGC_NAMES, agc_fixture_variables, deepmind_fixture,
+                      relative_error)
 
 def test_two_sgd_agc_steps_match_deepmind():
     ref = deepmind_fixture("agc_reference.npz")
-    variables = _variables(ref)
+    variables = agc_fixture_variables(ref)
     opt = keras_nfnets.AGC(
         keras_nfnets.NFNetSGD(0.1, momentum=0.9, nesterov=True,
                               weight_decay=2e-5),
         clipping=0.01, eps=1e-3, exclude=("linear/w",))
-    grads = [ref["grad:" + n] for n in NAMES]
+    grads = [ref["grad:" + n] for n in AGC_NAMES]
     for step in (1, 2):
         opt.apply_gradients(zip(grads, variables))
-        for name, var in zip(NAMES, variables):
+        for name, var in zip(AGC_NAMES, variables):
             err = relative_error(var.numpy(), ref[f"after_step{step}:{name}"])
             assert err < 1e-6, (step, name, err)
     assert int(opt.iterations.numpy()) == 2
@@ -41,7 +28,7 @@ def test_two_sgd_agc_steps_match_deepmind():
 def test_weight_decay_rule():
     opt = keras_nfnets.NFNetSGD(0.1)
     decayed = {n: opt.uses_weight_decay(v)
-               for n, v in zip(NAMES, _variables(
+               for n, v in zip(AGC_NAMES, agc_fixture_variables(
                    deepmind_fixture("agc_reference.npz")))}
     assert decayed == {"conv/w": True, "conv/gain": False, "conv/bias": False,
                        "block/skip_gain": False, "se/w": True,
