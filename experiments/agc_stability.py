@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import pathlib
 import tarfile
 import time
@@ -155,6 +154,22 @@ def verdict(losses, total_steps):
     return False, False, "trains"
 
 
+def study_schedule(lr, total_steps, warmup_frac):
+    """The studies' learning rate: linear warmup, then cosine to zero."""
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    return keras_nfnets.WarmupCosineDecay(
+        lr, warmup_steps=max(1, round(warmup_frac * total_steps)),
+        total_steps=total_steps)
+
+
+def study_optimizer(schedule):
+    """The studies' optimizer: NFNetSGD, Nesterov 0.9, coupled weight decay
+    2e-5 (clipping is set at compile)."""
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    return keras_nfnets.NFNetSGD(schedule, momentum=0.9, nesterov=True,
+                                 weight_decay=2e-5)
+
+
 def train_one(x_train, y_train, x_test, y_test, cfg, batch_size, lr,
               clipping, epochs, warmup_frac, seed):
     import keras  # pylint: disable=import-outside-toplevel
@@ -167,10 +182,8 @@ def train_one(x_train, y_train, x_test, y_test, cfg, batch_size, lr,
                                classifier_activation=None, seed=seed)
     steps_per_epoch = len(x_train) // batch_size
     total = steps_per_epoch * epochs
-    schedule = keras_nfnets.WarmupCosineDecay(
-        lr, warmup_steps=max(1, round(warmup_frac * total)), total_steps=total)
-    optimizer = keras_nfnets.NFNetSGD(schedule, momentum=0.9, nesterov=True,
-                                      weight_decay=2e-5)
+    schedule = study_schedule(lr, total, warmup_frac)
+    optimizer = study_optimizer(schedule)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True),

@@ -151,10 +151,8 @@ def train(data, arch, *, batch_size, base_lr, epochs, seed=0,
     lr = base_lr * batch_size / 256
     steps_per_epoch = len(x_train) // batch_size
     total = steps_per_epoch * epochs
-    schedule = keras_nfnets.WarmupCosineDecay(
-        lr, warmup_steps=max(1, round(warmup_frac * total)), total_steps=total)
-    optimizer = keras_nfnets.NFNetSGD(schedule, momentum=0.9, nesterov=True,
-                                      weight_decay=2e-5)
+    optimizer = agc.study_optimizer(
+        agc.study_schedule(lr, total, warmup_frac))
     compile_kwargs = dict(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
