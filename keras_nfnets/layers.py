@@ -441,14 +441,22 @@ class StochasticDepth(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, training=False):
+        mask = self.draw_mask(x, training)
+        return x if mask is None else self.apply_mask(x, mask)
+
+    def draw_mask(self, x, training=False):
+        """The per-example keep mask (shape `(batch, 1, ..., 1)`) for `x`,
+        or None when nothing is dropped (inference, or rate 0)."""
         if not training or self.rate == 0.0:
-            return x
+            return None
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
         r = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
-        keep = 1.0 - self.rate
-        mask = ops.floor(keep + r)
+        return ops.floor((1.0 - self.rate) + r)
+
+    def apply_mask(self, x, mask):
+        """`x` with the dropped examples zeroed (as `call`)."""
         if self.scale_by_keep:
-            x = x / keep
+            x = x / (1.0 - self.rate)
         return x * mask
 
     def compute_output_shape(self, input_shape):
@@ -581,6 +589,8 @@ class NFBlock(keras.layers.Layer):
                 else (n, oh, ow, self.in_channels))
         if self.se is not None:
             self.se.build((n, oh, ow, self.se.in_channels))
+        if self.stoch_depth is not None:
+            self.stoch_depth.build((n, oh, ow, self.out_channels))
         self.skip_gain = self.add_weight(name="skip_gain", shape=(),
                                          initializer="zeros", trainable=True)
 
@@ -602,6 +612,22 @@ class NFBlock(keras.layers.Layer):
         """Returns `(output, res_avg_var)`: the block output, and the
         residual branch's average channel variance before stochastic depth
         and skip gain (None when `return_metrics=False`)."""
+        mask = None
+        if self.stoch_depth is not None:
+            # Drawn outside the recomputed function, so recomputation in the
+            # backward pass cannot change it.
+            mask = self.stoch_depth.draw_mask(x, training)
+        if self.remat and not return_metrics:
+            # The whole block is recomputed in the backward pass: only its
+            # input (and the stochastic-depth mask) is kept, not act(x), the
+            # branch's activations, its output or its standardized kernels.
+            masks = () if mask is None else (mask,)
+            return keras.remat(self._block)(x, *masks), None
+        metrics = [] if return_metrics else None
+        out = self._block(x, mask, metrics)
+        return out, (metrics[0] if metrics else None)
+
+    def _block(self, x, mask=None, metrics=None):
         out = self._act(x) * ops.cast(self.beta, x.dtype)
         shortcut = out
         if self.strides > 1 and not self.strided_shortcut:
@@ -611,22 +637,14 @@ class NFBlock(keras.layers.Layer):
             shortcut = self.conv_shortcut(shortcut)
         else:
             shortcut = x
-        if self.remat:
-            # Keep only the block's input for the backward pass: the branch's
-            # activations and standardized kernels are recomputed. The
-            # stochastic-depth draw stays outside, so recomputation cannot
-            # change it.
-            out = keras.remat(self._residual_branch)(out)
-        else:
-            out = self._residual_branch(out)
-        res_avg_var = None
-        if return_metrics:
-            res_avg_var = ops.mean(ops.var(ops.cast(out, "float32"),
-                                           axis=(0, 1, 2)))
-        if self.stoch_depth is not None:
-            out = self.stoch_depth(out, training=training)
+        out = self._residual_branch(out)
+        if metrics is not None:
+            metrics.append(ops.mean(ops.var(ops.cast(out, "float32"),
+                                            axis=(0, 1, 2))))
+        if mask is not None:
+            out = self.stoch_depth.apply_mask(out, mask)
         out = out * ops.cast(self.skip_gain, out.dtype)
-        return out * ops.cast(self.alpha, out.dtype) + shortcut, res_avg_var
+        return out * ops.cast(self.alpha, out.dtype) + shortcut
 
     def call(self, x, training=False):
         return self.call_with_metrics(x, training=training,
