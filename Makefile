@@ -22,7 +22,7 @@ demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m training.train --demo
 
 bench: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --compare_remat --out benchmarks/results.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 
 clean:

@@ -64,6 +64,8 @@ def run_child(args):
     import numpy as np
     import keras
     import keras_nfnets
+    if args.allocator == "lean":
+        keras_nfnets.use_lean_cpu_allocator()  # before the first tensor
     from keras_nfnets.flops import count_flops
 
     if args.precision != "float32":
@@ -84,6 +86,7 @@ def run_child(args):
                   remat=any(getattr(layer, "remat", False)
                             for layer in model.layers),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
+                  allocator=args.allocator,
                   flops_per_image=flops)
     if args.child == "train":
         y = rng.integers(0, 1000, (args.batch,))
@@ -143,6 +146,7 @@ def spawn(config, common):
     if common.jit:
         cmd.append("--jit")
     cmd += ["--remat", config.get("remat", common.remat)]
+    cmd += ["--allocator", config.get("allocator", common.allocator)]
     if config.get("grouped_conv"):
         cmd += ["--grouped_conv", config["grouped_conv"]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -174,6 +178,12 @@ def main(argv=None):
                         "(auto: the model's default, on for CPU)")
     p.add_argument("--compare_remat", action="store_true",
                    help="run training both with remat on and off")
+    p.add_argument("--allocator", default="default",
+                   choices=["default", "lean"],
+                   help="lean: keras_nfnets.use_lean_cpu_allocator() (less "
+                        "memory, slower on CPU)")
+    p.add_argument("--compare_allocator", action="store_true",
+                   help="run training with both allocators")
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--backend", default="tensorflow",
                    help="Keras backend(s), comma-separated, interleaved: "
@@ -210,6 +220,9 @@ def main(argv=None):
                 if mode == "train" and args.compare_remat:
                     configs[-1]["remat"] = "on"
                     configs.append(dict(configs[-1], remat="off"))
+                if mode == "train" and args.compare_allocator:
+                    configs[-1]["allocator"] = "default"
+                    configs.append(dict(configs[-1], allocator="lean"))
     results = []
     for r in range(args.rounds):
         for config in configs:
@@ -219,6 +232,7 @@ def main(argv=None):
             print(f"round {r} {res['backend']:10s} {res['mode']:5s} "
                   f"{res['grouped_conv']:6s} "
                   f"remat={res['remat']!s:5s} "
+                  f"alloc={res.get('allocator', 'default'):7s} "
                   f"{res['images_per_s']:.2f} img/s  "
                   f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
     print_table(results)
@@ -230,19 +244,21 @@ def main(argv=None):
 def print_table(results):
     def key(r):
         return (r.get("backend", "tensorflow"), r["mode"], r["grouped_conv"],
-                r["size"], r["remat"])
+                r["size"], r["remat"], r.get("allocator", "default"))
     keys = sorted({key(r) for r in results})
     print()
-    print(f"| backend | mode | grouped conv | remat | batch x px | "
+    print(f"| backend | mode | grouped conv | remat | allocator | "
+          f"batch x px | "
           f"img/s (median of rounds) | "
           f"img/s per round | peak RSS GB | first step s | GFLOP/img | "
           f"matmul GFLOP/s | MFU |")
-    print("| --- " * 12 + "|")
+    print("| --- " * 13 + "|")
     for k in keys:
-        backend, mode, gc, size, remat = k
+        backend, mode, gc, size, remat, allocator = k
         rs = [r for r in results if key(r) == k]
         ips = [r["images_per_s"] for r in rs]
         print(f"| {backend} | {mode} | {gc} | {'on' if remat else 'off'} | "
+              f"{allocator} | "
               f"{rs[0]['batch']} x {size} | "
               f"{statistics.median(ips):.2f} | "
               f"{', '.join(f'{v:.2f}' for v in ips)} | "

@@ -9,6 +9,9 @@ import tensorflow as tf
 
 from keras_nfnets import layers as nfl
 
+_TINY = dict(width=(16, 32, 32, 32), depth=(1, 1, 1, 1),
+             group_width=(8, 8, 8, 8))
+
 
 def _ws_grads(w, gain, g, lean):
     with tf.GradientTape() as tape:
@@ -78,3 +81,76 @@ def test_remat_auto_is_on_without_accelerator_and_validated():
     assert builder.resolve_remat(False) is False
     with pytest.raises(ValueError, match="remat"):
         builder.resolve_remat("yes")
+
+
+# -- scheduling: nothing kernel-sized is computed before it is needed --------
+
+def _tensor_peak_bytes(fn):
+    """Peak bytes of TensorFlow's CPU allocator while `fn` runs, above what
+    was allocated before (deterministic: no timing)."""
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    except (ValueError, RuntimeError) as e:
+        pytest.skip(f"this TensorFlow CPU allocator keeps no statistics: {e}")
+    fn()
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def test_standardized_kernels_are_computed_just_in_time():
+    """A stack of convolutions with large kernels and tiny activations: the
+    forward + backward step holds the kernel gradients it returns, plus a
+    few kernels' worth of temporaries, not every layer's standardized kernel
+    (and its `w - mean`) from the start of the step. Before the kernels were
+    made to depend on the layer input (`_data_dependent_zero`), this peak
+    was 33 kernels for 16 layers; now it is 20."""
+    import keras
+    depth, width = 16, 1024
+    convs = [nfl.WSConv2D(width, 1) for _ in range(depth)]
+    x = tf.ones((1, 2, 2, width))
+    for conv in convs:
+        conv.build(x.shape)
+    kernel_bytes = width * width * 4
+    variables = [v.value for conv in convs for v in conv.trainable_variables]
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            h = x
+            for conv in convs:
+                h = keras.ops.tanh(conv(h))
+            loss = tf.reduce_sum(h)
+        return tape.gradient(loss, variables)
+
+    step(x)  # trace and warm up
+    peak = _tensor_peak_bytes(lambda: [g.numpy() for g in step(x)])
+    # The returned gradients alone are `depth` kernels; computing every
+    # standardized kernel up front holds about twice that.
+    assert peak < 1.5 * depth * kernel_bytes, (
+        f"peak {peak / kernel_bytes:.1f} kernels for {depth} layers")
+
+
+def test_train_step_is_traced_once():
+    """The optimizer is built before the first trace (NFNetModel), so
+    tf.function does not trace the train step a second time because the
+    first trace created the optimizer's variables."""
+    import keras
+    import keras_nfnets
+    model = keras_nfnets.NFNet(_TINY, weights=None, input_shape=(16, 16, 3),
+                               classes=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    traces = []
+    train_step = model.train_step
+
+    def counting_train_step(data):
+        traces.append(1)
+        return train_step(data)
+
+    model.train_step = counting_train_step
+    x = np.zeros((2, 16, 16, 3), "float32")
+    y = np.zeros((2,), "int64")
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    assert len(traces) == 1
+    assert model.optimizer.built

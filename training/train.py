@@ -96,6 +96,9 @@ flags.DEFINE_integer("seed", 0, "Seed for initialisation and the data.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA.")
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per tf.function call "
                      "(raise on TPU, e.g. 100).")
+flags.DEFINE_bool("lean_cpu_allocator", False, "Return freed memory to the "
+                  "OS at once (keras_nfnets.use_lean_cpu_allocator): lower "
+                  "peak memory, slower CPU steps (docs/performance.md).")
 flags.DEFINE_integer("checkpoint_steps", 500, "Steps between backups.")
 flags.DEFINE_bool("deterministic_ops", False, "tf.config.experimental."
                   "enable_op_determinism() (bit-exact, slower on GPU).")
@@ -371,6 +374,12 @@ def run(argv=None):
     problem = backends.check_active(plan.backend)
     if problem:
         raise UsageError(problem)
+    if FLAGS.lean_cpu_allocator:
+        import keras_nfnets  # pylint: disable=import-outside-toplevel
+        try:
+            keras_nfnets.use_lean_cpu_allocator()
+        except RuntimeError as e:
+            raise UsageError(str(e)) from e
     model_dir = FLAGS.model_dir
     if is_finished(model_dir):
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json")) as f:
