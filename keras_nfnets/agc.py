@@ -253,9 +253,9 @@ class AGC(keras.optimizers.Optimizer):
         if keras.backend.backend() == "tensorflow":
             # Clip the all-reduced gradient (the sum of the replicas'
             # 1/num_replicas-scaled gradients: the global mean) per variable,
-            # right before that variable's update, one variable at a time.
+            # inside that variable's update.
             object.__setattr__(inner, "_distributed_tf_update_step",
-                               self._sequential_tf_update_step)
+                               self._clip_and_update_step)
         else:
             update_fn = type(inner)._backend_update_step.__get__(inner)
 
@@ -266,44 +266,25 @@ class AGC(keras.optimizers.Optimizer):
             object.__setattr__(inner, "_backend_update_step", clip_then_update)
         object.__setattr__(inner, "_agc_hook_owner", id(self))
 
-    def _sequential_tf_update_step(self, distribution, grads_and_vars,
-                                   learning_rate):
-        """TensorFlow: clip and update one variable after the other.
-
-        Keras's own `_distributed_tf_update_step` creates the ~250
-        per-variable updates as independent graph ops, so the executor runs
-        them side by side and every clipped gradient and momentum temporary
-        of the whole model is alive at once (~0.7 GB on NFNet-F0). Here each
-        variable's clip and update waits, through a control dependency, for
-        the previous variable's to finish, so only one variable's
-        temporaries exist at a time. Same values, same ops.
-        """
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
+    def _clip_and_update_step(self, distribution, grads_and_vars,
+                              learning_rate):
+        """TensorFlow: clip each variable's reduced gradient inside that
+        variable's update (Keras's `_distributed_tf_update_step` with the
+        clip added), so a clipped gradient is made right before the update
+        that consumes it rather than all ~250 of them at once after the
+        all-reduce."""
         inner = self.inner_optimizer
 
-        def clip_and_update(var, grad, learning_rate, after):
+        def clip_and_update(var, grad, learning_rate):
             if self.clipping and self._should_clip(var):
                 grad = clip_gradient(grad, var, self.clipping, self.eps)
-            inner.update_step(grad, var, learning_rate)
+            return inner.update_step(grad, var, learning_rate)
 
-        def in_order(var, grad, learning_rate, after):
-            if tf.executing_eagerly():  # ops run in program order already
-                clip_and_update(var, grad, learning_rate, after)
-                return []
-            graph = tf.compat.v1.get_default_graph()
-            first = len(graph.get_operations())
-            with tf.control_dependencies(after):
-                clip_and_update(var, grad, learning_rate, after)
-            with tf.control_dependencies(graph.get_operations()[first:]):
-                return [tf.constant(0)]  # done when this update is done
-
-        done = []
         for grad, var in grads_and_vars:
             if grad is None:
                 continue
-            done = distribution.extended.update(
-                var, in_order, args=(grad, learning_rate, done),
+            distribution.extended.update(
+                var, clip_and_update, args=(grad, learning_rate),
                 group=False)
 
     # ------------------------------------------------------------------ apply
