@@ -1,10 +1,15 @@
 """Resident-memory timeline of NFNet-F0 training (docs/performance.md).
 
     python benchmarks/memory_probe.py [--remat] [--plain] [--noagc] [--jit]
+                                      [--lean]
 
 Samples /proc/self/statm every 2 ms and prints the RSS after import, build,
-compile and each of three train steps (--plain: SGD without momentum;
---noagc: no adaptive gradient clipping; TICK=1: also every 2 s; B=batch).
+compile and each of three train steps, with the live-tensor bytes of
+TensorFlow's CPU allocator (current / peak of the step; not available with
+--lean) (--plain: SGD without momentum; --noagc: no adaptive gradient
+clipping; --lean: keras_nfnets.use_lean_cpu_allocator(); TICK=1: also every
+2 s; B=batch). `benchmarks/live_tensors.py` lists the tensors live at the
+peak.
 """
 import os, sys, time, threading, resource
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL","3")
@@ -22,10 +27,20 @@ def ticker():
     while True:
         time.sleep(2); print(f"   tick {time.time()-T0:6.1f}s rss {rss():.2f}", flush=True)
 if os.environ.get("TICK"): threading.Thread(target=ticker,daemon=True).start()
+def tensors():
+    try:
+        import tensorflow as tf
+        info = tf.config.experimental.get_memory_info("CPU:0")
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        return f" tensors {info['current']/1e9:.2f} (peak {info['peak']/1e9:.2f})"
+    except Exception:  # no statistics (lean allocator, oneDNN off)
+        return ""
 def mark(name):
-    print(f"{time.time()-T0:6.1f}s {name:28s} rss {rss():.2f} phase-peak {peak[0]:.2f} maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e6:.2f}", flush=True)
+    print(f"{time.time()-T0:6.1f}s {name:28s} rss {rss():.2f} phase-peak {peak[0]:.2f} maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e6:.2f}{tensors()}", flush=True)
     peak[0]=0
 import numpy as np, keras, keras_nfnets
+if "--lean" in sys.argv:
+    keras_nfnets.use_lean_cpu_allocator()
 mark("import")
 remat = "--remat" in sys.argv  # off unless asked (the model default is "auto")
 b=int(os.environ.get("B","8"))
