@@ -23,7 +23,8 @@ Keras's TensorFlow optimizer all-reduces the replicas' gradients inside
 `apply()` or in a custom `train_step` would therefore clip each replica's
 share of the gradient (not DeepMind's algorithm), and reducing in the train
 step as well would reduce twice. `AGC` instead hooks the wrapped optimizer's
-all-reduce (`_all_reduce_sum_gradients`) on TensorFlow: the clip sees the
+per-variable update after the all-reduce (`_distributed_tf_update_step`) on
+TensorFlow and clips inside each variable's update: the clip sees the
 summed gradient of the global batch (Keras scales each replica's loss by
 `1 / num_replicas`, so that sum is the global-batch mean), is computed
 identically on every replica from the mirrored weights, and nothing is
