@@ -326,9 +326,9 @@ class WSConv2D(keras.layers.Conv2D):
         (TensorFlow's) computes `w_hat` when the convolution is about to run
         rather than at the start of the step. Without it, every layer's
         standardized kernel (and, under remat, its recomputed copy) is ready
-        at once and held until its convolution runs: ~0.5 GB at the
-        forward-pass peak of NFNet-F0 (see docs/performance.md). The values
-        are unchanged.
+        at once and held until its convolution runs: 0.29 GB of them were
+        live at the forward-pass peak of NFNet-F0 (docs/performance.md).
+        The values are unchanged.
         """
         # ops.copy reads the variables into tensors (tf.identity: no copy),
         # so the custom gradient sees tensor inputs, not variables.
