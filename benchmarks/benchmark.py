@@ -247,11 +247,11 @@ def print_table(results):
                 r["size"], r["remat"], r.get("allocator", "default"))
     keys = sorted({key(r) for r in results})
     print()
-    print(f"| backend | mode | grouped conv | remat | allocator | "
-          f"batch x px | "
-          f"img/s (median of rounds) | "
-          f"img/s per round | peak RSS GB | first step s | GFLOP/img | "
-          f"matmul GFLOP/s | MFU |")
+    print("| backend | mode | grouped conv | remat | allocator | "
+          "batch x px | "
+          "img/s (median of rounds) | "
+          "img/s per round | peak RSS GB | first step s | GFLOP/img | "
+          "matmul GFLOP/s | MFU |")
     print("| --- " * 13 + "|")
     for k in keys:
         backend, mode, gc, size, remat, allocator = k
