@@ -1,5 +1,11 @@
-"""Shared test helpers. DeepMind's reference outputs are read from
-`../shared/fixtures/deepmind/` through `deepmind_fixture` only."""
+"""Shared test helpers. DeepMind's reference outputs are read through
+`fixture_path` / `deepmind_fixture` only: first from the repository's copy
+(`tests/fixtures/deepmind/`: the tiny NFNet and AGC fixtures), then from
+`../shared/fixtures/deepmind/` (or `$KERAS_NFNETS_SHARED`), which holds the
+large NF-ResNet/NF-RegNet checkpoints.
+
+A test whose fixture is in neither place skips, and the run ends with one
+line naming every missing file; with `CI=true` it fails instead."""
 
 import os
 import pathlib
@@ -10,18 +16,46 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO_FIXTURES = REPO / "tests" / "fixtures" / "deepmind"
 SHARED = pathlib.Path(os.environ.get("KERAS_NFNETS_SHARED",
                                      REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "deepmind"
 DATASETS = SHARED / "datasets"
 
+_MISSING = {}  # fixture name -> number of tests that needed it
+
+
+def in_ci():
+    """True under CI (`CI=true`): a missing fixture is then a failure."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
 
 def fixture_path(name):
-    """Path of a file in ../shared/fixtures/deepmind (skips if absent)."""
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"DeepMind fixture {path} is not available")
-    return path
+    """Path of a DeepMind fixture: the repository's copy, else ../shared's.
+
+    When neither exists the test skips (fails with CI=true); the skipped
+    tests share one reason, and the run's summary names the missing files.
+    """
+    for folder in (REPO_FIXTURES, FIXTURES):
+        path = folder / name
+        if path.exists():
+            return path
+    _MISSING[name] = _MISSING.get(name, 0) + 1
+    if in_ci():
+        pytest.fail(f"DeepMind fixture {name} is missing: not in "
+                    f"{REPO_FIXTURES} nor {FIXTURES} (CI=true: a missing "
+                    "fixture is a failure)", pytrace=False)
+    pytest.skip("DeepMind fixture not available (the summary line "
+                "'missing DeepMind fixtures' names the files)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MISSING:
+        names = ", ".join(f"{n} ({k} test{'s' * (k > 1)})"
+                          for n, k in sorted(_MISSING.items()))
+        terminalreporter.write_line(
+            f"missing DeepMind fixtures (looked in {REPO_FIXTURES} and "
+            f"{FIXTURES}; set KERAS_NFNETS_SHARED): {names}")
 
 
 def deepmind_fixture(name):
