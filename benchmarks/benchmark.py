@@ -83,8 +83,9 @@ def run_child(args):
     result = dict(backend=keras.backend.backend(),
                   variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
-                  remat=any(getattr(layer, "remat", False)
-                            for layer in model.layers),
+                  remat=any(keras_nfnets.layers.resolve_remat(
+                      getattr(layer, "remat", False)) for layer in model.layers
+                      if isinstance(layer, keras_nfnets.NFBlock)),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
                   allocator=args.allocator,
                   flops_per_image=flops)

@@ -6,6 +6,7 @@ argument handling (`include_top`, `weights`, `input_shape`, `pooling`, ...).
 """
 
 import dataclasses
+import inspect
 import os
 
 from keras_nfnets import builder
@@ -53,10 +54,12 @@ Args:
     activation: one of DeepMind's gamma-scaled nonlinearities (default
         `"gelu"`).
     seed: seed for dropout and stochastic depth.
-    remat: recompute each block's residual branch in the backward pass
-        (less training memory, a little more compute). `"auto"` (default):
-        on when Keras sees no GPU/TPU, off otherwise; `True`/`False` force
-        it. Outputs and gradients are the same either way.
+    remat: recompute each block in the backward pass (less training
+        memory, a little more compute). `"auto"` (default): on when Keras
+        sees no GPU/TPU, off otherwise, decided each time the model is
+        traced (the saved config keeps `"auto"`, so a model saved on CPU
+        runs without remat on a GPU); `True`/`False` force it. Outputs and
+        gradients are the same either way.
     name: the model name.
 
 Returns:
@@ -246,7 +249,8 @@ Args:
         `keras_nfnets.NFNetF0` (Keras Applications conventions). `weights`
         is `None` or the path of a DeepMind `*_haiku.npz` checkpoint or a
         Keras `.weights.h5` file; `"imagenet"` is not available.
-    drop_rate, stochdepth_rate, activation, seed: as for the NFNets.
+    drop_rate, stochdepth_rate, activation, seed, remat: as for the
+        NFNets.
     **config_overrides: fields of `{config_cls}` to change, e.g.
         {override_example}.
 
@@ -260,7 +264,16 @@ model = keras_nfnets.{name}(weights=None, classes=10,
 ```
 """
 
-_BUILDER_KWARGS = ("drop_rate", "stochdepth_rate", "activation", "seed")
+# The builder's keyword arguments that every family passes through
+# (`drop_rate`, `stochdepth_rate`, `activation`, `seed`, `remat`, ...): read
+# from its signature, so a new builder argument reaches every family. The
+# rest are the Keras Applications arguments, handled by `_make_model`.
+_APPLICATION_ARGS = ("include_top", "input_tensor", "input_shape", "pooling",
+                     "classes", "classifier_activation",
+                     "include_preprocessing", "name")
+_BUILDER_KWARGS = tuple(
+    p.name for p in inspect.signature(builder.build_nfnet).parameters.values()
+    if p.kind is p.KEYWORD_ONLY and p.name not in _APPLICATION_ARGS)
 
 
 def _family_model(table, config, default_name, include_top, weights,

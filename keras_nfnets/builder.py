@@ -123,24 +123,9 @@ def architecture(config, stochdepth_rate):
 
 
 def resolve_remat(remat):
-    """`remat="auto"` (the default): recompute each block's residual branch
-    in the backward pass when Keras sees no accelerator (CPU training is
-    memory-bound: NFNet-F0 at batch 8 peaks 0.45 GB lower, at a few percent
-    of speed), not on GPU/TPU. `True`/`False` force it. Inference is
-    unaffected."""
-    if remat == "auto":
-        return not _has_accelerator()
-    if not isinstance(remat, bool):
-        raise ValueError(f"remat must be True, False or 'auto', got {remat!r}")
-    return remat
-
-
-def _has_accelerator():
-    try:
-        devices = keras.distribution.list_devices()
-    except Exception:  # pragma: no cover - backend without device query
-        return False
-    return any(not str(d).lower().startswith("cpu") for d in devices)
+    """Kept for callers of the builder: see `layers.resolve_remat` (the
+    model stores `remat` as given and resolves `"auto"` at trace time)."""
+    return nf_layers.resolve_remat(remat)
 
 
 def _preprocessing(channels):
@@ -165,7 +150,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
     """
     activation = activation or config.activation
     nf_layers.check_activation(activation)
-    remat = resolve_remat(remat)
+    remat = nf_layers.check_remat(remat)  # "auto" resolves at trace time
     drop_rate = config.drop_rate if drop_rate is None else drop_rate
     stochdepth_rate = (config.stochdepth_rate if stochdepth_rate is None
                        else stochdepth_rate)

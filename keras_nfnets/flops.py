@@ -1,7 +1,9 @@
 """Counting a model's multiply-adds from its layers.
 
-DeepMind's tables count multiply-adds (NFNet-F0: 12.38 G at 256px); FLOPs are
-twice that.
+DeepMind counts multiply-adds of the convolutions, the squeeze-excite
+linears and the classifier (its `count_flops`); FLOPs are twice that. Every
+family is counted: NFNets, NF-ResNets (no squeeze-excite; a strided 1x1
+projection shortcut, counted at its output resolution) and NF-RegNets.
 """
 
 import math
@@ -36,10 +38,15 @@ def block_macs(block, input_shape):
         total += conv_macs(block.conv1b, (n, oh, ow, block.width))
     total += conv_macs(block.conv2, (n, oh, ow, block.width))
     if block.conv_shortcut is not None:
-        total += conv_macs(block.conv_shortcut, (n, oh, ow, cin))
+        # NFNets/NF-RegNets average-pool first, then a 1x1 conv at the output
+        # size; NF-ResNets stride the 1x1 conv itself (same output size).
+        shortcut_in = ((n, h, w, cin) if block.strided_shortcut
+                       else (n, oh, ow, cin))
+        total += conv_macs(block.conv_shortcut, shortcut_in)
     se = block.se
-    total += se.hidden_channels * se.in_channels
-    total += se.hidden_channels * se.out_channels
+    if se is not None:  # on the pooled activations
+        total += se.hidden_channels * se.in_channels
+        total += se.hidden_channels * se.out_channels
     return total
 
 
@@ -47,8 +54,7 @@ def count_macs(model):
     """Multiply-adds per image of a keras_nfnets model (fixed input size).
 
     Example:
-    >>> count_macs(keras_nfnets.NFNetF0()) / 1e9   # 256px
-    12.38...
+    >>> macs = count_macs(keras_nfnets.NFNetF0())  # at its 256px test size
     """
     total = 0
     for layer in model.layers:

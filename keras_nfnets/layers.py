@@ -180,18 +180,54 @@ class ScaledActivation(keras.layers.Layer):
         return {**super().get_config(), "activation": self.activation}
 
 
+# Device-dependent choices ("auto" settings) are resolved when a layer is
+# traced, never when it is built or loaded, and never cached: a model built
+# (or a `.keras` file saved) on CPU takes the accelerator's choice when it
+# runs on a GPU/TPU, and a TPU initialised after the model was built is seen.
+# Both "auto" settings below go through `on_accelerator`.
+
+def on_accelerator():
+    """True when Keras sees a GPU/TPU now (queried each time: the device
+    list can grow, e.g. after a TPU system is initialised)."""
+    try:
+        devices = keras.distribution.list_devices()
+    except Exception:  # pylint: disable=broad-except
+        # keras.distribution has no device query on the torch backend.
+        if keras.backend.backend() != "torch":
+            return False
+        import torch  # pylint: disable=import-outside-toplevel
+        return bool(torch.cuda.is_available())
+    return any(not str(d).lower().startswith("cpu") for d in devices)
+
+
+def check_remat(remat):
+    """Validates a `remat` setting: True, False or "auto"."""
+    if remat == "auto" or isinstance(remat, bool):
+        return remat
+    raise ValueError(f"remat must be True, False or 'auto', got {remat!r}")
+
+
+def resolve_remat(remat):
+    """`remat="auto"` (the default): recompute each block in the backward
+    pass when Keras sees no accelerator (CPU training is memory-bound; see
+    docs/performance.md), not on GPU/TPU. `True`/`False` force it. Resolved
+    at trace time; the saved config keeps `"auto"`."""
+    remat = check_remat(remat)
+    return (not on_accelerator()) if remat == "auto" else remat
+
+
 # How grouped convolutions are computed. "split" runs one convolution per
 # group and concatenates (fast on CPU, where TF/XLA grouped convolutions are
-# 5-15x slower); "native" hands the grouped convolution to the backend (the
+# much slower); "native" hands the grouped convolution to the backend (the
 # right thing on GPU and TPU). "auto" picks "split" when Keras sees no
-# accelerator. Both give the same numbers.
-_GROUPED_CONV_MODE = {"mode": "auto", "resolved": None}
+# accelerator, at trace time, like `remat="auto"`. Both give the same numbers.
+_GROUPED_CONV_MODE = {"mode": "auto"}
 
 
 def set_grouped_conv_mode(mode):
     """Chooses how grouped convolutions run: "auto", "split" or "native".
 
-    Takes effect for models built (traced) after the call.
+    Takes effect for models traced after the call.
 
     Example:
     >>> keras_nfnets.layers.set_grouped_conv_mode("native")
@@ -199,21 +235,15 @@ def set_grouped_conv_mode(mode):
     if mode not in ("auto", "split", "native"):
         raise ValueError(
             f"grouped conv mode must be 'auto', 'split' or 'native', got {mode!r}")
-    _GROUPED_CONV_MODE.update(mode=mode, resolved=None)
+    _GROUPED_CONV_MODE.update(mode=mode)
 
 
 def grouped_conv_mode():
-    """Returns the effective grouped-convolution mode ("split" or "native")."""
+    """Returns the effective grouped-convolution mode ("split" or "native"),
+    resolving "auto" now (see `on_accelerator`)."""
     if _GROUPED_CONV_MODE["mode"] != "auto":
         return _GROUPED_CONV_MODE["mode"]
-    if _GROUPED_CONV_MODE["resolved"] is None:
-        try:
-            devices = keras.distribution.list_devices()
-        except Exception:  # pragma: no cover - backend without device query
-            devices = ["cpu"]
-        accel = any(not str(d).lower().startswith("cpu") for d in devices)
-        _GROUPED_CONV_MODE["resolved"] = "native" if accel else "split"
-    return _GROUPED_CONV_MODE["resolved"]
+    return "native" if on_accelerator() else "split"
 
 
 def _standardize(w, gain, eps):
@@ -512,7 +542,7 @@ class NFBlock(keras.layers.Layer):
                  se_position="output", strided_shortcut=False,
                  remat=False, **kwargs):
         super().__init__(**kwargs)
-        self.remat = bool(remat)
+        self.remat = check_remat(remat)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.expansion, self.se_ratio = expansion, se_ratio
         self.kernel_size, self.group_width = kernel_size, group_width
@@ -617,7 +647,7 @@ class NFBlock(keras.layers.Layer):
             # Drawn outside the recomputed function, so recomputation in the
             # backward pass cannot change it.
             mask = self.stoch_depth.draw_mask(x, training)
-        if self.remat and not return_metrics:
+        if not return_metrics and resolve_remat(self.remat):
             # The whole block is recomputed in the backward pass: only its
             # input (and the stochastic-depth mask) is kept, not act(x), the
             # branch's activations, its output or its standardized kernels.

@@ -286,8 +286,18 @@ def assign_deepmind_weights(model, params, root=None, skip_layers=(),
 
 
 def load_weights(model, weights, skip_layers=()):
-    """Loads `weights` (a DeepMind checkpoint or Keras weights file) into
-    `model`. Used by the constructors' `weights=` argument."""
+    """Loads `weights` (a DeepMind checkpoint or a Keras `.weights.h5` file)
+    into `model`. Used by the constructors' `weights=` argument.
+
+    `skip_layers`: Keras layer paths (`"linear"`, `"nf_block_3/conv1b"`)
+    not to load, in either format: the checkpoint's tensors for them are
+    ignored and the model keeps its own values (e.g. a new classifier with
+    another number of classes). Every other weight must fit.
+
+    Example:
+    >>> model = keras_nfnets.NFNetF0(weights=None, classes=10)
+    >>> load_weights(model, "f0_imagenet.weights.h5", skip_layers=["linear"])
+    """
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise ValueError(
@@ -296,5 +306,41 @@ def load_weights(model, weights, skip_layers=()):
     if is_deepmind_checkpoint(path):
         assign_deepmind_weights(model, load_deepmind_checkpoint(path),
                                 skip_layers=skip_layers, source=path)
-    else:
+        return
+    skipped = _layers_under(model, skip_layers)
+    # A skipped layer (and its sub-layers) loads nothing: its public
+    # `load_own_variables` hook is replaced on the instance while Keras
+    # reads the file, then restored. The other layers load as usual, with
+    # Keras's own checks of names and shapes.
+    for layer in skipped:
+        object.__setattr__(layer, "load_own_variables", _load_nothing)
+    try:
         model.load_weights(path)
+    finally:
+        for layer in skipped:
+            object.__delattr__(layer, "load_own_variables")
+
+
+def _load_nothing(store):  # pylint: disable=unused-argument
+    return None
+
+
+def _layers_under(model, paths):
+    """The layers at the given '/'-joined layer paths and all their
+    sub-layers (paths as in `named_modules`)."""
+    paths = [str(p).strip("/") for p in paths]
+    found, seen = [], set()
+
+    def walk(layer, prefix, inside):
+        path = f"{prefix}/{layer.name}" if prefix else layer.name
+        inside = inside or path in paths
+        if inside and id(layer) not in seen:
+            seen.add(id(layer))
+            found.append(layer)
+        subs = getattr(layer, "named_sublayers", None)
+        for sub in (subs().values() if subs else ()):
+            walk(sub, path, inside)
+
+    for layer in model.layers:
+        walk(layer, "", False)
+    return found

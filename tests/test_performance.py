@@ -76,8 +76,8 @@ def test_lean_activation_gradient_equals_autodiff(name):
 
 
 def test_remat_auto_is_on_without_accelerator_and_validated():
-    from keras_nfnets import builder
-    assert builder.resolve_remat("auto") is (not builder._has_accelerator())
+    from keras_nfnets import builder, layers
+    assert builder.resolve_remat("auto") is (not layers.on_accelerator())
     assert builder.resolve_remat(False) is False
     with pytest.raises(ValueError, match="remat"):
         builder.resolve_remat("yes")
