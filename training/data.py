@@ -18,7 +18,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from training import augment
+from . import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -15,7 +15,7 @@ import os
 import sys
 
 if __name__ == "__main__":  # --backend must reach keras before its import
-    from training import backends as _backends
+    from . import backends as _backends
     _backends.select_from_argv()
 
 from absl import app
@@ -57,8 +57,8 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
     Returns {'top1', 'top5', 'examples'}."""
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from training import data  # pylint: disable=import-outside-toplevel
-    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
+    from . import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     split = split or source.eval_split
     n = source.split_size(split)
     dataset_fn = data.eval_dataset_fn(source, global_batch_size, image_size,
@@ -98,15 +98,15 @@ def load_for_eval(weights, variant, num_classes):
 
 def run():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from training import data  # pylint: disable=import-outside-toplevel
-    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
+    from . import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
     if not FLAGS.weights:
         raise ValueError("--weights is required (a .keras file, 'imagenet', "
                          "a DeepMind .npz or a .weights.h5).")
     source = data.get_source(FLAGS.dataset, FLAGS.data_dir,
                              eval_split=FLAGS.split)
-    from training import backends  # pylint: disable=import-outside-toplevel
+    from . import backends  # pylint: disable=import-outside-toplevel
     backend = backends.requested_backend(FLAGS.backend)
     problem = backends.check_active(backend)
     if problem:

@@ -18,7 +18,7 @@ import sys
 import time
 
 if __name__ == "__main__":  # --backend must reach keras before its import
-    from training import backends as _backends
+    from . import backends as _backends
     _backends.select_from_argv()
 
 from absl import app
@@ -129,7 +129,7 @@ def apply_demo_defaults():
 
 
 def is_finished(model_dir):
-    from training import data  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.io.gfile.exists(data.join(model_dir, "metrics.json"))
 
@@ -150,8 +150,8 @@ class Plan:
 def check_flags():
     """Flag checks that need no data and no devices. Returns a Plan."""
     from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
-    from training import augment  # pylint: disable=import-outside-toplevel
-    from training import backends  # pylint: disable=import-outside-toplevel
+    from . import augment  # pylint: disable=import-outside-toplevel
+    from . import backends  # pylint: disable=import-outside-toplevel
     try:
         config = variants.get_config(FLAGS.variant)
     except (ValueError, TypeError) as e:
@@ -356,7 +356,7 @@ def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
         callbacks, backup):
     """Runs (or resumes) training up to `total_steps`. Returns the History
     of the last fit call."""
-    from training import data  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
     step = backup.restore(model)
     if step:
         logging.info("Resuming from the backup at step %d.", step)
@@ -406,7 +406,7 @@ def _current_step(model):
 
 
 def _verbose(strategy):
-    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from . import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     return 1 if strategy_lib.is_chief(strategy) else 0
 
 
@@ -420,11 +420,11 @@ def run(argv=None):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
-    from training import data  # pylint: disable=import-outside-toplevel
-    from training import evaluate  # pylint: disable=import-outside-toplevel
-    from training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
-    from training.checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
-    from training import backends  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
+    from . import evaluate  # pylint: disable=import-outside-toplevel
+    from . import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+    from . import backends  # pylint: disable=import-outside-toplevel
 
     problem = backends.check_active(plan.backend)
     if problem:
