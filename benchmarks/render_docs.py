@@ -1,0 +1,142 @@
+"""Renders the measured tables of README.md and docs/ from committed results.
+
+Every measured table in the docs sits between marker comments,
+
+    <!-- render:NAME -->
+    ...generated text...
+    <!-- /render:NAME -->
+
+and is produced here from a committed JSON file (`benchmarks/*.json`), with
+the date, machine and command that made it (`benchmarks/sources.json`).
+Nothing between the markers is edited by hand:
+
+    python -m benchmarks.render_docs          # rewrite the blocks
+    python -m benchmarks.render_docs --check  # exit 1 if one is stale
+
+`tests/test_docs.py` runs the check, and fails on a measured figure (img/s,
+GB, s/step) in README.md or docs/*.md outside a rendered block.
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import statistics
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *sorted(str(p.relative_to(REPO))
+                             for p in (REPO / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- render:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
+                   r"(<!-- /render:(?P=name) -->)", re.S)
+
+
+def _load(source):
+    return json.loads((REPO / source).read_text())
+
+
+def _provenance(source):
+    meta = json.loads((REPO / "benchmarks" / "sources.json").read_text())[
+        source]
+    return (f"Source: `{source}` (log `{meta['log']}`), measured "
+            f"{meta['date']} on {meta['machine']}; command: "
+            f"`{meta['command']}`.")
+
+
+def _groups(rows, key):
+    out = {}
+    for row in rows:
+        out.setdefault(key(row), []).append(row)
+    return out
+
+
+def _median(rows, field):
+    return statistics.median(r[field] for r in rows)
+
+
+def f0_cpu(source="benchmarks/results.json"):
+    """NFNet-F0 training and inference on the CPU machine, per allocator:
+    median over rounds (and each round), the largest peak RSS."""
+    rows = _load(source)
+    lines = ["| mode | allocator | batch x px | img/s (median; per round) "
+             "| peak RSS GB | first step s | GFLOP/img | matmul GFLOP/s "
+             "| MFU |", "| --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |"]
+    groups = _groups(rows, lambda r: (r["mode"], r["allocator"], r["batch"],
+                                      r["size"]))
+    for (mode, allocator, batch, size), rs in groups.items():
+        rounds = ", ".join(f"{r['images_per_s']:.2f}"
+                           for r in sorted(rs, key=lambda r: r["round"]))
+        lines.append(
+            f"| {mode} | {allocator} | {batch} x {size} | "
+            f"{_median(rs, 'images_per_s'):.2f} ({rounds}) | "
+            f"{max(r['peak_rss_gb'] for r in rs):.2f} | "
+            f"{_median(rs, 'first_step_s_since_start'):.1f} | "
+            f"{rs[0]['flops_per_image'] / 1e9:.2f} | "
+            f"{_median(rs, 'matmul_gflops'):.0f} | "
+            f"{100 * _median(rs, 'mfu'):.0f} % |")
+    return "\n".join(lines + ["", _provenance(source)])
+
+
+def f0_backends(source="benchmarks/results_backends.json"):
+    """NFNet-F0 training (batch 8 at 192 px) per Keras backend."""
+    rows = _load(source)
+    lines = ["| backend | img/s (median; per round) | peak RSS GB "
+             "| first step s |", "| --- | --- | --- | --- |"]
+    for backend, rs in _groups(rows, lambda r: r["backend"]).items():
+        rounds = ", ".join(f"{r['images_per_s']:.2f}"
+                           for r in sorted(rs, key=lambda r: r["round"]))
+        lines.append(
+            f"| {backend} | {_median(rs, 'images_per_s'):.2f} ({rounds}) | "
+            f"{max(r['peak_rss_gb'] for r in rs):.2f} | "
+            f"{_median(rs, 'first_step_s_since_start'):.1f} |")
+    return "\n".join(lines + ["", _provenance(source)])
+
+
+TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends}
+
+
+def render(text):
+    """`text` with every render block regenerated."""
+    def replace(match):
+        name = match.group("name")
+        if name not in TABLES:
+            raise KeyError(f"unknown render block {name!r}; known: "
+                           f"{sorted(TABLES)}")
+        return match.group(1) + TABLES[name]() + "\n" + match.group(4)
+    return BLOCK.sub(replace, text)
+
+
+def stale(paths=None):
+    """The docs whose rendered blocks differ from their sources."""
+    out = []
+    for rel in paths or DOCS:
+        text = (REPO / rel).read_text()
+        if render(text) != text:
+            out.append(rel)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true",
+                   help="only report stale blocks (exit 1 if any)")
+    args = p.parse_args(argv)
+    if args.check:
+        bad = stale()
+        for rel in bad:
+            print(f"{rel}: a rendered block differs from its source; run "
+                  "python -m benchmarks.render_docs")
+        return 1 if bad else 0
+    for rel in DOCS:
+        path = REPO / rel
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            path.write_text(new)
+            print(f"rendered {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
