@@ -70,8 +70,8 @@ _FUNCTIONS = {
 # Derivatives of the nonlinearities whose automatic differentiation keeps
 # several activation-sized intermediates alive until the backward pass (the
 # tanh-approximate gelu is ~8 elementwise ops, each saving its inputs). With
-# these, the scaled activation saves only its input: on NFNet-F0 at batch 8
-# this removes ~1 GB of training memory. The forward values are unchanged.
+# these, the scaled activation saves only its input (docs/performance.md
+# has the measured saving). The forward values are unchanged.
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -263,7 +263,7 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True):
     with the mean and biased variance over (H, W, I). With `lean_gradient`
     (default) the backward pass is the closed form of the normalization's
     gradient and keeps nothing kernel-sized but `w` itself (autodiff keeps
-    `w - mean` and its square: about 0.5 GB on NFNet-F0). With `u = w - mean`,
+    `w - mean` and its square, kernel-sized per layer). With `u = w - mean`,
     `n = ||u||` per output channel, `s = rsqrt(max(n^2, eps))`:
 
         dgain = sum(g * u) * s
@@ -286,7 +286,7 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True):
             axes = (0, 1, 2)
             # `w - mean` only once the gradient arrives (see `_lean_scaled`):
             # computed early, it is a kernel-sized tensor per layer held
-            # from the start of the step (0.22 GB on NFNet-F0).
+            # from the start of the step.
             u = w - (mean + ops.cast(_data_dependent_zero(g), w.dtype))
             gu = ops.sum(g * u, axis=axes, keepdims=True)
             dgain = ops.reshape(gu * inv, ops.shape(gain))
@@ -356,8 +356,8 @@ class WSConv2D(keras.layers.Conv2D):
         (TensorFlow's) computes `w_hat` when the convolution is about to run
         rather than at the start of the step. Without it, every layer's
         standardized kernel (and, under remat, its recomputed copy) is ready
-        at once and held until its convolution runs: 0.29 GB of them were
-        live at the forward-pass peak of NFNet-F0 (docs/performance.md).
+        at once and held until its convolution runs (docs/performance.md
+        has the measured effect on NFNet-F0's forward-pass peak).
         The values are unchanged.
         """
         # ops.copy reads the variables into tensors (tf.identity: no copy),

@@ -5,13 +5,8 @@ tensors go straight back to the operating system instead of staying in
 TensorFlow's oneDNN memory pool (a best-fit pool that grows in doubling
 regions and never shrinks) or in glibc's per-thread heaps.
 
-Measured on the project's 2-core CPU machine, NFNet-F0, batch 8 at 192 px,
-SGD + Nesterov momentum + AGC, one `make bench` run (docs/performance.md):
-
-| allocator | training img/s | peak RSS GB | first step s |
-| --- | --- | --- | --- |
-| default (pooled) | 3.48 | 2.63 | 20.7 |
-| lean | 2.37 | 2.18 | 21.4 |
+The measured trade (speed and peak memory with each allocator) is in the
+README's performance table, rendered from `benchmarks/results.json`.
 
 The lean allocator is slower because every large tensor is a fresh `mmap`
 whose pages the kernel has to fault in and zero on every step.

@@ -63,3 +63,17 @@ def test_render_detects_a_number_that_disagrees(tmp_path):
     tampered = text.replace(body, body.replace(number, "99.99", 1), 1)
     assert render_docs.render(tampered) != tampered
     assert render_docs.render(text) == text
+
+
+def test_docstrings_carry_no_measured_figures():
+    import ast  # pylint: disable=import-outside-toplevel
+    found = []
+    for path in sorted((REPO / "keras_nfnets").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node) or ""
+                found += [f"{path.name}: {m.group(0)!r}"
+                          for m in MEASURED.finditer(MACHINE.sub("", doc))]
+    assert not found, "measured numbers go stale in docstrings: " + ", ".join(
+        found)
