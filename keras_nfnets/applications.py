@@ -8,6 +8,7 @@ argument handling (`include_top`, `weights`, `input_shape`, `pooling`, ...).
 import dataclasses
 import os
 
+from keras_nfnets import agc
 from keras_nfnets import builder
 from keras_nfnets import variants
 from keras_nfnets import weights as nf_weights
@@ -172,6 +173,7 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing, name=name,
         **nfnet_kwargs)
+    model.default_agc_clipping = agc.default_clipping_for(cfg)
     skip = () if include_top else ("linear",)
     if weights == "imagenet":
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
