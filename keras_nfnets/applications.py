@@ -29,6 +29,13 @@ them internally with the ImageNet mean and standard deviation
 (`include_preprocessing=True`). With `include_preprocessing=False` it expects
 already-normalised input.
 
+Training: `model.compile(...)` applies adaptive gradient clipping by default,
+as DeepMind trained the NFNets (`SGD_AGC`: clipping 0.01, eps 1e-3, every
+variable but the classifier weight `linear/kernel`); `agc_clipping=` sets
+another threshold, `None` turns it off. 0.01 was tuned for SGD with momentum
+at batch 4096: with Adam and other adaptive optimizers `compile` warns unless
+you choose `agc_clipping` yourself.
+
 Args:
     include_top: whether to include the classifier (`avg_pool` -> dropout
         -> `linear`). Defaults to `True`.
@@ -241,6 +248,11 @@ Numerically identical to DeepMind's `{module}` (deepmind-research/nfnets):
 the same `WSConv2D`, gamma-scaled {activation}, `NFBlock` and head as the
 NFNets, built by the same builder. Default input size
 {test_imsize}x{test_imsize}.
+
+Training: `model.compile(...)` applies no adaptive gradient clipping by
+default, as DeepMind trained the {family}s (plain SGD with Nesterov
+momentum, no AGC, in their `nfnets` experiment configs); pass
+`agc_clipping=0.01` (or another threshold) to clip.
 
 Args:
     include_top, weights, input_tensor, input_shape, pooling, classes,

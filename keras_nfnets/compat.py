@@ -187,3 +187,28 @@ def route_seed_generator_to(attribute):
         return layer_cls
 
     return decorate
+
+
+# ------------------------------------------------------- graph inspection
+def producing_layer(tensor):
+    """The layer that produced a symbolic Keras tensor (to walk a
+    functional model's graph, `keras_nfnets.spp`).
+
+    Public replacement: none for an arbitrary tensor (`layer.input` /
+    `layer.output` go the other way); Keras keeps it in `_keras_history`."""
+    require(tensor, "_keras_history", "the layer that produced a tensor")
+    return tensor._keras_history[0]  # pylint: disable=protected-access
+
+
+def tensorflow_started():
+    """True once TensorFlow's eager runtime (and so its CPU allocator)
+    exists (`keras_nfnets.use_lean_cpu_allocator` must run before).
+
+    Public replacement: none (`tf.config` calls would start the runtime)."""
+    import sys  # pylint: disable=import-outside-toplevel
+    if "tensorflow" not in sys.modules:
+        return False
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+    ctx = context.context()
+    require(ctx, "_context_handle", "whether TF's runtime has started")
+    return ctx._context_handle is not None  # pylint: disable=protected-access

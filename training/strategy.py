@@ -10,8 +10,6 @@ import os
 
 import tensorflow as tf
 
-from keras_nfnets import compat
-
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device",
               "default")
 
@@ -110,6 +108,7 @@ def build_without_data_probe(model, strategy, batch):
     `strategy.reduce`s it, which MultiWorkerMirroredStrategy cannot do for
     a nested per-replica batch (it fails with "Attempt to convert a value
     (PerReplica...) to a Tensor")."""
+    from keras_nfnets import compat  # pylint: disable=import-outside-toplevel
     compat.build_compiled_state(model, strategy, batch)
 
 
