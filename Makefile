@@ -20,7 +20,8 @@ test: $(STAMP)
 
 # The floor of the supported range (setup.cfg): the oldest TensorFlow with TPU
 # wheels and the oldest Keras it accepts, in a venv of their own, on the fast
-# subset (layers, AGC, weights, applications, optimizers).
+# subset (layers, AGC, weights, applications, optimizers). MirroredStrategy is
+# covered there by the AGC canary; its 3-step NFNet comparison runs in `test`.
 FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
@@ -37,7 +38,8 @@ $(FLOOR_STAMP): setup.cfg pyproject.toml
 
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -c "import keras, tensorflow as tf; print('floor: keras', keras.__version__, 'tensorflow', tf.__version__)"
-	TF_CPP_MIN_LOG_LEVEL=2 $(FLOOR_PY) -m pytest -q $(FLOOR_TESTS); rc=$$?; \
+	TF_CPP_MIN_LOG_LEVEL=2 $(FLOOR_PY) -m pytest -q $(FLOOR_TESTS) \
+	  --deselect tests/test_agc.py::test_mirrored_strategy_clips_the_global_batch_gradient; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: $(STAMP)
