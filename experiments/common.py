@@ -158,8 +158,10 @@ def train(data, arch, *, batch_size, base_lr, epochs, seed=0,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
     if isinstance(model, keras_nfnets.NFNetModel):
-        if clipping != "default":
-            compile_kwargs["agc_clipping"] = clipping
+        # "default": the studies' lambda 0.01 on every family (compile's own
+        # default is per family: off for NF-ResNets and NF-RegNets).
+        compile_kwargs["agc_clipping"] = (0.01 if clipping == "default"
+                                          else clipping)
         if callable(agc_exclude):
             agc_exclude = agc_exclude(model)
         if agc_exclude is not None:

@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import os
 
+from keras_nfnets import agc
 from keras_nfnets import builder
 from keras_nfnets import variants
 from keras_nfnets import weights as nf_weights
@@ -28,6 +29,13 @@ By default the model takes RGB images with values in [0, 255] and normalises
 them internally with the ImageNet mean and standard deviation
 (`include_preprocessing=True`). With `include_preprocessing=False` it expects
 already-normalised input.
+
+Training: `model.compile(...)` applies adaptive gradient clipping by default,
+as DeepMind trained the NFNets (`SGD_AGC`: clipping 0.01, eps 1e-3, every
+variable but the classifier weight `linear/kernel`); `agc_clipping=` sets
+another threshold, `None` turns it off. 0.01 was tuned for SGD with momentum
+at batch 4096: with Adam and other adaptive optimizers `compile` warns unless
+you choose `agc_clipping` yourself.
 
 Args:
     include_top: whether to include the classifier (`avg_pool` -> dropout
@@ -175,6 +183,7 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing, name=name,
         **nfnet_kwargs)
+    model.default_agc_clipping = agc.default_clipping_for(cfg)
     skip = () if include_top else ("linear",)
     if weights == "imagenet":
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
@@ -242,6 +251,11 @@ Numerically identical to DeepMind's `{module}` (deepmind-research/nfnets):
 the same `WSConv2D`, gamma-scaled {activation}, `NFBlock` and head as the
 NFNets, built by the same builder. Default input size
 {test_imsize}x{test_imsize}.
+
+Training: `model.compile(...)` applies no adaptive gradient clipping by
+default, as DeepMind trained the {family}s (plain SGD with Nesterov
+momentum, no AGC, in their `nfnets` experiment configs); pass
+`agc_clipping=0.01` (or another threshold) to clip.
 
 Args:
     include_top, weights, input_tensor, input_shape, pooling, classes,

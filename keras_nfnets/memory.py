@@ -15,7 +15,6 @@ whose pages the kernel has to fault in and zero on every step.
 import ctypes
 import ctypes.util
 import os
-import sys
 import warnings
 
 # glibc mallopt() parameters (malloc.h).
@@ -29,10 +28,8 @@ TF_SYSTEM_ALLOCATOR_ENV = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"
 
 def _tensorflow_started():
     """True once TensorFlow's runtime (and so its CPU allocator) exists."""
-    if "tensorflow" not in sys.modules:
-        return False
-    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
-    return context.context()._context_handle is not None  # pylint: disable=protected-access
+    from keras_nfnets import compat  # pylint: disable=import-outside-toplevel
+    return compat.tensorflow_started()
 
 
 def use_lean_cpu_allocator(mmap_threshold=128 * 1024, arena_max=2):

@@ -11,19 +11,28 @@ class NFNetModel(keras.Model):
     training features (adaptive gradient clipping) can hook into it.
     """
 
+    #: `compile()`'s AGC threshold when `agc_clipping` is not given; the
+    #: constructors set it per family (`keras_nfnets.agc.FAMILY_DEFAULTS`).
+    default_agc_clipping = 0.01
+
     # -- adaptive gradient clipping (keras_nfnets.agc) -------------------
-    def compile(self, optimizer="rmsprop", *args, agc_clipping=0.01,
+    def compile(self, optimizer="rmsprop", *args, agc_clipping="default",
                 agc_eps=1e-3, agc_exclude=None, **kwargs):
         """`keras.Model.compile`, plus adaptive gradient clipping.
 
         Training applies DeepMind's AGC to every trainable variable except
         the classifier weight, to the reduced (cross-replica mean) gradient,
-        inside the optimizer, by wrapping `optimizer` in `keras_nfnets.AGC`
-        (not done if it already is one, e.g. `nfnet_optimizer(...)`).
+        inside the optimizer's `update_step`, by making the optimizer a
+        `keras_nfnets.AGC` (not done if it already is one, e.g.
+        `nfnet_optimizer(...)`).
 
         Args:
-            agc_clipping: the AGC threshold (DeepMind: 0.01); `None` turns
-                AGC off (the optimizer is used as given).
+            agc_clipping: the AGC threshold; `None` turns AGC off (the
+                optimizer is used as given). `"default"`: the model
+                family's, as DeepMind trained it (`default_agc_clipping`):
+                0.01 for NFNets, off for NF-ResNets and NF-RegNets. The
+                0.01 default was tuned for SGD: with Adam and other
+                adaptive optimizers AGC warns unless you pass a value.
             agc_eps: floor of the unit-wise weight norm (1e-3).
             agc_exclude: layer names or variable paths not clipped.
                 Default: the classifier weight, `linear/kernel` (as
@@ -38,17 +47,21 @@ class NFNetModel(keras.Model):
                       agc_clipping=0.01)
         ```
         """
-        from keras_nfnets.agc import AGC  # pylint: disable=import-outside-toplevel
+        from keras_nfnets import agc  # pylint: disable=import-outside-toplevel
+        if agc_clipping == "default":
+            agc_clipping = self.default_agc_clipping
+            if agc_clipping == agc.DEFAULT_CLIPPING:
+                agc_clipping = agc.DEFAULT_CLIPPING  # the SGD-tuned value
         optimizer = keras.optimizers.get(optimizer)
-        if agc_clipping and not isinstance(optimizer, AGC):
+        if agc_clipping and not isinstance(optimizer, agc.AGC):
             if agc_exclude is None:
-                agc_exclude = self._default_agc_exclude()
-            optimizer = AGC(optimizer, clipping=agc_clipping, eps=agc_eps,
-                            exclude=agc_exclude)
+                agc_exclude = default_agc_exclude(self)
+            optimizer = agc.AGC(optimizer, clipping=agc_clipping, eps=agc_eps,
+                                exclude=agc_exclude)
         super().compile(optimizer, *args, **kwargs)
-        self._agc_compile_args = {"agc_clipping": agc_clipping,
-                                  "agc_eps": agc_eps,
-                                  "agc_exclude": agc_exclude}
+        self._agc_compile_args = {
+            "agc_clipping": None if not agc_clipping else float(agc_clipping),
+            "agc_eps": agc_eps, "agc_exclude": agc_exclude}
 
     def make_train_function(self, force=False):
         # Without a tf.distribute strategy, Keras builds the optimizer inside
@@ -63,13 +76,20 @@ class NFNetModel(keras.Model):
                 optimizer.build(self.trainable_variables)
         return super().make_train_function(force=force)
 
-    def _default_agc_exclude(self):
-        try:
-            linear = self.get_layer("linear")
-        except ValueError:
-            return ()
-        kernel = getattr(linear, "kernel", None)
-        return (kernel.path,) if kernel is not None else ("linear",)
+    def get_config(self):
+        config = super().get_config()
+        config["default_agc_clipping"] = (
+            None if not self.default_agc_clipping
+            else float(self.default_agc_clipping))
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        default = config.pop("default_agc_clipping", cls.default_agc_clipping)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.default_agc_clipping = default
+        return model
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -87,3 +107,14 @@ class NFNetModel(keras.Model):
         self.compile(**config)
         if hasattr(self, "optimizer") and self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def default_agc_exclude(model):
+    """DeepMind's exclusion: the classifier weight (`linear/kernel`), or
+    nothing for a model without the `linear` classifier."""
+    try:
+        linear = model.get_layer("linear")
+    except ValueError:
+        return ()
+    kernel = getattr(linear, "kernel", None)
+    return (kernel.path,) if kernel is not None else ("linear",)

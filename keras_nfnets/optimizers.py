@@ -28,6 +28,7 @@ import re
 import keras
 from keras import ops
 
+from keras_nfnets import compat
 from keras_nfnets.agc import AGC
 
 _PACKAGE = "keras_nfnets"
@@ -40,7 +41,7 @@ DEFAULT_WEIGHT_DECAY_EXCLUDE = ("gain", "bias", "^b$", "^scale$", "^offset$",
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class NFNetSGD(keras.optimizers.Optimizer):
+class NFNetSGD(compat.EMAHooks, keras.optimizers.Optimizer):
     """SGD with Nesterov momentum and coupled L2 weight decay (DeepMind's).
 
     Args:
@@ -82,7 +83,9 @@ class NFNetSGD(keras.optimizers.Optimizer):
         self.nesterov = bool(nesterov)
         self.l2_weight_decay = float(weight_decay or 0.0)
         self.weight_decay_exclude = tuple(weight_decay_exclude or ())
-        self._decay_flags = []
+        self.decay_flags = []
+        if use_ema:
+            self.check_ema_hooks()
 
     def uses_weight_decay(self, variable):
         """Whether `variable` (a Keras variable) gets the coupled decay."""
@@ -95,55 +98,66 @@ class NFNetSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._decay_flags = [self.uses_weight_decay(v) for v in variables]
-        self._momentums = (self.add_optimizer_variables(variables, "momentum")
-                           if self.momentum else [None] * len(variables))
+        self.decay_flags = [self.uses_weight_decay(v) for v in variables]
+        self.momentums = (self.add_optimizer_variables(variables, "momentum")
+                          if self.momentum else [None] * len(variables))
         if self.use_ema:
             # DeepMind's EMA starts from the initial weights. A copy: on JAX
             # an assigned array is shared, and a train step that donates
             # its state cannot donate one buffer twice.
-            for var, average in zip(variables,
-                                    self._model_variables_moving_average):
+            for var, average in zip(variables, compat.ema_averages(self)):
                 if average is not None:
                     average.assign(ops.copy(var))
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = compat.variable_index(self, variable)
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
-        if self._decay_flags[index]:
+        if self.decay_flags[index]:
             g = g + ops.cast(self.l2_weight_decay, variable.dtype) * variable
         if self.momentum:
-            m = self._momentums[index]
+            m = self.momentums[index]
             mu = ops.cast(self.momentum, variable.dtype)
             self.assign(m, mu * m + g)
             g = g + mu * m if self.nesterov else ops.convert_to_tensor(m)
         self.assign_sub(variable, lr * g)
 
-    def _update_model_variables_moving_average(self, trainable_variables):
+    def apply(self, grads, trainable_variables=None):
+        calls = self.ema_hook_calls
+        super().apply(grads, trainable_variables)
+        if self.use_ema and self.ema_hook_calls == calls:
+            raise compat.not_called(
+                "_update_model_variables_moving_average",
+                "the EMA update: NFNetSGD's DeepMind EMA would not be kept")
+
+    def update_ema(self, trainable_variables):
+        """DeepMind's EMA update (Keras calls it after each update)."""
         if not self.use_ema:
             return
         step = ops.cast(self.iterations, "float32")
         decay = ops.minimum(ops.cast(self.ema_momentum, "float32"),
                             (1.0 + step) / (10.0 + step))
         for var, average in zip(trainable_variables,
-                                self._model_variables_moving_average):
+                                compat.ema_averages(self)):
             if average is None:
                 continue
             d = ops.cast(decay, average.dtype)
             average.assign(d * average + (1.0 - d) * ops.cast(var,
                                                              average.dtype))
 
-    def _overwrite_model_variables_with_average_value(self,
-                                                      trainable_variables):
+    def overwrite_with_ema(self, trainable_variables):
+        """Sets the weights to their EMA (`finalize_variable_values`,
+        `keras.callbacks.SwapEMAWeights`)."""
         # As Keras's, but with copies: on JAX the weights and their average
         # would share one buffer, and the next jitted step that donates the
         # weights (evaluate, fit) would delete the average with them.
-        averages = self._model_variables_moving_average
+        averages = compat.ema_averages(self)
         if len(trainable_variables) != len(averages):
-            super()._overwrite_model_variables_with_average_value(
-                trainable_variables)  # raises Keras's error
-            return
+            raise ValueError(
+                f"The number of model variables ({len(trainable_variables)}) "
+                "to overwrite with their EMA does not match the number the "
+                f"optimizer was built with ({len(averages)}). Check that "
+                "the optimizer was built on this model.")
         for var, average in zip(trainable_variables, averages):
             if average is not None:
                 var.assign(ops.copy(average))

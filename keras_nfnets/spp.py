@@ -33,6 +33,7 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_nfnets import compat
 from keras_nfnets.layers import NFBlock
 
 METRICS = ("avg_sq_mean", "avg_var", "res_avg_var")
@@ -54,7 +55,7 @@ def _branch_variance(x):
 
 
 def _producer(tensor):
-    return tensor._keras_history[0]  # pylint: disable=protected-access
+    return compat.producing_layer(tensor)
 
 
 def _parents(layer):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras_nfnets
+from keras_nfnets import compat
 from conftest import (AGC_NAMES, agc_fixture_variables, deepmind_fixture,
                       relative_error)
 
@@ -73,19 +74,20 @@ def test_ema_is_deepmind_warmed_up_average():
         decay = min(0.5, (1 + t) / (10 + t))
         ema = decay * ema + (1 - decay) * value
         np.testing.assert_allclose(
-            opt._model_variables_moving_average[0].numpy(), ema, rtol=1e-6)
+            compat.ema_averages(opt)[0].numpy(), ema, rtol=1e-6)
 
 
 def test_nfnet_optimizer_recipe_and_serialization():
     opt = keras_nfnets.nfnet_optimizer(batch_size=1024, steps_per_epoch=100,
                                        epochs=10)
     assert isinstance(opt, keras_nfnets.AGC)
-    inner = opt.inner_optimizer
+    inner = opt  # an NFNetSGD with AGC in its update_step
     assert isinstance(inner, keras_nfnets.NFNetSGD)
     assert inner.nesterov and inner.momentum == 0.9
     assert inner.l2_weight_decay == 2e-5 and inner.use_ema
     assert inner.ema_momentum == 0.99999
-    schedule = inner._learning_rate
+    schedule = inner.get_config()["learning_rate"]
+    schedule = keras.saving.deserialize_keras_object(schedule)
     assert schedule.base_learning_rate == pytest.approx(0.4)
     assert schedule.warmup_steps == 500 and schedule.total_steps == 1000
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))

@@ -8,7 +8,8 @@ number of workers, and after a restart from a checkpoint.
 
 import keras
 import tensorflow as tf
-from keras.src.random.seed_generator import SeedGenerator
+
+from keras_nfnets import compat
 
 
 def parse_randaugment(level):
@@ -38,7 +39,7 @@ def parse_randaugment(level):
     return layers, magnitude
 
 
-class _FoldInSeeds(SeedGenerator):
+class _FoldInSeeds(keras.random.SeedGenerator):
     """A `SeedGenerator` that hands out `fold_in(seed, 1), fold_in(seed, 2)...`
     of a seed *tensor* set while tf.data traces the map function: stateless,
     so parallel maps stay deterministic."""
@@ -54,6 +55,7 @@ class _FoldInSeeds(SeedGenerator):
         return tf.random.experimental.stateless_fold_in(self.seed, self.count)
 
 
+@compat.route_seed_generator_to("fold_in_seeds")
 class RandAugment(keras.layers.RandAugment):
     """`keras.layers.RandAugment` with explicit stateless seeds.
 
@@ -66,17 +68,18 @@ class RandAugment(keras.layers.RandAugment):
                          value_range=(0, 255), **kwargs)
         # Not tracked as one of the layer's seed generators (it has no state
         # variable: Layer.variables on PyTorch would ask for one).
-        object.__setattr__(self, "_fold_in", _FoldInSeeds())
-
-    def _get_seed_generator(self, backend=None):
-        return self._fold_in
+        object.__setattr__(self, "fold_in_seeds", _FoldInSeeds())
 
     def augment(self, image, seed):
         """Augments one HWC float image in [0, 255] with a (2,) int seed."""
-        self._fold_in.seed = seed
-        self._fold_in.count = 0
+        seeds = self.fold_in_seeds
+        seeds.seed, seeds.count = seed, 0
         out = self(image, training=True)
-        self._fold_in.seed = None
+        seeds.seed = None
+        if not seeds.count:
+            raise compat.not_called(
+                "RandAugment._get_seed_generator",
+                "RandAugment's seeds: the stream would not be reproducible")
         return tf.clip_by_value(out, 0.0, 255.0)
 
 

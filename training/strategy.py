@@ -108,10 +108,8 @@ def build_without_data_probe(model, strategy, batch):
     `strategy.reduce`s it, which MultiWorkerMirroredStrategy cannot do for
     a nested per-replica batch (it fails with "Attempt to convert a value
     (PerReplica...) to a Tensor")."""
-    with strategy.scope():
-        model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
-    model._maybe_symbolic_build = (  # pylint: disable=protected-access
-        lambda iterator=None, data_batch=None: None)
+    from keras_nfnets import compat  # pylint: disable=import-outside-toplevel
+    compat.build_compiled_state(model, strategy, batch)
 
 
 def fix_multi_worker_logs(model, strategy):

@@ -335,21 +335,14 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
                      "false": False}[FLAGS.jit_compile])
 
 
-class _KeepTrainingWeights:
+def _KeepTrainingWeights(optimizer, active=True):  # pylint: disable=invalid-name
     """A partial `fit` (the rest of an interrupted epoch) must not end by
     swapping the EMA into the model, which Keras does at the end of fit."""
-
-    def __init__(self, optimizer, active=True):
-        self.optimizer = optimizer
-        self.active = active
-
-    def __enter__(self):
-        if self.active:
-            self.optimizer.finalize_variable_values = lambda var_list: None
-
-    def __exit__(self, *exc):
-        if self.active:
-            del self.optimizer.finalize_variable_values
+    import contextlib  # pylint: disable=import-outside-toplevel
+    from keras_nfnets import compat  # pylint: disable=import-outside-toplevel
+    if not active:
+        return contextlib.nullcontext()
+    return compat.keep_training_weights(optimizer)
 
 
 def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
