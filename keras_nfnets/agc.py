@@ -202,6 +202,9 @@ class AGC(keras.optimizers.Optimizer):
                 "(Keras's compile does this for you under mixed_float16), so "
                 "AGC sees unscaled gradients.")
         self.inner_optimizer = optimizer
+        if clipping is not None and not 0 <= float(clipping) < float("inf"):
+            raise ValueError(f"AGC clipping={clipping!r}: must be a finite "
+                             "number >= 0 (0 or None turns clipping off).")
         self.clipping = None if not clipping else float(clipping)
         self.eps = float(eps)
         self.exclude = _normalize_exclude(exclude)
