@@ -37,6 +37,11 @@ def write_config_tmp():
 # --dataset=imagenet2012 ... --mixed_precision=bfloat16`, every other flag
 # at its default: RandAugment, MixUp + CutMix, EMA, XLA 'auto'), shrunk to a
 # tiny model and image folder, 2 steps.
+# Cheap XLA compiles on CPU (as tests/test_train_jax.py).
+FAST_XLA = ("--xla_backend_optimization_level=0 "
+            "--xla_llvm_disable_expensive_passes=true")
+
+
 @pytest.mark.parametrize("backend,precision", [
     ("tensorflow", "bfloat16"), ("tensorflow", "float16"),
     ("jax", "bfloat16")])
@@ -49,7 +54,8 @@ def test_default_training_command_runs_two_steps(tmp_path, backend,
             "--train_steps=2", "--image_size=16", "--eval_image_size=16",
             "--eval_batch_size=4", f"--backend={backend}",
             f"--mixed_precision={precision}"]
-    out = run_train(args, timeout=600, KERAS_BACKEND=backend)
+    out = run_train(args, timeout=600, KERAS_BACKEND=backend,
+                    JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA)
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["eval_examples"] == 9
