@@ -458,6 +458,9 @@ class AGC(keras.optimizers.Optimizer):
                 "the gradient after the clip, so choose clipping for this "
                 "optimizer (pass it explicitly to silence this warning).",
                 AdaptiveOptimizerWarning, stacklevel=3)
+        if clipping is not None and not 0 <= float(clipping) < float("inf"):
+            raise ValueError(f"AGC clipping={clipping!r}: must be a finite "
+                             "number >= 0 (0 or None turns clipping off).")
         self.clipping = None if not clipping else float(clipping)
         self.eps = float(eps)
         self.exclude = _normalize_exclude(exclude)

@@ -138,6 +138,14 @@ def _preprocessing(channels):
         mean=list(mean), variance=[s * s for s in std], name="preprocessing")
 
 
+def _head_dtype():
+    """float32 for the classifier under a float16/bfloat16 policy; the
+    global policy otherwise (float32, or float64 if a user asks for it)."""
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype in ("float16",
+                                                 "bfloat16") else None
+
+
 def build_nfnet(config, *, include_top=True, input_tensor=None,
                 input_shape=None, pooling=None, classes=1000,
                 classifier_activation="softmax", include_preprocessing=True,
@@ -201,7 +209,9 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
         x = keras.layers.Dense(
             classes, activation=classifier_activation,
             kernel_initializer=_fc_init(arch["fc_stddev"]),
-            name="linear")(x)
+            # Logits leave the model in float32 under every mixed policy
+            # (top-k and losses need it), as in Keras applications.
+            dtype=_head_dtype(), name="linear")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":

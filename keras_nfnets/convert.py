@@ -96,11 +96,22 @@ def save_deepmind_checkpoint(model, path, root=_DM_ROOT):
                        for p, v in group.items()}
               for module, group in
               nf_weights.keras_to_deepmind(model, root).items()}
+    for module, group in params.items():
+        for p, value in group.items():
+            if not np.all(np.isfinite(value)):
+                raise nf_weights.CheckpointError(
+                    f"{module}/{p} holds NaN or infinite values; refusing to "
+                    f"write them to {path}.")
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         pickle.dump(params, f, protocol=4)
     os.replace(tmp, path)
     return params
+
+
+def _pretrained():
+    from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
+    return pretrained
 
 
 def deepmind_to_keras(src, dst, variant=None, config=None,
@@ -118,7 +129,9 @@ def deepmind_to_keras(src, dst, variant=None, config=None,
         classes = int(linear.shape[1])
     model = _build(config or variant, classes, include_preprocessing)
     nf_weights.assign_deepmind_weights(model, params, source=str(src))
-    model.save_weights(os.fspath(dst))
+    # Free-space check, temporary name, atomic rename: a full disk is an
+    # OSError naming the space needed, never a partial file.
+    _pretrained().save_weights_safely(model, os.fspath(dst))
     return model
 
 

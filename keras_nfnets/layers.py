@@ -97,7 +97,8 @@ def _data_dependent_zero(x):
     then the layer's output is NaN anyway). No gradient flows through it.
     The sum of an empty slice would be folded to a constant by grappler."""
     first = x[(slice(0, 1),) * len(x.shape)]
-    return ops.stop_gradient(ops.minimum(ops.min(ops.abs(first)), 0.0))
+    # (`initial`: an empty batch gives 0, not an error.)
+    return ops.stop_gradient(ops.min(ops.abs(first), initial=0.0))
 
 
 def _lean_scaled(fn, gamma, derivative):

@@ -2,39 +2,56 @@
 
 `NFNetF0(weights="imagenet")` ... `NFNetF6(weights="imagenet")`:
 
-1. `keras.utils.get_file` downloads `F{n}_haiku.npz` from
-   `https://storage.googleapis.com/dm-nfnets/` (or the mirror named by the
-   `KERAS_NFNETS_WEIGHTS_URL` environment variable / `pretrained.BASE_URL`)
-   into the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`),
-   with a progress bar.
-2. The file is verified: its sha256 (see "Verification" below), then its
-   content, read by the restricted unpickler of `keras_nfnets.weights` (no
-   code is executed), then its structure: module count (DeepMind's F-n file
-   has 84*(n+1)+10 modules), every tensor name and shape.
+1. `F{n}_haiku.npz` is downloaded from `https://storage.googleapis.com/dm-nfnets/`
+   (or the mirror named by the `KERAS_NFNETS_WEIGHTS_URL` environment
+   variable / `pretrained.BASE_URL`) into the Keras cache
+   (`$KERAS_HOME/models`, default `~/.keras/models`), with a progress bar:
+   to a temporary name in that folder, verified, then renamed atomically,
+   under a file lock (`.F0_haiku.npz.lock`), so a killed download leaves no
+   partial file under the real name and processes sharing one cache wait
+   for each other instead of reading each other's partial files.
+2. The file is verified: its size and md5 or sha256 (see "Verification"),
+   then its content, read by the restricted unpickler of
+   `keras_nfnets.weights` (no code is executed), then its structure: module
+   count (DeepMind's F-n file has 84*(n+1)+10 modules), every tensor name
+   and shape.
 3. It is converted once: the weights are assigned to the model and saved
    beside the download as a Keras `.weights.h5`, so later loads are a plain
    `model.load_weights` that needs neither the network nor the pickle.
 
-Verification. A sha256 in `KNOWN_SHA256` is enforced on every download and
-every cache hit. DeepMind does not publish checksums for its files and this
-package was written without network access, so the table holds no hash for
-F0-F6 (none was invented). For those files the policy is *trust on first
-use*: the first download must pass the strict structure checks, then its
-sha256 is recorded in `keras_nfnets_sha256.json` in the cache folder, and
-every later use (cache hit or re-download) must match the recorded hash. A
-file that fails any check is deleted from the cache, so the next call
-downloads it again instead of failing on a stuck bad copy. The converted
-`.weights.h5` files are recorded the same way and re-converted from the
-verified checkpoint when they no longer match.
+Verification. DeepMind publishes no checksums. `KNOWN_MD5` holds the md5 of
+F0-F6 as listed by a third-party JAX loader (ethanluoyc/jam,
+`src/jam/models/nfnet/checkpoints.py`) and `KNOWN_SIZE` F0's size as
+DeepMind's demo Colab logs it (285,976,842 bytes); a download must match
+them from the first byte. A mismatch raises `WeightsHashError` saying what it
+means (not the file those sources describe: a changed upstream file, a
+mirror serving something else, or tampering) and how to proceed
+deliberately: pass `file_hash=` (or set `KERAS_NFNETS_ACCEPT_SHA256`) to the
+sha256 the error reports, which accepts exactly that file. A sha256 in
+`KNOWN_SHA256` or given as `file_hash=` is enforced instead of the md5. The
+sha256 of every accepted file is recorded in `keras_nfnets_sha256.json` in
+the cache folder and enforced on every later cache hit; files without a
+published hash are trusted on first use (they must pass the structure
+checks). A file that fails any check is deleted from the cache with its
+converted `.weights.h5`, so the next call downloads it again instead of
+failing on a stuck bad copy. A read-only cache that holds verified files is
+used as is. The converted `.weights.h5` files are recorded the same way and
+re-converted from the verified checkpoint when they no longer match.
 """
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
 
 import keras
+import numpy as np
 
 from keras_nfnets import weights as nf_weights
 
@@ -47,11 +64,26 @@ URL_ENV = "KERAS_NFNETS_WEIGHTS_URL"
 CACHE_SUBDIR = "models"
 HASH_RECORD = "keras_nfnets_sha256.json"
 
-#: sha256 of published checkpoint files, enforced when present. DeepMind
-#: publishes none and none could be computed offline, so F0-F6 rely on
-#: trust-on-first-use (see the module docstring). Add verified hashes here
-#: as `"F0_haiku.npz": "<64 hex digits>"`; never guess one.
+#: sha256 of published checkpoint files, enforced when present (instead of
+#: the md5). DeepMind publishes none; add verified hashes here as
+#: `"F0_haiku.npz": "<64 hex digits>"`; never guess one.
 KNOWN_SHA256 = {}
+#: md5 of DeepMind's files as listed by the third-party JAX loader
+#: ethanluoyc/jam (src/jam/models/nfnet/checkpoints.py), checked on download.
+KNOWN_MD5 = {
+    "F0_haiku.npz": "0a41039da1cb43adf47f1b7d86ddfe0f",
+    "F1_haiku.npz": "c9126bbfaf855f9ddb7ff3b902558781",
+    "F2_haiku.npz": "7a018d8d1498020e2f5a8719a1e7f53f",
+    "F3_haiku.npz": "d8e1e78d26db659c486150dbaccbe78a",
+    "F4_haiku.npz": "f5974a7e3388aa81b91a9f1403e759a4",
+    "F5_haiku.npz": "8639e925de951030651ac775b9f915c3",
+    "F6_haiku.npz": "b16cca40ac1ecec2bd5e3273866da0c1",
+}
+#: Sizes in bytes: F0's as DeepMind's demo Colab logs it.
+KNOWN_SIZE = {"F0_haiku.npz": 285976842}
+#: Environment variable: the sha256 of a download to accept although it
+#: does not match KNOWN_MD5 / KNOWN_SIZE (the deliberate opt-out).
+ACCEPT_ENV = "KERAS_NFNETS_ACCEPT_SHA256"
 
 #: ImageNet top-1 (%) DeepMind reports for its released checkpoints.
 IMAGENET_TOP1 = {"F0": 83.6, "F1": 84.7, "F2": 85.1, "F3": 85.7,
@@ -94,22 +126,59 @@ def weights_base_url():
 
 
 def cache_folder(cache_dir=None):
-    """Where downloads and converted weights live (as `get_file` decides):
-    `cache_dir` or $KERAS_HOME or ~/.keras, then `models/`."""
+    """Where downloads and converted weights live: `cache_dir` or
+    $KERAS_HOME or ~/.keras, then `models/` (as `keras.utils.get_file`).
+    It may be read-only: verified files there are used as they are."""
     base = os.path.expanduser(
         cache_dir or os.environ.get("KERAS_HOME") or "~/.keras")
-    os.makedirs(base, exist_ok=True)
-    if not os.access(base, os.W_OK):
-        base = os.path.join(tempfile.gettempdir(), ".keras")
-    return os.path.join(base, CACHE_SUBDIR)
+    folder = os.path.join(base, CACHE_SUBDIR)
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _writable(folder):
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
+
+
+def _fallback_folder():
+    """A writable cache for downloads when the configured one is not."""
+    folder = os.path.join(tempfile.gettempdir(), ".keras", CACHE_SUBDIR)
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def sha256(path):
-    digest = hashlib.sha256()
+    return _digests(path)[0]
+
+
+def _digests(path):
+    """(sha256, md5, size) of a file."""
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    size = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), md5.hexdigest(), size
+
+
+@contextlib.contextmanager
+def _file_lock(folder, fname):
+    """An exclusive lock on `folder/.fname.lock` (POSIX `flock`; processes
+    sharing one cache take turns). Without fcntl (Windows), no lock."""
+    try:
+        import fcntl  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        yield
+        return
+    with open(os.path.join(folder, f".{fname}.lock"), "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class _HashRecord:
@@ -130,8 +199,12 @@ class _HashRecord:
         return self._read().get(name)
 
     def set(self, name, digest):
+        if not _writable(os.path.dirname(self.path)):
+            return  # a read-only cache: nothing new to record
         data = self._read()
         if digest is None:
+            if name not in data:
+                return
             data.pop(name, None)
         else:
             data[name] = digest
@@ -147,6 +220,54 @@ def _remove(path):
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def _converted_stem(fname):
+    return fname[:-len(".npz")] if fname.endswith(".npz") else fname
+
+
+def _forget(folder, fname, records, keep_record=False):
+    """Removes a cached download, its converted `.weights.h5` files and
+    their records (a failed verification or parse). `keep_record` keeps the
+    download's recorded sha256 (it still describes the accepted file)."""
+    _remove(os.path.join(folder, fname))
+    if not keep_record:
+        records.set(fname, None)
+    for converted in glob.glob(os.path.join(
+            glob.escape(folder),
+            glob.escape(_converted_stem(fname)) + ".keras_nfnets-*.weights.h5")):
+        _remove(converted)
+        records.set(os.path.basename(converted), None)
+
+
+def _check_free_space(folder, needed, what):
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            f"Not enough free disk space in {folder} to write {what}: "
+            f"{needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free. "
+            "Free some space or point KERAS_HOME / the output elsewhere.")
+
+
+def save_weights_safely(model, path):
+    """`model.save_weights(path)` after a free-space check, through a
+    temporary name in the same folder and an atomic rename: a full disk
+    gives an OSError and leaves no partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    needed = sum(int(np.prod(v.shape)) * np.dtype(
+        keras.backend.standardize_dtype(v.dtype)).itemsize
+        for v in model.weights)
+    _check_free_space(folder, needed + (1 << 20), os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                               suffix=".part.weights.h5", dir=folder)
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"Could not write {path}: {e}") from e
+    finally:
+        _remove(tmp)
 
 
 def load_imagenet_weights(model, variant, skip_layers=()):
@@ -194,15 +315,16 @@ def load_pretrained(model, fname, *, classes, skip_layers=(), base_url=None,
         fname, base_url=base_url, file_hash=file_hash, cache_dir=cache_dir,
         label=label, records=records, model=model, classes=classes,
         skip_layers=skip_layers)
-    # Verified: assign (strict names and shapes) and keep the Keras form.
+    # Verified: assign (strict names and shapes) and keep the Keras form
+    # beside the download (a fallback folder if the cache is read-only).
     nf_weights.assign_deepmind_weights(model, params, skip_layers=skip_layers,
                                        source=path)
-    tmp = converted[:-len(".weights.h5")] + f".{os.getpid()}.part.weights.h5"
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, converted)
-    finally:
-        _remove(tmp)
+    folder = os.path.dirname(path)
+    if not _writable(folder):  # a read-only cache: converted in memory
+        return path
+    converted = os.path.join(folder, os.path.basename(converted))
+    records = _HashRecord(folder)
+    save_weights_safely(model, converted)
     records.set(os.path.basename(converted), sha256(converted))
     return converted
 
@@ -210,7 +332,7 @@ def load_pretrained(model, fname, *, classes, skip_layers=(), base_url=None,
 def _converted_name(fname, model, skip_layers):
     """One converted file per layer layout: Keras weights files are
     positional, so with/without top and preprocessing get their own."""
-    stem = fname[:-len(".npz")] if fname.endswith(".npz") else fname
+    stem = _converted_stem(fname)
     top = "notop" if "linear" in skip_layers else "top"
     layer_names = {layer.name for layer in model.layers}
     prep = "" if "preprocessing" in layer_names else "-noprep"
@@ -224,8 +346,9 @@ def _load_converted(model, path, records):
     name = os.path.basename(path)
     recorded = records.get(name)
     if recorded is None or sha256(path) != recorded:
-        _remove(path)  # unknown or altered: convert again from the source
-        records.set(name, None)
+        if _writable(os.path.dirname(path)):
+            _remove(path)  # unknown or altered: convert again from the source
+            records.set(name, None)
         return False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -237,63 +360,178 @@ def _load_converted(model, path, records):
     return not any("Skipping" in str(w.message) for w in caught)
 
 
-def fetch_checkpoint(fname, *, base_url=None, file_hash=None, cache_dir=None,
-                     label=None, records=None, model=None, classes=None,
-                     skip_layers=()):
-    """`get_file` + verification of a DeepMind checkpoint.
-
-    Returns `(path, params)`. With `model`, the file's structure must fit it
-    exactly (see `check_structure`). A download failing its hash, or an
-    unverified one failing the content checks, is removed from the cache.
-    """
-    label = label or fname
-    folder = cache_folder(cache_dir)
-    records = records or _HashRecord(folder)
-    known = file_hash or KNOWN_SHA256.get(fname)
-    recorded = records.get(fname)
-    expected = known or recorded
-    origin = (base_url or weights_base_url()).rstrip("/") + "/" + fname
-    target = os.path.join(folder, fname)
+def _download(origin, folder, fname, label):
+    """Downloads `origin` to a temporary file in `folder`. Returns its path
+    (the caller verifies and renames it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part",
+                               dir=folder)
     try:
-        path = keras.utils.get_file(
-            fname, origin=origin, file_hash=expected, hash_algorithm="sha256",
-            cache_subdir=CACHE_SUBDIR, cache_dir=os.path.dirname(folder))
-    except ValueError as e:
-        if "hash" not in str(e).lower() or not os.path.exists(target):
-            raise
-        actual = sha256(target)
-        _remove(target)
-        how = ("the published hash" if known else
-               "the hash recorded when it was first downloaded "
-               f"(in {records.path})")
-        hint = ("" if known else
-                " If the file legitimately changed upstream, delete its "
-                f"entry from {records.path} to accept the new one.")
-        raise WeightsHashError(
-            f"Downloaded {label} weights from {origin} fail verification: "
-            f"sha256 {actual} does not match {how}, {expected}. The file "
-            "was removed from the cache; the next call downloads it "
-            f"again.{hint}") from None
-    except Exception as e:  # get_file's network errors are bare Exceptions
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+                origin, timeout=60) as response:
+            total = response.headers.get("Content-Length")
+            bar = keras.utils.Progbar(int(total) if total else None,
+                                      unit_name="B")
+            done = 0
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+                done += len(chunk)
+                bar.update(done)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        _remove(tmp)
         raise OSError(
             f"Could not download {label} weights from {origin}: {e}. Set "
             f"${URL_ENV} to a mirror holding {fname}, or download it "
             "yourself and pass its path as `weights=`.") from e
-    try:
-        params = nf_weights.load_deepmind_checkpoint(path)
-        if model is not None:
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _verify(path, fname, origin, label, *, pinned, recorded, records,
+            accept):
+    """Checks a file's size / md5 / sha256 against what is known of it.
+    Returns `(sha256, authentic)` (authentic: it matched a published hash),
+    or raises WeightsHashError (the file is left for the caller)."""
+    actual, md5, size = _digests(path)
+    if accept and actual == accept:
+        return actual, False  # deliberately accepted by its sha256
+    if pinned:
+        if actual != pinned:
+            raise WeightsHashError(
+                f"Downloaded {label} weights from {origin} fail verification: "
+                f"sha256 {actual} does not match the published hash, {pinned}."
+                " The file was removed from the cache; the next call downloads "
+                "it again.")
+        return actual, True
+    known_md5, known_size = KNOWN_MD5.get(fname), KNOWN_SIZE.get(fname)
+    if known_md5 or known_size:
+        wrong = []
+        if known_size is not None and size != known_size:
+            wrong.append(f"{size:,} bytes where DeepMind's file has "
+                         f"{known_size:,}")
+        if known_md5 and md5 != known_md5:
+            wrong.append(f"md5 {md5} where the published list has "
+                         f"{known_md5}")
+        if wrong:
+            raise WeightsHashError(
+                f"{label} weights downloaded from {origin} are not the file "
+                f"DeepMind published: {'; '.join(wrong)}. This means the "
+                "server sent something else (a changed or truncated "
+                "upstream file, a mirror serving another file, or tampering)"
+                "; it was removed from the cache and NOT loaded. If you trust "
+                "this exact file, accept it deliberately by its sha256: "
+                f"file_hash='{actual}' (load_pretrained/fetch_checkpoint) or "
+                f"{ACCEPT_ENV}={actual} for weights='imagenet'.")
+        return actual, True
+    if recorded and actual != recorded:
+        raise WeightsHashError(
+            f"Downloaded {label} weights from {origin} fail verification: "
+            f"sha256 {actual} does not match the hash recorded when it was "
+            f"first downloaded (in {records.path}), {recorded}. The file was "
+            "removed from the cache; the next call downloads it again. If "
+            "the file legitimately changed upstream, delete its entry from "
+            f"{records.path} to accept the new one.")
+    return actual, False
+
+
+def fetch_checkpoint(fname, *, base_url=None, file_hash=None, cache_dir=None,
+                     label=None, records=None, model=None, classes=None,
+                     skip_layers=(), loader=None, check=None):
+    """Download (or reuse from the cache) and verify a checkpoint file.
+
+    Returns `(path, params)`. The download goes to a temporary name in the
+    cache folder, is verified (`file_hash` / `KNOWN_SHA256` sha256, else
+    `KNOWN_MD5` / `KNOWN_SIZE`, else the sha256 recorded on first use), then
+    renamed atomically, all under a file lock. A cached file is verified the
+    same way (a bad one is downloaded again). Then `loader(path)` reads it
+    (default: DeepMind's restricted unpickler) and `check(params, path)`
+    checks it (default with `model`: `check_structure`); a file failing
+    either is removed from the cache, with its converted `.weights.h5`.
+
+    Args:
+        fname: the file name on the server and in the cache.
+        base_url: the server folder; default `weights_base_url()`.
+        file_hash: a sha256 to enforce (also the way to accept a file that
+            fails the md5 table deliberately).
+        cache_dir: the Keras cache root; default $KERAS_HOME or ~/.keras.
+        loader: `path -> params`; raises `CheckpointError` on a bad file.
+        check: `(params, path) -> None`; raises `CheckpointError`.
+    """
+    label = label or fname
+    folder = cache_folder(cache_dir)
+    records = records or _HashRecord(folder)
+    loader = loader or nf_weights.load_deepmind_checkpoint
+    if check is None and model is not None:
+        def check(params, path):
             check_structure(params, model, classes=classes,
                             skip_layers=skip_layers, label=label,
                             source=path)
+    accept = os.environ.get(ACCEPT_ENV) or None
+    pinned = file_hash or KNOWN_SHA256.get(fname)
+    origin = (base_url or weights_base_url()).rstrip("/") + "/" + fname
+    target = os.path.join(folder, fname)
+
+    digest, authentic = None, False
+
+    def verified_cache_hit():
+        nonlocal digest, authentic
+        if not os.path.exists(target):
+            return False
+        try:
+            digest, authentic = _verify(
+                target, fname, origin, label, pinned=pinned,
+                recorded=records.get(fname), records=records, accept=accept)
+        except WeightsHashError:  # a damaged copy: download it again
+            if _writable(folder):
+                _forget(folder, fname, records, keep_record=True)
+            return False
+        return True
+
+    if not verified_cache_hit():
+        if not _writable(folder):
+            folder = _fallback_folder()  # read-only cache without the file
+            records = _HashRecord(folder)
+            target = os.path.join(folder, fname)
+        with _file_lock(folder, fname):
+            if not verified_cache_hit():  # another process may have it now
+                # Holding the lock, any partial download of this file is a
+                # dead process's (killed mid-download): remove it.
+                for stale in glob.glob(os.path.join(
+                        glob.escape(folder), f".{glob.escape(fname)}.*.part")):
+                    _remove(stale)
+                tmp = _download(origin, folder, fname, label)
+                try:
+                    digest, authentic = _verify(
+                        tmp, fname, origin, label, pinned=pinned,
+                        recorded=records.get(fname), records=records,
+                        accept=accept)
+                except WeightsHashError:
+                    _remove(tmp)
+                    _forget(folder, fname, records, keep_record=True)
+                    raise
+                os.replace(tmp, target)
+    path = target
+    try:
+        params = loader(path)
     except nf_weights.CheckpointError as e:
-        if expected is not None:  # an authentic file: the model differs
-            raise
-        _remove(path)
+        if _writable(folder):
+            _forget(folder, fname, records)
         raise type(e)(
             f"{e}\nThe file was removed from the cache ({path}); the next "
             "call downloads it again.") from None
-    if expected is None:  # trust on first use: the file passed every check
-        records.set(fname, sha256(path))
+    if check is not None:
+        try:
+            check(params, path)
+        except nf_weights.CheckpointError as e:
+            if authentic or not _writable(folder):
+                raise  # an authentic file: the model differs
+            _forget(folder, fname, records)
+            raise type(e)(
+                f"{e}\nThe file was removed from the cache ({path}); the "
+                "next call downloads it again.") from None
+    if records.get(fname) != digest:  # the sha256 of what was accepted
+        records.set(fname, digest)
     return path, params
 
 

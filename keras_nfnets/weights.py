@@ -16,6 +16,7 @@ every other name unchanged).
 import io
 import os
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -28,34 +29,166 @@ class CheckpointError(ValueError):
     """A checkpoint file is unsafe, corrupt or does not fit the model."""
 
 
-def _create_array(f, args, state, npdict=None):
-    """dill's `_create_array`, re-implemented: f(*args), then set its state."""
-    if f is not _reconstruct:
+# The restricted unpickler never hands numpy an untrusted state: arrays and
+# dtypes are rebuilt here from validated plain values (numpy's own
+# `__setstate__` can crash the interpreter on a forged state), and every
+# object the pickle can reach is one of the proxies below or a plain
+# container, so a BUILD opcode only ever lands where an array or a dtype is
+# being rebuilt.
+
+#: The only dtypes a checkpoint may construct: plain numeric ones.
+_DTYPES = {np.dtype(n).str[1:]: np.dtype(n) for n in (
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool")}
+_DTYPE_NAMES = {**{k: k for k in _DTYPES},
+                **{str(v): k for k, v in _DTYPES.items()}}
+
+
+class _Refuse:
+    """Base of every object the unpickler creates: BUILD is refused unless
+    the subclass expects it."""
+
+    def __setstate__(self, state):
         raise CheckpointError(
-            "Refusing checkpoint: dill._create_array called with something "
-            f"other than numpy's array reconstructor ({f!r}).")
-    array = f(*args)
-    array.__setstate__(state)
-    if npdict:
+            f"Refusing checkpoint: a BUILD opcode targets {self!r}, which is "
+            "not an array or dtype being rebuilt.")
+
+
+class _Global(_Refuse):
+    """An allowed global: callable, but not mutable through BUILD."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn = name, fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __repr__(self):
+        return f"the global {self.name}"
+
+
+class _DType(_Refuse):
+    """A dtype from the allow-list; its BUILD state (byte order) checked."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._built = False
+
+    def __setstate__(self, state):
+        if self._built or not isinstance(state, tuple) or len(state) != 8 \
+                or state[0] not in (3, 4) or state[1] not in "<>|=" \
+                or len(state[1]) != 1 or state[2:5] != (None, None, None) \
+                or not all(type(v) is int for v in state[5:]):
+            raise CheckpointError(
+                f"Refusing checkpoint: invalid dtype state {state!r:.80}.")
+        if state[1] in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+        self._built = True
+
+    def __repr__(self):
+        return f"dtype {self.dtype}"
+
+
+def _make_dtype(spec, align=False, copy=True):
+    """`numpy.dtype(spec, align, copy)` for plain numeric `spec` only."""
+    del align, copy
+    name = _DTYPE_NAMES.get(spec) if isinstance(spec, str) else None
+    if name is None:
         raise CheckpointError(
-            "Refusing checkpoint: array carries extra attributes.")
-    return array
+            f"Refusing checkpoint: dtype {spec!r:.40} is not a plain numeric "
+            f"dtype (allowed: {', '.join(sorted(_DTYPE_NAMES))}).")
+    return _DType(_DTYPES[name])
+
+
+def _array_from_state(state):
+    """An ndarray from numpy's array state `(1, shape, dtype, fortran,
+    data)`, validated: a tuple of sizes, an allowed dtype, raw bytes of
+    exactly the right length."""
+    if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1:
+        raise CheckpointError(
+            f"Refusing checkpoint: invalid array state {state!r:.80}.")
+    _, shape, dtype, fortran, data = state
+    if not isinstance(shape, tuple) or not all(
+            type(d) is int and 0 <= d < 2 ** 40 for d in shape) or \
+            len(shape) > 8:
+        raise CheckpointError(
+            f"Refusing checkpoint: invalid array shape {shape!r:.80}.")
+    if not isinstance(dtype, _DType):
+        raise CheckpointError(
+            f"Refusing checkpoint: array dtype {dtype!r:.60} is not a plain "
+            "numeric dtype.")
+    if not isinstance(fortran, bool) or not isinstance(data, (bytes,
+                                                              bytearray)):
+        raise CheckpointError(
+            "Refusing checkpoint: array data is not raw bytes.")
+    size = 1
+    for d in shape:
+        size *= d
+    if size * dtype.dtype.itemsize != len(data):
+        raise CheckpointError(
+            f"Refusing checkpoint: array of shape {shape} and dtype "
+            f"{dtype.dtype} needs {size * dtype.dtype.itemsize} bytes, the "
+            f"file holds {len(data)}.")
+    array = np.frombuffer(bytes(data), dtype=dtype.dtype).reshape(
+        shape, order="F" if fortran else "C")
+    return np.array(array, dtype=array.dtype.newbyteorder("="))
+
+
+class _Array(_Refuse):
+    """An array in the loaded structure (resolved after loading). Made
+    empty by numpy's `_reconstruct`, it accepts one BUILD (numpy's plain
+    array pickles); made whole by dill's `_create_array`, none."""
+
+    def __init__(self, array=None):
+        self.array = array
+
+    def __setstate__(self, state):
+        if self.array is not None:
+            super().__setstate__(state)
+        self.array = _array_from_state(state)
+
+    def __repr__(self):
+        return "an array"
 
 
 def _reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
+    """numpy's `_reconstruct(ndarray, (0,), b'b')`: an empty array to be
+    filled by BUILD."""
+    if not isinstance(subtype, _Global) or subtype.fn is not np.ndarray:
         raise CheckpointError(
-            f"Refusing checkpoint: array subtype {subtype!r} is not ndarray.")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+            f"Refusing checkpoint: array subtype {subtype!r:.60} is not "
+            "ndarray.")
+    return _Array()
+
+
+def _create_array(f, args, state, npdict=None):
+    """dill's `_create_array`, re-implemented: f(*args), then its state."""
+    if not isinstance(f, _Global) or f.fn is not _reconstruct or \
+            not isinstance(args, tuple):
+        raise CheckpointError(
+            "Refusing checkpoint: dill._create_array called with something "
+            f"other than numpy's array reconstructor ({f!r:.60}).")
+    f(*args)
+    if npdict:
+        raise CheckpointError(
+            "Refusing checkpoint: array carries extra attributes.")
+    return _Array(_array_from_state(state))
 
 
 def _scalar(dtype, data):
-    return np.frombuffer(data, dtype=dtype)[0].copy() if isinstance(
-        data, bytes) else np.asarray(data, dtype=dtype)[()]
+    """numpy's `scalar(dtype, bytes)`: a 0-d array here."""
+    if not isinstance(dtype, _DType) or not isinstance(data, bytes) or \
+            len(data) != dtype.dtype.itemsize:
+        raise CheckpointError("Refusing checkpoint: invalid numpy scalar.")
+    return _Array(_array_from_state((1, (), dtype, False, data)))
 
 
 def _flat_mapping(*args):  # haiku's FlatMapping: rebuilt as a plain dict
     return dict(*args)
+
+
+def _ndarray(*args):
+    raise CheckpointError("Refusing checkpoint: ndarray called directly.")
 
 
 _ALLOWED = {
@@ -64,7 +197,7 @@ _ALLOWED = {
     ("numpy.core.multiarray", "scalar"): _scalar,
     ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _make_dtype,
     ("dill._dill", "_create_array"): _create_array,
     ("haiku._src.data_structures", "FlatMapping"): _flat_mapping,
     ("haiku._src.data_structures", "FlatMap"): _flat_mapping,
@@ -74,21 +207,62 @@ _ALLOWED = {
     ("collections", "OrderedDict"): dict,
 }
 
+# Opcodes a parameter file needs: no object construction (INST, OBJ,
+# NEWOBJ), no extension registry, no persistent ids.
+_ALLOWED_OPCODES = frozenset(
+    op.name for op in pickletools.opcodes) - {
+    "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "PERSID",
+    "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER", "BYTEARRAY8"}
+
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
+            fn = _ALLOWED[(module, name)]
+        except (KeyError, TypeError):
             raise CheckpointError(
                 f"Refusing to load checkpoint: it references the global "
                 f"'{module}.{name}', which is not a numpy array or a plain "
                 "container. Only DeepMind-format parameter files are "
                 "accepted.") from None
+        if fn is np.ndarray:
+            return _Global("numpy.ndarray", np.ndarray)
+        return _Global(f"{module}.{name}", fn)
 
     def persistent_load(self, pid):
         raise CheckpointError(
             "Refusing to load checkpoint: it uses persistent ids.")
+
+
+def _check_opcodes(data, path):
+    """Walks the opcode stream without executing it: a malformed or
+    truncated stream, or a forbidden opcode, is named with its offset."""
+    pos = 0
+    stream = io.BytesIO(data)
+    try:
+        for op, _, pos in pickletools.genops(stream):
+            if op.name not in _ALLOWED_OPCODES:
+                raise CheckpointError(
+                    f"Refusing to load checkpoint {path}: opcode {op.name} "
+                    f"at byte offset {pos} is not used by parameter files.")
+            if op.name == "STOP":
+                return
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickletools' ValueError and friends
+        if stream.tell() >= len(data):  # it ran out of bytes: truncated
+            raise CheckpointError(
+                f"Checkpoint {path} is truncated or corrupt: the pickle ends "
+                f"early, after {len(data)} bytes, inside the opcode at byte "
+                f"offset {pos} (an interrupted download?).") from None
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt: invalid pickle data "
+            f"after byte offset {pos} ({type(e).__name__}: {e}) (an "
+            "interrupted download?).") from None
+    raise CheckpointError(
+        f"Checkpoint {path} is truncated or corrupt: the pickle ends early, "
+        f"after {len(data)} bytes, with no STOP opcode (an interrupted "
+        "download?).")
 
 
 def is_deepmind_checkpoint(path):
@@ -101,6 +275,11 @@ def load_deepmind_checkpoint(path):
     """Reads a DeepMind `*_haiku.npz` file without executing any code.
 
     Returns `{module_name: {param_name: np.ndarray}}`.
+
+    Raises:
+        CheckpointError: for every unsafe, malformed, truncated or
+            non-finite file, naming the file (and the byte offset where
+            the stream is malformed). No other exception escapes.
 
     Example:
     >>> params = load_deepmind_checkpoint("F0_haiku.npz")
@@ -118,20 +297,20 @@ def load_deepmind_checkpoint(path):
                 else "not a pickle")
         raise CheckpointError(
             f"{path} is {kind}, not a DeepMind haiku checkpoint (a pickle).")
+    _check_opcodes(data, path)
+    stream = io.BytesIO(data)
     try:
-        params = _RestrictedUnpickler(io.BytesIO(data)).load()
+        params = _RestrictedUnpickler(stream).load()
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError,
-            IndexError, KeyError, AttributeError, MemoryError) as e:
-        if isinstance(e, EOFError) or "truncated" in str(e):
-            raise CheckpointError(
-                f"Checkpoint {path} is truncated or corrupt: the pickle ends "
-                f"early, after {len(data)} bytes (an interrupted download?)."
-            ) from None
+        raise CheckpointError(
+            f"{path}: {e} (at or before byte offset {stream.tell()})"
+        ) from None
+    except Exception as e:  # pylint: disable=broad-except
+        # Anything else the (C) unpickler raises on a forged stream.
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupt: invalid pickle "
-            f"data ({type(e).__name__}: {e}).") from None
+            f"data at or before byte offset {stream.tell()} "
+            f"({type(e).__name__}: {str(e)[:200]}).") from None
     return _validate_structure(params, path)
 
 
@@ -148,13 +327,20 @@ def _validate_structure(params, path):
                 "module-name -> {param: array} mapping.")
         out[module] = {}
         for name, value in group.items():
-            if isinstance(value, np.generic):
-                value = np.asarray(value)
-            if not isinstance(value, np.ndarray) or not np.issubdtype(
-                    value.dtype, np.floating):
+            if isinstance(value, _Array) and value.array is not None:
+                value = value.array
+            if not isinstance(name, str) or not isinstance(
+                    value, np.ndarray) or not np.issubdtype(
+                        value.dtype, np.floating):
                 raise CheckpointError(
                     f"Checkpoint {path}: {module}/{name} is not a float "
                     "array.")
+            bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise CheckpointError(
+                    f"Checkpoint {path}: {module}/{name} holds {bad} NaN or "
+                    f"infinite value(s) of {value.size}; refusing weights "
+                    "that are not finite.")
             out[module][name] = value
     return out
 

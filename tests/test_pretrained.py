@@ -11,7 +11,11 @@ import os
 import pathlib
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import keras
 import numpy as np
@@ -20,6 +24,7 @@ import pytest
 import keras_nfnets
 from keras_nfnets import convert, pretrained, variants
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+from conftest import REPO as REPO_ROOT
 from conftest import deepmind_fixture, fixture_path, relative_error
 
 TINY = "nfnet_tiny_haiku.npz"
@@ -178,6 +183,8 @@ def test_weights_imagenet_goes_through_the_same_path(served, tmp_path,
     tiny_f0 = variants.NFNetConfig(depth=(1, 2, 6, 3), **TINY_WIDTHS)
     monkeypatch.setitem(variants.NFNET_VARIANTS, "F0", tiny_f0)
     source = _f_layout_checkpoint(folder / "F0_haiku.npz", (1, 2, 6, 3))
+    # Not DeepMind's file (md5 table): accepted deliberately by its sha256.
+    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
     params = load_deepmind_checkpoint(folder / "F0_haiku.npz")
     assert len(params) == pretrained.deepmind_module_count(0) == 94
 
@@ -200,11 +207,13 @@ def test_weights_imagenet_goes_through_the_same_path(served, tmp_path,
     assert _run(headless, np.zeros((1, 64, 96, 3))).shape == (1, 256)
 
 
-def test_wrong_variant_real_f0(served, tmp_path):
-    """An F1-layout file (178 modules) served as F0_haiku.npz: the real
-    NFNet-F0 model refuses it as the wrong variant and drops it."""
+def test_wrong_variant_real_f0(served, tmp_path, monkeypatch):
+    """An F1-layout file (178 modules) served as F0_haiku.npz (accepted by
+    its sha256 past the md5 table): the real NFNet-F0 model refuses it as
+    the wrong variant and drops it."""
     folder, _ = served
     _f_layout_checkpoint(folder / "F0_haiku.npz", (2, 4, 12, 6))
+    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
     with pytest.raises(pretrained.WrongVariantError,
                        match=r"178 modules.*needs 94.*NFNet-F1"):
         keras_nfnets.NFNetF0(weights="imagenet", include_top=False)
@@ -326,3 +335,234 @@ def test_imagenet_argument_rules():
         keras_nfnets.NFNetF0(weights="imagenet", classes=10)
     with pytest.raises(ValueError, match="classifier_activation"):
         keras_nfnets.NFNetF0(weights="imagenet", classifier_activation="relu")
+
+
+# ----------------------------------------------- issue 14 / issue 17 (md5)
+
+class _SlowServer(_Server):
+    """Serves its folder in 64 KiB chunks, `delay` seconds apart."""
+
+    def __init__(self, folder, delay):
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # pylint: disable=invalid-name
+                server.requests.append(self.path)
+                path = pathlib.Path(folder) / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    for i in range(0, len(data), 1 << 16):
+                        self.wfile.write(data[i:i + (1 << 16)])
+                        self.wfile.flush()
+                        time.sleep(delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+
+def test_md5_table_refuses_a_wrong_f0_then_opt_out(served, tmp_path,
+                                                   monkeypatch):
+    """A DeepMind-named file whose md5/size do not match the published
+    list is refused on download; accepting it takes its sha256."""
+    folder, server = served
+    wrong = _serve_tiny(folder, "F0_haiku.npz")
+    cache = _cache(tmp_path)
+    with pytest.raises(pretrained.WeightsHashError) as err:
+        pretrained.fetch_checkpoint("F0_haiku.npz", label="NFNet-F0")
+    message = str(err.value)
+    for part in ("not the file DeepMind published",
+                 "where DeepMind's file has 285,976,842",
+                 "where the published list has "
+                 "0a41039da1cb43adf47f1b7d86ddfe0f",
+                 f"file_hash='{_sha(wrong)}'",
+                 f"{pretrained.ACCEPT_ENV}={_sha(wrong)}"):
+        assert part in message, message
+    assert sorted(os.listdir(cache)) == [".F0_haiku.npz.lock"]
+
+    # The deliberate opt-out: exactly this file, by its sha256.
+    path, params = pretrained.fetch_checkpoint("F0_haiku.npz",
+                                               file_hash=_sha(wrong))
+    assert _sha(path) == _sha(wrong) and "NFNet/~/linear" in params
+    record = json.loads((cache / pretrained.HASH_RECORD).read_text())
+    assert record["F0_haiku.npz"] == _sha(wrong)
+    os.remove(path)
+    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(wrong))
+    pretrained.fetch_checkpoint("F0_haiku.npz")
+    assert len(server.requests) == 3
+
+
+def test_matching_md5_and_size_are_accepted(served, tmp_path, monkeypatch):
+    folder, _ = served
+    data = _serve_tiny(folder).read_bytes()
+    monkeypatch.setitem(pretrained.KNOWN_MD5, TINY,
+                        hashlib.md5(data).hexdigest())
+    monkeypatch.setitem(pretrained.KNOWN_SIZE, TINY, len(data))
+    path, _ = pretrained.fetch_checkpoint(TINY)
+    record = json.loads((_cache(tmp_path) / pretrained.HASH_RECORD)
+                        .read_text())
+    assert record[TINY] == hashlib.sha256(data).hexdigest() == _sha(path)
+    monkeypatch.setitem(pretrained.KNOWN_SIZE, TINY, len(data) + 1)
+    os.remove(path)
+    with pytest.raises(pretrained.WeightsHashError, match="bytes where"):
+        pretrained.fetch_checkpoint(TINY)
+
+
+_FETCH = """
+import sys
+from keras_nfnets import pretrained
+path, params = pretrained.fetch_checkpoint(sys.argv[1], base_url=sys.argv[2])
+print("fetched", path, len(params))
+"""
+
+
+def _fetch_proc(tmp_path, url, name=TINY):
+    from training_helpers import env  # pylint: disable=import-outside-toplevel
+    return subprocess.Popen(
+        [sys.executable, "-c", _FETCH, name, url], cwd=REPO_ROOT,
+        env=env(KERAS_HOME=str(tmp_path / "keras_home"),
+                KERAS_BACKEND="tensorflow"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_one_keras_home_both_succeed(tmp_path):
+    folder = tmp_path / "www"
+    folder.mkdir()
+    _serve_tiny(folder)
+    server = _SlowServer(folder, delay=0.25)  # ~4 s for the tiny file
+    try:
+        first = _fetch_proc(tmp_path, server.url)
+        time.sleep(1)
+        second = _fetch_proc(tmp_path, server.url)
+        outs = [p.communicate(timeout=300) for p in (first, second)]
+    finally:
+        server.stop()
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert all("fetched" in out for out, _ in outs)
+    cached = _cache(tmp_path) / TINY
+    assert _sha(cached) == _sha(fixture_path(TINY))
+    assert [f for f in os.listdir(_cache(tmp_path)) if f.endswith(".part")] \
+        == []
+
+
+def test_kill_mid_download_leaves_no_partial_file(tmp_path, monkeypatch):
+    folder = tmp_path / "www"
+    folder.mkdir()
+    _serve_tiny(folder)
+    server = _SlowServer(folder, delay=0.5)
+    try:
+        proc = _fetch_proc(tmp_path, server.url)
+        deadline = time.time() + 240
+        while not server.requests and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # a few chunks in
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        server.stop()
+    cache = _cache(tmp_path)
+    assert not (cache / TINY).exists()  # never a partial file by that name
+    fast = _Server(folder)
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+        path, _ = pretrained.fetch_checkpoint(TINY, base_url=fast.url)
+    finally:
+        fast.stop()
+    assert _sha(path) == _sha(fixture_path(TINY))
+    assert [f for f in os.listdir(cache) if f.endswith(".part")] == []
+
+
+def test_file_failing_the_loader_is_removed_with_its_conversion(served,
+                                                                tmp_path):
+    """A cached download that the loader refuses goes, with its converted
+    .weights.h5, even though its sha256 was recorded: the next call
+    downloads it again."""
+    folder, server = served
+    _serve_tiny(folder)
+    converted = pathlib.Path(
+        pretrained.load_pretrained(_tiny_model(), TINY, classes=10))
+    cache = _cache(tmp_path)
+    broken = bytearray((cache / TINY).read_bytes())
+    broken[191] = ord("b")  # NONE -> BUILD: crashed numpy before
+    (cache / TINY).write_bytes(bytes(broken))
+    record = json.loads((cache / pretrained.HASH_RECORD).read_text())
+    record[TINY] = _sha(cache / TINY)  # as if accepted on first use
+    record.pop(converted.name)  # and the conversion not trusted
+    (cache / pretrained.HASH_RECORD).write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="removed from the cache"):
+        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+    assert not (cache / TINY).exists() and not converted.exists()
+    pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+    assert len(server.requests) == 2
+
+
+def _mount_tmpfs(path, size):
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                          "tmpfs", str(path)], capture_output=True)
+    if out.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): "
+                    + out.stderr.decode()[-200:])
+    return path
+
+
+def _umount(path):
+    subprocess.run(["umount", str(path)], check=False)
+
+
+def test_read_only_cache_with_verified_files_is_used(served, tmp_path,
+                                                     monkeypatch):
+    folder, server = served
+    _serve_tiny(folder)
+    home = _mount_tmpfs(tmp_path / "ro_home", "16m")
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(home))
+        reference = deepmind_fixture("nfnet_tiny_reference.npz")
+        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
+        server.stop()
+        for converted in (True, False):
+            if not converted:  # only the verified download: converted now
+                subprocess.run(["mount", "-o", "remount,rw", str(home)],
+                               check=True)
+                for f in (home / "models").glob("*.weights.h5"):
+                    f.unlink()
+                subprocess.run(["mount", "-o", "remount,ro", str(home)],
+                               check=True)
+            model = _tiny_model()
+            pretrained.load_pretrained(model, TINY, classes=10)
+            assert relative_error(_run(model, reference["inputs"]),
+                                  reference["logits"]) < 1e-4
+    finally:
+        _umount(home)
+
+
+def test_full_disk_while_saving_the_conversion_is_an_error(tmp_path):
+    """The converter's output on a (real) full file system: a clear
+    OSError before writing, no partial file, no crash."""
+    small = _mount_tmpfs(tmp_path / "small", "256k")
+    try:
+        dst = small / "tiny.weights.h5"
+        with pytest.raises(OSError, match="Not enough free disk space"):
+            convert.deepmind_to_keras(
+                fixture_path(TINY), dst,
+                config=str(fixture_path("nfnet_tiny_config.json")),
+                include_preprocessing=False)
+        assert os.listdir(small) == []
+    finally:
+        _umount(small)

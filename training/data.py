@@ -121,15 +121,23 @@ def folder_source(root, train_split="train", eval_split=None):
     else:  # classes directly under root
         eval_split = eval_split or train_split
         splits = {train_split: root, eval_split: root}
-    files, class_names = {}, None
-    for split, path in splits.items():
-        names, items = _list_folder(path)
-        if class_names is None or split == train_split:
-            if class_names is not None and names != class_names:
-                raise DatasetError(
-                    f"folder:{root}: splits have different classes.")
-            class_names = names
-        files[split] = items
+    # Labels are positions in the sorted class list, so every split must
+    # have exactly the training split's classes (in a fixed order: sorted
+    # split names, independent of PYTHONHASHSEED).
+    files, classes = {}, {}
+    for split in sorted(splits):
+        classes[split], files[split] = _list_folder(splits[split])
+    class_names = classes[train_split]
+    for split in sorted(splits):
+        if classes[split] != class_names:
+            missing = sorted(set(class_names) - set(classes[split]))
+            extra = sorted(set(classes[split]) - set(class_names))
+            raise DatasetError(
+                f"folder:{root}: the {split!r} split's class folders differ "
+                f"from the {train_split!r} split's (labels are positions in "
+                f"the sorted class list, so they would be shifted): "
+                f"missing {missing}, extra {extra}. Give every split the "
+                "same class folders (an empty folder is fine).")
     if not files[train_split]:
         raise DatasetError(
             f"--dataset=folder:{root}: no images ({', '.join(IMAGE_EXTENSIONS)}"
@@ -140,6 +148,63 @@ def folder_source(root, train_split="train", eval_split=None):
                   num_eval=len(files[eval_split]), train_split=train_split,
                   eval_split=eval_split, class_names=tuple(class_names),
                   files=files)
+
+
+def find_unreadable(paths):
+    """The files among `paths` that cannot be read or decoded as images
+    (TensorFlow's decoders, as the input pipeline uses them), in order."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        return []
+
+    def probe(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                   expand_animations=False)
+        return path, tf.shape(image)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        probe, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    good = {p.decode() for p, _ in ds.as_numpy_iterator()}
+    return [p for p in paths if p not in good]
+
+
+def drop_unreadable(source):
+    """Removes unreadable images from a folder `Source` (every split).
+    Returns the removed paths."""
+    if source.kind != "folder":
+        raise DatasetError(
+            f"--skip_unreadable_images checks image folders; {source.name} is "
+            "a prepared tfds dataset (its images were checked when tfds built "
+            "it).")
+    removed = []
+    for split, items in source.files.items():
+        bad = set(find_unreadable([p for p, _ in items]))
+        if bad:
+            source.files[split] = [(p, l) for p, l in items if p not in bad]
+            removed.extend(sorted(bad))
+    source.num_train = len(source.files[source.train_split])
+    source.num_eval = len(source.files[source.eval_split])
+    if not source.num_train:
+        raise DatasetError(f"{source.name}: no readable training images.")
+    return sorted(set(removed))
+
+
+def unreadable_error(source, split):
+    """A DatasetError naming the unreadable images of `split` of a folder
+    source (None when all of them decode: the error was something else)."""
+    if source.kind != "folder":
+        return None
+    bad = find_unreadable([p for p, _ in source.files[split]])
+    if not bad:
+        return None
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more"
+                                  if len(bad) > 10 else "")
+    return DatasetError(
+        f"{source.name}: {len(bad)} image(s) of the {split!r} split cannot "
+        f"be decoded: {shown}. Remove or replace them, or pass "
+        "--skip_unreadable_images to leave them out (their count is "
+        "reported).")
 
 
 def imagenet_manual_dir(data_dir):
@@ -363,7 +428,9 @@ def train_dataset_fn(source, cfg):
         records, read = source.train_records(ctx, cfg.seed)
         # Skip what earlier steps consumed, before any decoding.
         records = records.skip(cfg.start_step * batch * local_replicas)
-        ra = (augment.RandAugment(*cfg.randaugment)
+        # float32 whatever the global (mixed) policy: images stay float32
+        # in the input pipeline; the model casts them.
+        ra = (augment.RandAugment(*cfg.randaugment, dtype="float32")
               if cfg.randaugment else None)
 
         def example(*rec):

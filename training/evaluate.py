@@ -73,7 +73,10 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
         # Keras' evaluate needs a loss; report none (the model may end in
         # logits or probabilities, top-k is the same on both).
         # (Not XLA on TensorFlow; compiled on JAX, which is eager otherwise.)
-        probe.compile(metrics=metrics, jit_compile=(
+        # weighted_metrics: the weight-0 padding of the last batches (see
+        # data.eval_dataset_fn) must not be scored; `metrics=` ignores
+        # sample weights.
+        probe.compile(weighted_metrics=metrics, jit_compile=(
             False if keras.backend.backend() == "tensorflow" else "auto"),
                       loss=lambda y, p: keras.ops.zeros_like(y[..., 0]))
     strategy_lib.build_without_data_probe(probe, strategy, (

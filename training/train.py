@@ -13,6 +13,7 @@ fit (resumable) -> evaluation on the EMA weights -> metrics.json + .keras.
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -102,6 +103,13 @@ flags.DEFINE_bool("lean_cpu_allocator", False, "Return freed memory to the "
 flags.DEFINE_integer("checkpoint_steps", 500, "Steps between backups.")
 flags.DEFINE_bool("deterministic_ops", False, "tf.config.experimental."
                   "enable_op_determinism() (bit-exact, slower on GPU).")
+flags.DEFINE_bool("allow_changed_flags", False, "Resume a run in --model_dir "
+                  "even though training flags differ from the ones it was "
+                  "started with (stored in flags.json); refused otherwise.")
+flags.DEFINE_bool("skip_unreadable_images", False, "Folder datasets: check "
+                  "every image first and leave out the ones that cannot be "
+                  "decoded (their count and names are printed); otherwise "
+                  "an unreadable image stops the run, named.")
 flags.DEFINE_bool("demo", False, "Train the offline demo (a small NFNet on "
                   "the CIFAR-10 sample in training/demo_data).")
 
@@ -147,6 +155,50 @@ class Plan:
     backend: str = "tensorflow"
 
 
+def _finite(value):
+    return value is not None and math.isfinite(value)
+
+
+# (flag, test, what it must be): every numeric flag, checked before any work.
+_VALUE_RULES = (
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("train_steps", lambda v: v is None or v >= 1, ">= 1 (or unset)"),
+    ("steps_per_epoch", lambda v: v is None or v >= 1, ">= 1 (or unset)"),
+    ("epochs", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("lr", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("warmup_epochs", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("weight_decay", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("momentum", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("agc_clipping", lambda v: _finite(v) and v >= 0,
+     "finite and >= 0 (0 turns AGC off)"),
+    ("label_smoothing", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("ema_decay", lambda v: _finite(v) and 0 <= v < 1,
+     "in [0, 1) (0 turns the EMA off)"),
+    ("image_size", lambda v: v is None or v >= 1, ">= 1 (or unset)"),
+    ("eval_image_size", lambda v: v is None or v >= 1, ">= 1 (or unset)"),
+    ("eval_crop_padding", lambda v: v >= 0, ">= 0"),
+    ("eval_batch_size", lambda v: v is None or v >= 1, ">= 1 (or unset)"),
+    ("mixup_alpha", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("stochdepth_rate", lambda v: v is None or (_finite(v) and 0 <= v < 1),
+     "in [0, 1)"),
+    ("drop_rate", lambda v: v is None or (_finite(v) and 0 <= v < 1),
+     "in [0, 1)"),
+    ("crop_area_min", lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    ("steps_per_execution", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_steps", lambda v: v >= 1, ">= 1"),
+)
+
+
+def check_values():
+    """Refuses numeric flags that make no sense (a negative --lr or
+    --agc_clipping would turn descent into ascent, --train_steps=-5 would
+    train nothing and mark the run finished), naming every bad flag."""
+    bad = [f"--{name}={FLAGS[name].value}: must be {what}"
+           for name, ok, what in _VALUE_RULES if not ok(FLAGS[name].value)]
+    if bad:
+        raise UsageError("; ".join(bad) + ".")
+
+
 def check_flags():
     """Flag checks that need no data and no devices. Returns a Plan."""
     from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
@@ -156,10 +208,7 @@ def check_flags():
         config = variants.get_config(FLAGS.variant)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--variant={FLAGS.variant!r}: {e}") from e
-    if FLAGS.batch_size < 1:
-        raise UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1.")
-    if FLAGS.train_steps is None and FLAGS.epochs <= 0:
-        raise UsageError("--epochs must be > 0 (or give --train_steps).")
+    check_values()
     try:
         ra = augment.parse_randaugment(
             FLAGS.randaugment if FLAGS.randaugment is not None
@@ -204,6 +253,60 @@ def check_flags():
         drop_rate=(config.drop_rate if FLAGS.drop_rate is None
                    else FLAGS.drop_rate),
         backend=backend)
+
+
+#: Flags that change what a run trains: a resume must use the values it was
+#: started with (stored in `model_dir/flags.json`).
+TRAINING_FLAGS = (
+    "variant", "dataset", "data_dir", "train_split", "batch_size", "epochs",
+    "train_steps", "steps_per_epoch", "lr", "warmup_epochs", "weight_decay",
+    "momentum", "agc_clipping", "label_smoothing", "ema_decay",
+    "mixed_precision", "image_size", "randaugment", "mixup_alpha", "cutmix",
+    "stochdepth_rate", "drop_rate", "crop_area_min", "weights", "seed",
+    "backend", "skip_unreadable_images")
+FLAGS_FILE = "flags.json"
+
+
+def resolved_flags(plan):
+    """The training-relevant flags with defaults resolved (JSON values)."""
+    values = {name: FLAGS[name].value for name in TRAINING_FLAGS}
+    values.update(
+        image_size=plan.image_size, stochdepth_rate=plan.stochdepth_rate,
+        drop_rate=plan.drop_rate, backend=plan.backend,
+        randaugment=list(plan.randaugment) if plan.randaugment else None)
+    return values
+
+
+def check_resume_flags(model_dir, values):
+    """Refuses to resume `model_dir` with training flags that differ from
+    those it was started with (unless --allow_changed_flags); records them
+    on the first start. Returns the names of the flags that changed."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
+    path = data.join(model_dir, FLAGS_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        stored = json.load(f)
+    changed = sorted(k for k in values if k in stored and stored[k] != values[k])
+    if changed and not FLAGS.allow_changed_flags:
+        listed = ", ".join(f"--{k}={stored[k]!r} -> {values[k]!r}"
+                           for k in changed)
+        raise UsageError(
+            f"{model_dir} holds a run started with other training flags "
+            f"({path}): {listed}. Resuming would silently mix two "
+            "configurations. Use the original values, a new --model_dir, or "
+            "--allow_changed_flags to resume with the new values anyway.")
+    return changed
+
+
+def write_resume_flags(model_dir, values):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from . import data  # pylint: disable=import-outside-toplevel
+    path = data.join(model_dir, FLAGS_FILE)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(values, f, indent=1, sort_keys=True)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def check_replicas(strategy, batch_size, what="--batch_size"):
@@ -321,6 +424,12 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
         schedule, momentum=FLAGS.momentum, nesterov=True,
         weight_decay=FLAGS.weight_decay, use_ema=FLAGS.ema_decay > 0,
         ema_momentum=FLAGS.ema_decay or 0.99)
+    agc_clipping = FLAGS.agc_clipping or None
+    if agc_clipping and keras.config.dtype_policy().name == "mixed_float16":
+        from keras_nfnets.agc import AGC  # pylint: disable=import-outside-toplevel
+        optimizer = SkipCountingLossScaleOptimizer(
+            AGC(optimizer, clipping=agc_clipping))
+        agc_clipping = None  # wrapped here, not again by compile
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
@@ -329,10 +438,75 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
                  # (k <= classes: PyTorch's topk rejects a larger k)
                  keras.metrics.TopKCategoricalAccuracy(
                      min(5, model.output_shape[-1]), name="top5")],
-        agc_clipping=FLAGS.agc_clipping or None,
+        agc_clipping=agc_clipping,
         steps_per_execution=FLAGS.steps_per_execution,
         jit_compile={"auto": "auto", "true": True,
                      "false": False}[FLAGS.jit_compile])
+
+
+def _make_skip_counting_loss_scale_optimizer():
+    import keras  # pylint: disable=import-outside-toplevel
+    from keras import ops  # pylint: disable=import-outside-toplevel
+
+    @keras.saving.register_keras_serializable(package="keras_nfnets_training")
+    class SkipCountingLossScaleOptimizer(
+            keras.optimizers.LossScaleOptimizer):
+        """`LossScaleOptimizer` (mixed_float16) that counts the steps it
+        skips in the wrapped `AGC`'s `skipped_steps`: with non-finite
+        (scaled) gradients it halves the loss scale and never calls the
+        wrapped optimizer, so AGC's own count would miss them."""
+
+        def _counter(self):
+            return getattr(self.inner_optimizer, "skipped_steps", None)
+
+        def apply(self, grads, trainable_variables=None):
+            super().apply(grads, trainable_variables)
+            counter = self._counter()
+            if counter is None:
+                return
+            if keras.backend.backend() != "tensorflow":
+                counter.assign_add(1 - ops.cast(self.check_finite(grads),
+                                                counter.dtype))
+                return
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+            def count(distribution, finite):
+                # The first replica's verdict, as LossScaleOptimizer's.
+                finite = distribution.experimental_local_results(finite)[0]
+                counter.assign_add(1 - ops.cast(finite, counter.dtype))
+
+            tf.distribute.get_replica_context().merge_call(
+                count, args=(self.check_finite(grads),))
+
+        def stateless_apply(self, optimizer_variables, grads,
+                            trainable_variables):
+            new_trainable, new_optimizer = super().stateless_apply(
+                optimizer_variables, grads, trainable_variables)
+            counter = self._counter()
+            if counter is None:
+                return new_trainable, new_optimizer
+            mapping = list(zip(self.variables, new_optimizer))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                counter.assign_add(1 - ops.cast(self.check_finite(grads),
+                                                counter.dtype))
+                value = scope.get_current_value(counter)
+            new_optimizer = [value if v is counter else n
+                             for v, n in zip(self.variables, new_optimizer)]
+            return new_trainable, new_optimizer
+
+    return SkipCountingLossScaleOptimizer
+
+
+def SkipCountingLossScaleOptimizer(optimizer):  # pylint: disable=invalid-name
+    """mixed_float16: a LossScaleOptimizer around `optimizer` (an AGC) that
+    counts its skipped non-finite steps in `optimizer.skipped_steps`."""
+    global _SKIP_COUNTING  # pylint: disable=global-statement
+    if _SKIP_COUNTING is None:
+        _SKIP_COUNTING = _make_skip_counting_loss_scale_optimizer()
+    return _SKIP_COUNTING(optimizer, name="loss_scale_optimizer")
+
+
+_SKIP_COUNTING = None
 
 
 def _KeepTrainingWeights(optimizer, active=True):  # pylint: disable=invalid-name
@@ -350,7 +524,11 @@ def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
     """Runs (or resumes) training up to `total_steps`. Returns the History
     of the last fit call."""
     from . import data  # pylint: disable=import-outside-toplevel
-    step = backup.restore(model)
+    from . import checkpoint  # pylint: disable=import-outside-toplevel
+    try:
+        step = backup.restore(model)
+    except checkpoint.BackupError as e:
+        raise UsageError(str(e)) from e
     if step:
         logging.info("Resuming from the backup at step %d.", step)
         print(f"Resuming from step {step}/{total_steps}.", flush=True)
@@ -391,6 +569,27 @@ def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
     if history is None:  # the backup was taken after the last step
         model.optimizer.finalize_variable_values(model.trainable_variables)
     return history
+
+
+class _naming_unreadable_images:  # pylint: disable=invalid-name
+    """Turns a decoding failure of the input pipeline into a UsageError that
+    names the unreadable files of `split` (folder datasets)."""
+
+    def __init__(self, source, split):
+        self.source, self.split = source, split
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        from . import data  # pylint: disable=import-outside-toplevel
+        if kind is None or not issubclass(kind, tf.errors.InvalidArgumentError):
+            return False
+        error = data.unreadable_error(self.source, self.split)
+        if error is None:
+            return False
+        raise UsageError(str(error)) from value
 
 
 def _current_step(model):
@@ -437,11 +636,25 @@ def run(argv=None):
         _report(metrics)
         return metrics
 
+    flag_values = resolved_flags(plan)
+    changed = check_resume_flags(model_dir, flag_values)
+    if changed:
+        print(f"--allow_changed_flags: resuming with changed {changed}.",
+              flush=True)
+
     try:
         source = data.get_source(FLAGS.dataset, FLAGS.data_dir,
                                  FLAGS.train_split, FLAGS.eval_split)
     except data.DatasetError as e:
         raise UsageError(str(e)) from e
+    if FLAGS.skip_unreadable_images:
+        try:
+            skipped = data.drop_unreadable(source)
+        except data.DatasetError as e:
+            raise UsageError(str(e)) from e
+        print(f"--skip_unreadable_images: skipped {len(skipped)} unreadable "
+              f"image(s){': ' + ', '.join(skipped[:10]) if skipped else ''}"
+              f"{' ...' if len(skipped) > 10 else ''}.", flush=True)
 
     if plan.backend == "tensorflow":
         name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
@@ -489,6 +702,8 @@ def run(argv=None):
     strategy_lib.fix_multi_worker_logs(model, strategy)
 
     tf.io.gfile.makedirs(model_dir)
+    if chief:
+        write_resume_flags(model_dir, flag_values)
     backup = StepBackup(data.join(model_dir, "backup"),
                         save_freq=FLAGS.checkpoint_steps, write=chief)
     callbacks = [backup]
@@ -499,14 +714,20 @@ def run(argv=None):
             keras.callbacks.CSVLogger(data.join(model_dir, "history.csv"),
                                       append=True)]
     start = time.time()
-    fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
-        callbacks, backup)
+    with _naming_unreadable_images(source, source.train_split):
+        fit(model, strategy, source, plan, steps_per_epoch, epochs,
+            total_steps, callbacks, backup)
     train_time = time.time() - start
 
     # The model now holds the EMA weights (Keras swaps them in after fit).
-    result = evaluate.evaluate_model(
-        model, strategy, source, eval_batch, plan.eval_image_size,
-        FLAGS.eval_crop_padding)
+    # Saved before the evaluation, so that a failing evaluation loses no
+    # training.
+    if chief:
+        model.save(data.join(model_dir, "model.keras"))
+    with _naming_unreadable_images(source, source.eval_split):
+        result = evaluate.evaluate_model(
+            model, strategy, source, eval_batch, plan.eval_image_size,
+            FLAGS.eval_crop_padding)
     metrics = {
         "top1": result["top1"], "top5": result["top5"],
         "eval_examples": result["examples"], "split": source.eval_split,
@@ -517,7 +738,6 @@ def run(argv=None):
         "dataset": source.name, "class_names": list(source.class_names),
         "backend": plan.backend, "replicas": strategy.num_replicas_in_sync}
     if chief:
-        model.save(data.join(model_dir, "model.keras"))
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json"),
                                "w") as f:
             json.dump(metrics, f, indent=1)
