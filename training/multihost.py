@@ -241,11 +241,13 @@ def process_input_context(num_processes, process_index, block):
     batch. `contiguous_block` (examples per process per step) makes the
     folder reader take the rows this process's devices hold (training.data)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    ctx = tf.distribute.InputContext(
+
+    class ProcessInputContext(tf.distribute.InputContext):
+        contiguous_block = block
+
+    return ProcessInputContext(
         num_input_pipelines=num_processes, input_pipeline_id=process_index,
         num_replicas_in_sync=num_processes)
-    ctx.contiguous_block = block
-    return ctx
 
 
 class MultiProcessDistribution:
