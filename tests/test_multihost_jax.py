@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from training_helpers import (REPO, env, free_ports, make_folder,
-                              model_weights, tiny_flags, train_cmd,
-                              write_config)
+from training_helpers import (REPO, TINY_CONFIG, env, free_ports,
+                              make_folder, model_weights, tiny_flags,
+                              train_cmd)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed")
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 # Quick XLA:CPU compiles; the same flags on every run.
 FAST_XLA = ("--xla_backend_optimization_level=0 "
             "--xla_llvm_disable_expensive_passes=true")
-TIMEOUT = 900  # per run, generous for 2 shared cores; never reached when OK
+TIMEOUT = 1500  # per run: generous for 2 busy shared cores
+# Two stages of the tiny test config: half the program to compile.
+CONFIG = dict(TINY_CONFIG, width=[16, 32], depth=[1, 1], group_width=[8, 8],
+              expansion=[0.5, 0.5], big_width=[True, True], strides=[1, 2])
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +55,9 @@ def _flags(tmp_path, root, name, **overrides):
     values = dict(backend="jax", train_steps=4, checkpoint_steps=2,
                   jit_compile="auto", mixup_alpha=0.0, cutmix=False)
     values.update(overrides)
-    return tiny_flags(write_config(tmp_path / "c.json"), f"folder:{root}",
-                      tmp_path / name, **values)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(CONFIG))
+    return tiny_flags(config, f"folder:{root}", tmp_path / name, **values)
 
 
 def _start(args, devices=1):
