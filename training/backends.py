@@ -8,7 +8,9 @@ anything imports keras. No heavy imports here.
   TPUStrategy on `tensorflow-tpu`, which stops at 2.20).
 * `jax`: `keras.distribution.DataParallel` over every device JAX sees
   (several GPUs, or the TPU chips of a TPU VM with `jax[tpu]`: the modern
-  TPU path), reading the same tf.data pipeline as global batches.
+  TPU path), reading the same tf.data pipeline as global batches. On
+  several hosts (TPU pod slices, GPU clusters), one process per host:
+  `training.multihost` (`--jax_distributed`, `--coordinator_address`).
 * `torch`: one device.
 """
 

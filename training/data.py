@@ -290,7 +290,13 @@ def _folder_train_records(source, ctx, seed):
             (tf.range(start, start + n, dtype=tf.int64), perm))
 
     ds = tf.data.Dataset.range(2 ** 62).flat_map(epoch)
-    ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+    block = getattr(ctx, "contiguous_block", None)
+    if block:  # multi-process JAX (training.multihost): host p takes rows
+        # [p * block, (p + 1) * block) of each global batch, its devices' rows
+        ds = ds.filter(lambda i, _: i // block % ctx.num_input_pipelines
+                       == ctx.input_pipeline_id)
+    else:
+        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
     return ds, lambda i, j: (i, tf.io.read_file(tf.gather(paths, j)),
                              tf.gather(labels, j))
 

@@ -46,7 +46,8 @@ flags.DEFINE_string("model_dir", None, "Checkpoints, logs and the model "
 flags.DEFINE_string("backend", None, "Keras backend: tensorflow (default; "
                     "--strategy/--tpu, tf.distribute), jax (keras.distribution"
                     ".DataParallel over every local device: several GPUs, or "
-                    "a TPU VM with jax[tpu]; one host only) or torch (one "
+                    "a TPU VM with jax[tpu]; several hosts: "
+                    "--jax_distributed) or torch (one "
                     "device). Default: $KERAS_BACKEND, else tensorflow. "
                     "Resuming from a backup works on each backend.")
 flags.DEFINE_string("tpu", None, "TPU name, 'local' (TPU VM) or grpc:// "
@@ -55,6 +56,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
                                        "multi_worker", "one_device",
                                        "default"], "tf.distribute strategy "
                   "(TensorFlow backend).")
+from training import multihost  # pylint: disable=wrong-import-position
+multihost.define_flags()  # --jax_distributed, --coordinator_address, ...
 # --- schedule
 flags.DEFINE_integer("batch_size", 4096, "Global batch size.")
 flags.DEFINE_float("epochs", 360, "Training epochs.")
@@ -627,6 +630,11 @@ def run(argv=None):
             keras_nfnets.use_lean_cpu_allocator()
         except RuntimeError as e:
             raise UsageError(str(e)) from e
+    if plan.backend == "jax" or multihost.wanted(FLAGS):
+        try:  # several processes: jax.distributed before JAX starts
+            multihost.setup(FLAGS, plan.backend)
+        except multihost.SetupError as e:
+            raise UsageError(str(e)) from e
     model_dir = FLAGS.model_dir
     if is_finished(model_dir):
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json")) as f:
@@ -659,6 +667,12 @@ def run(argv=None):
     if plan.backend == "tensorflow":
         name = strategy_lib.resolve_strategy_name(FLAGS.strategy, FLAGS.tpu)
         strategy = strategy_lib.make_strategy(name, FLAGS.tpu)
+    elif plan.backend == "jax" and multihost.process_count() > 1:
+        try:
+            strategy = multihost.MultiProcessDistribution(FLAGS.batch_size)
+        except multihost.SetupError as e:
+            raise UsageError(str(e)) from e
+        name = strategy.name
     else:
         try:
             strategy = strategy_lib.KerasDistribution(plan.backend)
@@ -741,7 +755,8 @@ def run(argv=None):
         with tf.io.gfile.GFile(data.join(model_dir, "metrics.json"),
                                "w") as f:
             json.dump(metrics, f, indent=1)
-    else:  # other workers: their copy, to check that replicas agree
+    elif getattr(strategy, "save_worker_copies", True):  # other workers:
+        # their copy, to check that replicas agree (tf.distribute)
         tf.io.gfile.makedirs(data.join(model_dir, "workers"))
         model.save(data.join(model_dir, "workers", strategy_lib.task_name(
             strategy) + ".keras"))

@@ -1,0 +1,246 @@
+"""`python -m training.train --backend=jax` on two processes on 127.0.0.1
+(JAX's CPU backend, gloo collectives, one CPU device per process), against
+one process with two devices on the same global batches; a kill of both
+processes and a restart from the step backup; and the set-ups that must
+stop at once with a clear error.
+
+Every process runs under a subprocess timeout and is SIGKILLed on expiry
+(JAX's distributed runtime takes SIGTERM as a preemption notice)."""
+
+import importlib.util
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from training_helpers import (REPO, TINY_CONFIG, env, free_ports,
+                              make_folder, model_weights, tiny_flags,
+                              train_cmd)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                reason="jax is not installed")
+
+# Quick XLA:CPU compiles; the same flags on every run.
+FAST_XLA = ("--xla_backend_optimization_level=0 "
+            "--xla_llvm_disable_expensive_passes=true")
+TIMEOUT = 1500  # per run: generous for 2 busy shared cores
+# Two stages of the tiny test config: half the program to compile.
+CONFIG = dict(TINY_CONFIG, width=[16, 32], depth=[1, 1], group_width=[8, 8],
+              expansion=[0.5, 0.5], big_width=[True, True], strides=[1, 2])
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache(tmp_path, monkeypatch):
+    # The killed and the resumed runs reuse the compiled steps of the first
+    # 2-process run (JAX's persistent cache; the same programs).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def _env(devices):
+    return env(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               XLA_FLAGS=FAST_XLA + " --xla_force_host_platform_device_count="
+               f"{devices}")
+
+
+def _flags(tmp_path, root, name, **overrides):
+    # MixUp/CutMix pair the examples of each process's part of the batch
+    # (as DeepMind's per-device mixing): off, so that one process and two
+    # see the same global batches. Dropout and stochastic depth (0.1, the
+    # tiny config) stay on: each process feeds the rows its device holds,
+    # so every example meets the same random masks on 1 and 2 processes.
+    values = dict(backend="jax", train_steps=4, checkpoint_steps=2,
+                  jit_compile="auto", mixup_alpha=0.0, cutmix=False)
+    values.update(overrides)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(CONFIG))
+    return tiny_flags(config, f"folder:{root}", tmp_path / name, **values)
+
+
+def _start(args, devices=1):
+    return subprocess.Popen(train_cmd(args), cwd=REPO, env=_env(devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _two_processes(args, **extra):
+    """Starts process 0 and 1 of a 2-process run on a fresh loopback port."""
+    port = free_ports(1)[0]
+    more = [f"--{k}={v}" for k, v in extra.items()]
+    return [_start(args + [f"--coordinator_address=127.0.0.1:{port}",
+                           "--num_processes=2", f"--process_id={p}",
+                           "--distributed_timeout=120"] + more)
+            for p in (0, 1)]
+
+
+def _finish(procs, timeout=TIMEOUT):
+    """(returncode, stdout, stderr) of each process; all are killed if one
+    outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(
+                timeout=max(deadline - time.monotonic(), 1))
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return outs
+
+
+def _ok(outs):
+    for rc, out, err in outs:
+        assert rc == 0, (out[-2000:], err[-4000:])
+
+
+def _files(run_dir, pattern):
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(pattern))
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def _backup_step(run_dir):
+    try:
+        with open(run_dir / "backup" / "latest.json") as f:
+            return json.load(f)["step"]
+    except (OSError, ValueError):
+        return None
+
+
+def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
+    one = _start(_flags(tmp_path, root, "one"), devices=2)
+    two = _two_processes(_flags(tmp_path, root, "two"))
+    outs = _finish(two + [one])
+    _ok(outs)
+    (_, out0, _), (_, out1, _), (_, out_one, _) = outs
+    for out in (out0, out1):
+        assert ("jax DataParallel (2 processes, 2 devices) strategy with 2 "
+                "replica(s); batch 8, 4 steps") in out, out
+    assert "jax DataParallel strategy with 2 replica(s)" in out_one
+
+    # One model, one backup, one set of logs and metrics: process 0's.
+    run = tmp_path / "two"
+    assert _files(run, "*.keras") == ["model.keras"]
+    assert _files(run, "*.h5") == ["backup/latest.weights.h5"]
+    assert _files(run, "*.csv") == ["history.csv"]
+    assert _files(run, "metrics.json") == ["metrics.json"]
+    assert len(_files(run, "events.out.tfevents.*")) == len(
+        _files(tmp_path / "one", "events.out.tfevents.*"))
+    assert not (run / "workers").exists()
+    with open(run / "metrics.json") as f:
+        metrics = json.load(f)
+    assert (metrics["backend"], metrics["replicas"], metrics["steps"]) == (
+        "jax", 2, 4)
+    assert metrics["eval_examples"] == 12  # every test image once
+    with open(tmp_path / "one" / "metrics.json") as f:
+        assert json.load(f)["top1"] == metrics["top1"]
+
+    # The same global batches give the same final (EMA) weights. Both runs
+    # use a 2-device mesh, so the programs are the same; 1e-5 leaves room
+    # for the gloo all-reduce summing in another order than XLA's.
+    weights_two = model_weights(str(run / "model.keras"))
+    weights_one = model_weights(str(tmp_path / "one" / "model.keras"))
+    diff = _max_diff(weights_two, weights_one)
+    assert diff < 1e-5, diff
+    print(f"max |two processes - one process| = {diff:.3g}")
+
+    # Kill both processes once the step-2 backup is written, restart both.
+    killed = _two_processes(_flags(tmp_path, root, "resumed"))
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while (_backup_step(tmp_path / "resumed") is None
+               and time.monotonic() < deadline
+               and all(p.poll() is None for p in killed)):
+            time.sleep(0.05)
+    finally:
+        for p in killed:
+            p.send_signal(signal.SIGKILL)
+        for p in killed:
+            p.communicate()
+    step = _backup_step(tmp_path / "resumed")
+    # backups: step 2 (--checkpoint_steps), step 3 (end of the 3-step epoch)
+    assert step in (2, 3), step
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    outs = _finish(_two_processes(_flags(tmp_path, root, "resumed")))
+    _ok(outs)
+    for _, out, _ in outs:
+        assert f"Resuming from step {step}/4." in out, out
+    resumed = model_weights(str(tmp_path / "resumed" / "model.keras"))
+    diff = _max_diff(resumed, weights_two)
+    assert diff < 1e-5, diff
+    assert _files(tmp_path / "resumed", "*.keras") == ["model.keras"]
+
+
+def _errors(outs):
+    return [(rc, err) for rc, _, err in outs]
+
+
+def test_bad_setups_stop_at_once_with_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
+    # A coordinator nobody runs: process 1 gives up after the timeout.
+    port = free_ports(1)[0]
+    start = time.monotonic()
+    (rc, out, err), = _finish([_start(_flags(tmp_path, root, "nobody") + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+        "--process_id=1", "--distributed_timeout=3"])], timeout=300)
+    assert rc == 2, (out, err[-3000:])
+    assert ("the JAX coordinator (process 0) cannot be reached within "
+            "--distributed_timeout=3 s") in err
+    # Process 0 alone: the others never join.
+    (rc, out, err), = _finish([_start(_flags(tmp_path, root, "alone") + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+        "--process_id=0", "--distributed_timeout=3"])], timeout=300)
+    assert rc == 2, (out, err[-3000:])
+    assert "did not complete within --distributed_timeout=3 s" in err
+    assert "not all 2 processes joined" in err
+    assert time.monotonic() - start < 300
+
+    # Processes that disagree on the seed: both stop, naming the flag.
+    args = _flags(tmp_path, root, "seeds")
+    outs = _finish(_two_seeds(args))
+    for rc, err in _errors(outs):
+        assert rc == 2, err[-3000:]
+        assert "the 2 processes disagree on --seed" in err, err[-3000:]
+        assert "only --process_id may differ" in err
+    # A global batch the 2 devices cannot split.
+    outs = _finish(_two_processes(_flags(tmp_path, root, "odd",
+                                         batch_size=3)))
+    for rc, err in _errors(outs):
+        assert rc == 2, err[-3000:]
+        assert ("--batch_size=3 is not divisible by the 2 devices of the 2 "
+                "processes (1 each): use a multiple of 2") in err, err[-3000:]
+    for name in ("nobody", "alone", "seeds", "odd"):
+        assert not (tmp_path / name).exists()
+
+
+def _two_seeds(args):
+    port = free_ports(1)[0]
+    base = [a for a in args if not a.startswith("--seed=")]
+    return [_start(base + [f"--seed={p + 1}",
+                           f"--coordinator_address=127.0.0.1:{port}",
+                           "--num_processes=2", f"--process_id={p}",
+                           "--distributed_timeout=120"]) for p in (0, 1)]
+
+
+def test_multi_process_flags_are_checked_before_any_work(tmp_path):
+    from training_helpers import run_train  # pylint: disable=import-outside-toplevel
+    out = run_train([f"--model_dir={tmp_path}/run", "--backend=torch",
+                     "--jax_distributed"], timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "are for --backend=jax" in out.stderr
+    out = run_train([f"--model_dir={tmp_path}/run", "--backend=jax",
+                     "--coordinator_address=127.0.0.1:1", "--num_processes=2",
+                     "--process_id=2"], timeout=120, JAX_PLATFORMS="cpu")
+    assert out.returncode == 2
+    assert "--process_id=2: must be in 0 .. 1." in out.stderr
+    assert not (tmp_path / "run").exists()
