@@ -56,7 +56,7 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
                                        "multi_worker", "one_device",
                                        "default"], "tf.distribute strategy "
                   "(TensorFlow backend).")
-from training import multihost  # pylint: disable=wrong-import-position
+from . import multihost  # pylint: disable=wrong-import-position
 multihost.define_flags()  # --jax_distributed, --coordinator_address, ...
 # --- schedule
 flags.DEFINE_integer("batch_size", 4096, "Global batch size.")
