@@ -280,8 +280,13 @@ def fetch_checkpoint(fname, *, base_url=None, file_hash=None, cache_dir=None,
             f"${URL_ENV} to a mirror holding {fname}, or download it "
             "yourself and pass its path as `weights=`.") from e
     try:
-        params = nf_weights.load_deepmind_checkpoint(path)
-        if model is not None:
+        if fname.endswith(".safetensors"):  # timm's format: timm_weights
+            from keras_nfnets import timm_weights  # pylint: disable=import-outside-toplevel
+            params = timm_weights.read_checked(
+                path, model, classes=classes, skip_layers=skip_layers)
+        else:
+            params = nf_weights.load_deepmind_checkpoint(path)
+        if model is not None and not fname.endswith(".safetensors"):
             check_structure(params, model, classes=classes,
                             skip_layers=skip_layers, label=label,
                             source=path)
