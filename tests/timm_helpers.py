@@ -1,0 +1,38 @@
+"""Runs `timm_reference.py` in a subprocess and reads what it wrote."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = pathlib.Path(__file__).with_name("timm_reference.py")
+
+
+def timm_references(out_dir, specs, timeout=1200):
+    """`{key: {"inputs", "logits", "params", "path"}}` for `specs` (see
+    timm_reference.py), built by timm in a fresh process. Skips without
+    timm, torch or safetensors."""
+    for module in ("timm", "torch", "safetensors"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (test extras)")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out_dir), json.dumps(specs)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    refs = {}
+    for spec in specs:
+        with np.load(out_dir / (spec["key"] + ".npz")) as data:
+            ref = {k: data[k] for k in data.files}
+        ref["params"] = int(ref["params"])
+        ref["path"] = out_dir / (spec["key"] + ".safetensors")
+        refs[spec["key"]] = ref
+    return refs
