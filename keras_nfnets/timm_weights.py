@@ -382,25 +382,35 @@ def timm_base_url():
 
 
 def imagenet_file(variant):
-    """The file's path below the base URL (and in the Keras cache):
+    """The file's path below the base URL (the hub's layout):
     `timm/<name>/resolve/main/model.safetensors`."""
     return (f"{presets.TIMM_IMAGENET[variant]['hub_id']}/resolve/main/"
             f"{presets.TIMM_FILE}")
 
 
+def imagenet_cache_dir(variant):
+    """Where the download is kept: `<Keras home>/timm/<name>/`, one folder
+    per file (they are all called `model.safetensors`), each with its own
+    sha256 record (`models/keras_nfnets_sha256.json`)."""
+    from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
+    home = os.path.dirname(pretrained.cache_folder())
+    return os.path.join(
+        home, "timm", presets.TIMM_IMAGENET[variant]["hub_id"].split("/")[-1])
+
+
 def load_imagenet_weights(model, variant, skip_layers=()):
     """Downloads (once), verifies and loads timm's ImageNet weights of
     `variant` (`"ECA-L0"` ...): what `weights="imagenet"` does for the
-    models timm trained. Goes through `pretrained.fetch_checkpoint` (the
-    Keras cache, the recorded sha256, a failed file removed so the next
-    call downloads it again). Returns the cached file's path."""
+    models timm trained. Goes through `pretrained.fetch_checkpoint` (Keras'
+    `get_file`, the sha256 recorded on first use, a file that fails a check
+    removed so that the next call downloads it again). Returns the cached
+    file's path."""
     from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
-    fname = imagenet_file(variant)
-    target = os.path.join(pretrained.cache_folder(), fname)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
     preset = presets.TIMM_IMAGENET[variant]
+    folder = os.path.dirname(imagenet_file(variant))
     path, state = pretrained.fetch_checkpoint(
-        fname, base_url=timm_base_url(),
+        presets.TIMM_FILE, base_url=timm_base_url() + folder,
+        cache_dir=imagenet_cache_dir(variant),
         label=f"{preset['constructor']} (timm's {preset['hub_id']})",
         model=model, classes=1000, skip_layers=skip_layers)
     assign_state(model, state, skip_layers=skip_layers, classes=1000,

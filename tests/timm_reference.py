@@ -68,7 +68,9 @@ def make(spec, out_dir):
             if isinstance(module, GammaAct):
                 module.act_fn = _tanh_gelu
             if hasattr(module, "eps") and hasattr(module, "gain"):
-                module.eps = 0.0
+                # No additive eps (batch_norm refuses 0; 1e-30 vanishes
+                # next to any weight variance in float32).
+                module.eps = 1e-30
     size = spec.get("size", 64)
     x = torch.randn(spec.get("batch", 2), 3, size, size, generator=generator)
     with torch.no_grad():
