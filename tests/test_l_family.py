@@ -65,3 +65,43 @@ def test_timm_numerics_live_in_the_layers_config():
     block = model.get_layer("nf_block")
     assert block.attention == "eca" and not block.use_skip_gain
     assert "eca" in block.named_sublayers()
+
+
+def test_presets_are_timms_pretrained_cfg():
+    from keras_nfnets import presets  # pylint: disable=import-outside-toplevel
+    from timm_helpers import timm_pretrained_cfgs  # pylint: disable=import-outside-toplevel
+    tables = {**presets.TIMM_IMAGENET, **presets.TIMM_UNPUBLISHED}
+    names = [p.get("hub_id", "timm/" + p["timm_name"]).split("/")[-1]
+             for p in tables.values()]
+    cfgs = timm_pretrained_cfgs(names)
+    for (variant, preset), name in zip(tables.items(), names):
+        cfg = cfgs[name]
+        assert cfg["input_size"][1:] == [preset["train_size"]] * 2, variant
+        assert cfg["test_input_size"][1:] == [preset["test_size"]] * 2
+        assert preset["crop_pct"] == cfg["crop_pct"]
+        assert preset["test_crop_pct"] == (cfg["test_crop_pct"]
+                                           or cfg["crop_pct"])
+        assert preset["interpolation"] == cfg["interpolation"]
+        assert preset.get("hub_id") == cfg.get("hf_hub_id")
+        constructor = getattr(keras_nfnets, preset["constructor"])
+        assert constructor.__name__ == preset["constructor"]
+    for variant in ("L0", "ECA-L0", "ECA-L1", "ECA-L2", "ECA-L3"):
+        cfg = keras_nfnets.get_config(variant)
+        assert (cfg.train_imsize, cfg.test_imsize) == (
+            tables[variant]["train_size"], tables[variant]["test_size"])
+
+
+def test_preprocess_for_eval_uses_timms_crop():
+    from keras_nfnets import imagenet  # pylint: disable=import-outside-toplevel
+    # 300 x 400: a centred 300 x 300 square of 100s between bands of 0s.
+    image = np.zeros((300, 400, 3), "float32")
+    image[:, 50:350] = 100.0
+    for name in ("ECA-L0", "ECANFNetL0", "eca_nfnet_l0"):
+        out = np.asarray(keras_nfnets.preprocess_for_eval(image, name))
+        assert out.shape == (288, 288, 3)
+        # crop 1.0: the whole shorter side, so none of the bands.
+        np.testing.assert_allclose(out, 100.0, atol=1e-3)
+    f0 = np.asarray(keras_nfnets.preprocess_for_eval(image, "F0"))
+    assert f0.shape == (256, 256, 3)  # DeepMind's 256 / (256 + 32) crop
+    assert imagenet.eval_image_size("ECA-L2") == 384
+    assert imagenet.eval_image_size("B1-timm") == 288

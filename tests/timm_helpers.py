@@ -36,3 +36,17 @@ def timm_references(out_dir, specs, timeout=1200):
         ref["path"] = out_dir / (spec["key"] + ".safetensors")
         refs[spec["key"]] = ref
     return refs
+
+
+def timm_pretrained_cfgs(names, timeout=600):
+    """`{name: timm's pretrained_cfg as a dict}`, read in a fresh process."""
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (test extras)")
+    code = ("import json, sys, timm\n"
+            "print(json.dumps({n: timm.models.get_pretrained_cfg(n).to_dict()"
+            " for n in sys.argv[1:]}))")
+    proc = subprocess.run([sys.executable, "-c", code, *names],
+                          capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
