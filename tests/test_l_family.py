@@ -79,7 +79,7 @@ def test_presets_are_timms_pretrained_cfg():
         assert cfg["input_size"][1:] == [preset["train_size"]] * 2, variant
         assert cfg["test_input_size"][1:] == [preset["test_size"]] * 2
         assert preset["crop_pct"] == cfg["crop_pct"]
-        assert preset["test_crop_pct"] == (cfg["test_crop_pct"]
+        assert preset["test_crop_pct"] == (cfg.get("test_crop_pct")
                                            or cfg["crop_pct"])
         assert preset["interpolation"] == cfg["interpolation"]
         assert preset.get("hub_id") == cfg.get("hf_hub_id")
