@@ -165,8 +165,8 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         if not isinstance(cfg, variants.NFNetConfig):
             raise ValueError(
                 f"No ImageNet weights are available for {name}: "
-                "weights='imagenet' exists for NFNets, NFResNet50Timm and "
-                "NFRegNetB1Timm (timm's layouts) only. Use weights=None "
+                "weights='imagenet' exists for NFNets only (and timm's "
+                "layouts NFResNet50Timm, NFRegNetB1Timm). Use weights=None "
                 "or the path to a weights file.")
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
         pretrained.check_available(variant)
