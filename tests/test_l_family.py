@@ -35,6 +35,7 @@ def test_logits_match_timm(refs, timm_name):
     assert model.count_params() == ref["params"]
     logits = np.asarray(model(ref["inputs"], training=False))
     err = relative_error(logits, ref["logits"])
+    print(f"{timm_name}: max relative logit error {err:.2e}")
     assert err < 1e-4, err
     # Perturbed weights: the logits are far from a constant function.
     assert np.std(ref["logits"]) > 1e-3
