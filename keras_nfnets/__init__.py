@@ -12,9 +12,14 @@ from keras_nfnets.applications import (NFRegNet, NFRegNetB0, NFRegNetB1,
                                        NFRegNetB8, NFResNet, NFResNet50,
                                        NFResNet101, NFResNet152, NFResNet200,
                                        NFResNet288, NFResNet600)
+from keras_nfnets.applications import (ECANFNetL0, ECANFNetL1, ECANFNetL2,
+                                       ECANFNetL3, NFNetL0, NFRegNetB1Timm,
+                                       NFResNet50Timm)
 from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  StochasticDepth, WSConv2D,
                                  set_grouped_conv_mode)
+from keras_nfnets.layers import (EfficientChannelAttention,
+                                 SymmetricMaxPooling2D)
 from keras_nfnets.agc import AGC, adaptive_clip_grads, unitwise_norm
 from keras_nfnets.memory import use_lean_cpu_allocator
 from keras_nfnets.model import NFNetModel
@@ -24,6 +29,8 @@ from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+from keras_nfnets.timm_weights import load_timm_weights
+from keras_nfnets.variants import NUMERICS, Numerics
 from keras_nfnets.imagenet import (decode_predictions, preprocess_for_eval,
                                    preprocess_input)
 

@@ -11,6 +11,8 @@ import os
 
 from keras_nfnets import agc
 from keras_nfnets import builder
+from keras_nfnets import presets
+from keras_nfnets import timm_weights
 from keras_nfnets import variants
 from keras_nfnets import weights as nf_weights
 
@@ -43,7 +45,9 @@ Args:
     weights: `None` (random initialization), `"imagenet"` (DeepMind's
         published ImageNet weights, where they exist), or the path to a
         weights file: one of DeepMind's `*_haiku.npz` checkpoints (read
-        safely, without dill/haiku/jax) or a Keras `.weights.h5` file.
+        safely, without dill/haiku/jax), timm's `dm_nfnet_f*`
+        `model.safetensors` (DeepMind's weights; DeepMind's numerics are
+        kept) or a Keras `.weights.h5` file.
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as
         the image input.
     input_shape: optional shape tuple `(height, width, channels)`. Defaults to
@@ -167,11 +171,13 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
     """Argument checks, `builder.build_nfnet`, then the weights: shared by
     every family."""
     _validate(weights, include_top, classes, classifier_activation, pooling)
-    if weights == "imagenet":
+    timm_imagenet = weights == "imagenet" and variant in presets.TIMM_IMAGENET
+    if weights == "imagenet" and not timm_imagenet:
         if not isinstance(cfg, variants.NFNetConfig):
             raise ValueError(
                 f"No ImageNet weights are available for {name}: "
-                "weights='imagenet' exists for NFNets only. Use weights=None "
+                "weights='imagenet' exists for NFNets only (and timm's "
+                "layouts NFResNet50Timm, NFRegNetB1Timm). Use weights=None "
                 "or the path to a weights file.")
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
         pretrained.check_available(variant)
@@ -185,9 +191,13 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         **nfnet_kwargs)
     model.default_agc_clipping = agc.default_clipping_for(cfg)
     skip = () if include_top else ("linear",)
-    if weights == "imagenet":
+    if timm_imagenet:
+        timm_weights.load_imagenet_weights(model, variant, skip_layers=skip)
+    elif weights == "imagenet":
         from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
         pretrained.load_imagenet_weights(model, variant, skip_layers=skip)
+    elif timm_weights.is_safetensors(weights):
+        timm_weights.load_timm_weights(model, weights, skip_layers=skip)
     elif weights is not None:
         nf_weights.load_weights(model, weights, skip_layers=skip)
     return model
@@ -237,6 +247,88 @@ NFNetF4Plus = _constructor("F4+")
 NFNetF5Plus = _constructor("F5+")
 NFNetF6Plus = _constructor("F6+")
 NFNetF7Plus = _constructor("F7+")
+
+
+# ---------------------------------------------------------------------------
+# timm's L-family: the same table and builder, timm's switches and numerics.
+
+TIMM_DOCSTRING = """Instantiates {fullname} ({timm_name} in timm).
+
+Reference:
+- [High-Performance Large-Scale Image Recognition Without Normalization](
+    https://arxiv.org/abs/2102.06171) (Brock, De, Smith, Simonyan, ICML 2021)
+- timm's "light" NFNets (Ross Wightman, `timm/models/nfnet.py`): the
+  F-series depths and widths with {summary}.
+
+Numerically timm's model: it was trained with timm's arithmetic, so it
+computes what timm computes (weight standardization `rsqrt(fan_in *
+(var + 1e-5))`, the SiLU gamma folded into every convolution, PyTorch's
+symmetric padding; see `keras_nfnets.variants.Numerics`). Default input
+size {test_imsize}x{test_imsize} (trained at {train_imsize}; timm
+evaluates with crop 1.0, see `keras_nfnets.preprocess_for_eval`).
+
+Args:
+    include_top, input_tensor, input_shape, pooling, classes,
+    classifier_activation, include_preprocessing, name, drop_rate,
+    stochdepth_rate, activation, seed, remat: as for `keras_nfnets.NFNetF0`.
+    weights: `None` (random initialization), {imagenet}or the path of
+        timm's `model.safetensors` for `{timm_name}` (read with the
+        `safetensors` numpy API, every tensor checked), or a Keras
+        `.weights.h5` file.
+
+Returns:
+    A `keras_nfnets.NFNetModel` (a functional `keras.Model`).
+
+Example:
+```python
+backbone = keras_nfnets.{name}(weights={example_weights}, include_top=False,
+                              pooling="avg")
+```
+"""
+
+_L_SUMMARIES = {
+    "L0": "group width 64, bottleneck 0.25, squeeze-excite (ratio 0.25), "
+          "SiLU and a 1.5x final conv",
+    "ECA-L0": "group width 64, bottleneck 0.25, efficient channel "
+              "attention, SiLU and a 1.5x final conv",
+}
+
+
+def _timm_constructor(family, variant, fname, default_name, fullname,
+                      summary, cfg):
+    def build(variant, name=None, **kwargs):
+        return family(variant, name=name or default_name, **kwargs)
+
+    preset = presets.TIMM_IMAGENET.get(variant)
+    timm_name = (preset or presets.TIMM_UNPUBLISHED.get(variant, {})).get(
+        "timm_name", default_name)
+    imagenet = (f'`"imagenet"` (timm\'s ImageNet-1k weights, '
+                f'{preset["hub_id"]} on the Hugging Face hub), '
+                if preset else "(timm publishes no ImageNet weights), ")
+    return _thin_constructor(build, variant, fname, TIMM_DOCSTRING.format(
+        name=fname, fullname=fullname, timm_name=timm_name, summary=summary,
+        test_imsize=cfg.test_imsize, train_imsize=cfg.train_imsize,
+        imagenet=imagenet,
+        example_weights='"imagenet"' if preset else "None"))
+
+
+def _l_constructor(variant, fname, default_name, fullname):
+    summary = _L_SUMMARIES.get(
+        variant, "group width 64, bottleneck 0.25, efficient channel "
+        "attention, SiLU and a 2x final conv")
+    return _timm_constructor(NFNet, variant, fname, default_name, fullname,
+                             summary, variants.get_config(variant))
+
+
+NFNetL0 = _l_constructor("L0", "NFNetL0", "nfnet_l0", "NFNet-L0")
+ECANFNetL0 = _l_constructor("ECA-L0", "ECANFNetL0", "eca_nfnet_l0",
+                            "ECA-NFNet-L0")
+ECANFNetL1 = _l_constructor("ECA-L1", "ECANFNetL1", "eca_nfnet_l1",
+                            "ECA-NFNet-L1")
+ECANFNetL2 = _l_constructor("ECA-L2", "ECANFNetL2", "eca_nfnet_l2",
+                            "ECA-NFNet-L2")
+ECANFNetL3 = _l_constructor("ECA-L3", "ECANFNetL3", "eca_nfnet_l3",
+                            "ECA-NFNet-L3")
 
 
 # ---------------------------------------------------------------------------
@@ -407,3 +499,18 @@ NFRegNetB5 = _family_constructor(NFRegNet, "B5", "NFRegNetB5")
 NFRegNetB6 = _family_constructor(NFRegNet, "B6", "NFRegNetB6")
 NFRegNetB7 = _family_constructor(NFRegNet, "B7", "NFRegNetB7")
 NFRegNetB8 = _family_constructor(NFRegNet, "B8", "NFRegNetB8")
+
+
+# timm's own NF-ResNet-50 and NF-RegNet-B1 (the layouts of its published
+# weights; see the "-timm" rows of the variant tables).
+NFResNet50Timm = _timm_constructor(
+    NFResNet, "ResNet50-timm", "NFResNet50Timm", "nf_resnet50_timm",
+    "timm's NF-ResNet-50", "a 7x7 stem and max pool, ReLU, bottleneck "
+    "0.25, an average-pool shortcut and no skip gains (DeepMind's "
+    "NF-ResNet-50 is `NFResNet50`)",
+    variants.NF_RESNET_VARIANTS["ResNet50-timm"])
+NFRegNetB1Timm = _timm_constructor(
+    NFRegNet, "B1-timm", "NFRegNetB1Timm", "nf_regnet_b1_timm",
+    "timm's NF-RegNet-B1", "widths rounded to multiples of 8 (40, 80, 160, "
+    "328), SiLU, squeeze-excite and no skip gains (DeepMind's NF-RegNet-B1 "
+    "is `NFRegNetB1`)", variants.NF_REGNET_VARIANTS["B1-timm"])

@@ -65,6 +65,19 @@ def block_name(index, prefix="nf_block"):
     return prefix if index == 0 else f"{prefix}_{index}"
 
 
+def numerics_options(config, activation):
+    """The config's `Numerics` (see `variants.NUMERICS`) as the layers'
+    keyword arguments: `(conv_options, activation_options)` for every
+    `WSConv2D` and every scaled activation."""
+    numerics = variants.NUMERICS[getattr(config, "numerics", "deepmind")]
+    gamma_in_conv = numerics.gamma_on == "conv"
+    conv = dict(eps=numerics.ws_eps, eps_mode=numerics.ws_eps_mode,
+                gamma=nf_layers.GAMMAS[activation] if gamma_in_conv else 1.0,
+                padding=numerics.padding)
+    act = dict(gamma=1.0 if gamma_in_conv else None, gelu=numerics.gelu)
+    return conv, act
+
+
 def _fc_init(stddev):
     return (keras.initializers.RandomNormal(0.0, stddev) if stddev
             else keras.initializers.Zeros())
@@ -86,9 +99,10 @@ def architecture(config, stochdepth_rate):
                                   stochdepth_rate),
             block_kwargs=dict(
                 expansion=config.bottleneck_ratio, group_width=None,
-                use_two_convs=False, strided_shortcut=True,
+                use_two_convs=False,
+                strided_shortcut=config.strided_shortcut,
                 se_position="output" if config.use_se else None,
-                se_ratio=config.se_ratio),
+                se_ratio=config.se_ratio, skip_gain=config.skip_gain),
             block_prefix="nf_res_block", final_conv=None, fc_stddev=0.01)
     if isinstance(config, variants.NFRegNetConfig):
         widths = config.stage_widths
@@ -102,19 +116,31 @@ def architecture(config, stochdepth_rate):
             block_kwargs=dict(
                 expansion=config.expansion, big_width=False,
                 group_width=config.group_size, use_two_convs=False,
-                se_position="bottleneck", se_ratio=config.se_ratio),
+                se_position="bottleneck", se_ratio=config.se_ratio,
+                width_divisor=config.ch_div, se_divisor=config.ch_div,
+                skip_gain=config.skip_gain),
             block_prefix="nf_block",
-            final_conv=1280 * widths[-1] // 440, fc_stddev=0.0)
+            final_conv=config.final_conv_width, fc_stddev=0.0)
     stem_ch = [(16, 2), (32, 1), (64, 1), (config.width[0] // 2, 2)]
+    if config.stem_width:  # timm's "deep_quad" stem
+        w = config.stem_width
+        stem_ch = [(w // 8, 2), (w // 4, 1), (w // 2, 1), (w, 2)]
     stem = []
     for i, (filters, stride) in enumerate(stem_ch):
         stem.append(("conv", f"stem_conv{i}", filters, 3, stride))
         if i < len(stem_ch) - 1:
             stem.append(("act", f"stem_act{i}"))
+    blocks = block_schedule(config, stochdepth_rate)
+    if config.stem_width:
+        blocks[0]["in_channels"] = config.stem_width
     return dict(
-        stem=stem, blocks=block_schedule(config, stochdepth_rate),
+        stem=stem, blocks=blocks,
         block_kwargs=dict(se_ratio=config.se_ratio,
-                          use_two_convs=config.use_two_convs),
+                          use_two_convs=config.use_two_convs,
+                          attention=config.attention,
+                          se_divisor=config.se_divisor,
+                          width_divisor=config.ch_div,
+                          skip_gain=config.skip_gain),
         block_prefix="nf_block",
         final_conv=(int(config.final_conv_mult * config.width[-1])
                     if config.final_conv_mult is not None else
@@ -174,17 +200,24 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
     if include_preprocessing:
         x = _preprocessing(inputs.shape[-1])(x)
 
+    conv_options, act_options = numerics_options(config, activation)
+
     def act(name):
-        return nf_layers.ScaledActivation(activation, name=name)
+        return nf_layers.ScaledActivation(activation, name=name,
+                                          **act_options)
 
     arch = architecture(config, stochdepth_rate)
     for kind, layer_name, *args in arch["stem"]:
         if kind == "conv":
             filters, kernel, stride = args
             x = nf_layers.WSConv2D(filters, kernel, strides=stride,
-                                   name=layer_name)(x)
+                                   name=layer_name, **conv_options)(x)
         elif kind == "act":
             x = act(layer_name)(x)
+        elif conv_options["padding"] == "symmetric":  # PyTorch's max pool
+            size, stride = args
+            x = nf_layers.SymmetricMaxPooling2D(size, stride, size // 2,
+                                                name=layer_name)(x)
         else:
             size, stride = args
             x = keras.layers.MaxPooling2D(size, strides=stride,
@@ -194,11 +227,14 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
         block.pop("stage")
         x = nf_layers.NFBlock(
             **{**arch["block_kwargs"], **block}, alpha=config.alpha,
-            activation=activation, seed=None if seed is None else seed + i,
+            activation=activation, conv_options=conv_options,
+            activation_options=act_options,
+            seed=None if seed is None else seed + i,
             remat=remat, name=block_name(i, arch["block_prefix"]))(x)
 
     if arch["final_conv"] is not None:
-        x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv")(x)
+        x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv",
+                               **conv_options)(x)
     x = act("final_act")(x)
 
     if include_top:

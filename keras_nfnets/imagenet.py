@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from keras_nfnets import builder
+from keras_nfnets import presets
 from keras_nfnets import variants
 
 CLASS_INDEX_PATH = os.path.join(os.path.dirname(__file__), "data",
@@ -93,12 +94,29 @@ def preprocess_input(x, data_format=None, normalize=False):
     return (x - mean) / std
 
 
+def timm_eval_settings(variant):
+    """timm's evaluation settings (`pretrained_cfg`: test size, test crop,
+    interpolation) for a timm-trained variant, by variant name (`"ECA-L0"`),
+    constructor name (`"ECANFNetL0"`) or timm name (`"eca_nfnet_l0"`);
+    None for DeepMind's models."""
+    tables = {**presets.TIMM_UNPUBLISHED, **presets.TIMM_IMAGENET}
+    for key, preset in tables.items():
+        if variant in (key, preset["constructor"], preset["timm_name"]):
+            return preset
+    return None
+
+
 def eval_image_size(variant):
-    """DeepMind's evaluation resolution of a variant (F0: 256)."""
+    """The evaluation resolution of a variant (F0: 256, DeepMind's; ECA-L0:
+    288, timm's)."""
+    preset = timm_eval_settings(variant)
+    if preset is not None:
+        return preset["test_size"]
     return variants.get_config(variant).test_imsize
 
 
-def center_crop_and_resize(images, size, crop_padding=CROP_PADDING):
+def center_crop_and_resize(images, size, crop_padding=CROP_PADDING,
+                           crop_fraction=None):
     """DeepMind's ImageNet evaluation crop.
 
     Takes the centred square of side `size / (size + crop_padding)` times
@@ -110,6 +128,9 @@ def center_crop_and_resize(images, size, crop_padding=CROP_PADDING):
     Args:
         images: one image `(H, W, C)` or a batch `(N, H, W, C)`.
         size: output height and width.
+        crop_fraction: the square's side as a fraction of the shorter side
+            instead of `size / (size + crop_padding)` (timm's `crop_pct`:
+            1.0 for the L-family keeps the whole shorter side).
     """
     x = ops.convert_to_tensor(images)
     single = len(x.shape) == 3
@@ -117,8 +138,9 @@ def center_crop_and_resize(images, size, crop_padding=CROP_PADDING):
         x = x[None]
     height, width = x.shape[1], x.shape[2]
     # float32 arithmetic, as in DeepMind's tf code.
-    crop = int(np.float32(size / (size + crop_padding))
-               * np.float32(min(height, width)))
+    fraction = (size / (size + crop_padding) if crop_fraction is None
+                else crop_fraction)
+    crop = int(np.float32(fraction) * np.float32(min(height, width)))
     top = (height - crop + 1) // 2
     left = (width - crop + 1) // 2
     x = ops.cast(x[:, top:top + crop, left:left + crop, :], "float32")
@@ -128,10 +150,23 @@ def center_crop_and_resize(images, size, crop_padding=CROP_PADDING):
 
 
 def preprocess_for_eval(images, variant="F0", size=None):
-    """Resize and crop images for evaluating `variant` as DeepMind does
+    """Resize and crop images for evaluating `variant` as its trainer did
     (`size` defaults to the variant's test resolution: 256 for F0).
+
+    DeepMind's models (F0-F6, ...): the centred `size / (size + 32)` crop.
+    timm's (`"L0"`, `"ECA-L0"` ... `"ECA-L3"`, `"ResNet50-timm"`,
+    `"B1-timm"`, or their constructor or timm names): timm's
+    `pretrained_cfg` test crop, 1.0 for the L-family (the whole shorter
+    side; 288 px for ECA-L0), bicubic (see `keras_nfnets.presets`).
 
     Returns float32 RGB in [0, 255]-ish range (bicubic can overshoot),
     ready for a model built with `include_preprocessing=True`.
+
+    Example:
+    >>> x = preprocess_for_eval(images, "ECA-L0")  # (N, 288, 288, 3)
     """
+    preset = timm_eval_settings(variant)
+    if preset is not None:
+        return center_crop_and_resize(images, size or preset["test_size"],
+                                      crop_fraction=preset["test_crop_pct"])
     return center_crop_and_resize(images, size or eval_image_size(variant))

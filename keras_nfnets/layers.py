@@ -17,6 +17,8 @@ import math
 import keras
 from keras import ops
 
+from keras_nfnets.variants import make_divisible
+
 _PACKAGE = "keras_nfnets"
 
 # DeepMind's nonlinearities with their gamma constants ("magic constants"):
@@ -123,12 +125,15 @@ def _lean_scaled(fn, gamma, derivative):
     return scaled
 
 
-def scaled_activation(name, lean_gradient=True):
+def scaled_activation(name, lean_gradient=True, gamma=None, gelu="tanh"):
     """Returns DeepMind's nonlinearity `name` multiplied by its gamma.
 
     With `lean_gradient` (default), gelu and silu use a closed-form
     derivative that saves only the input for the backward pass (same
     forward values; gradients equal autodiff's to float rounding).
+    `gamma` replaces the constant (timm's numerics use 1.0: the gamma is
+    in the convolutions); `gelu="erf"` is the exact GELU (timm's) instead
+    of DeepMind's tanh approximation.
 
     Example:
     >>> act = scaled_activation("gelu")
@@ -137,11 +142,19 @@ def scaled_activation(name, lean_gradient=True):
     if name not in GAMMAS:
         raise ValueError(
             f"Unknown activation {name!r}. Expected one of {sorted(GAMMAS)}.")
-    fn, gamma = _FUNCTIONS[name], GAMMAS[name]
-    if name == "identity":
+    if gelu not in ("tanh", "erf"):
+        raise ValueError(f"gelu must be 'tanh' or 'erf', got {gelu!r}.")
+    fn = _FUNCTIONS[name]
+    gamma = GAMMAS[name] if gamma is None else float(gamma)
+    derivative = _DERIVATIVES.get(name)
+    if name == "gelu" and gelu == "erf":
+        fn, derivative = (lambda x: ops.gelu(x, approximate=False)), None
+    if name == "identity" and gamma == 1.0:
         return fn
-    if lean_gradient and name in _DERIVATIVES:
-        return _lean_scaled(fn, gamma, _DERIVATIVES[name])
+    if lean_gradient and derivative is not None:
+        return _lean_scaled(fn, gamma, derivative)
+    if gamma == 1.0:
+        return fn
     return lambda x: fn(x) * ops.cast(gamma, x.dtype)
 
 
@@ -157,16 +170,21 @@ class ScaledActivation(keras.layers.Layer):
     Args:
         activation: one of DeepMind's nonlinearity names: `"gelu"` (tanh
             approximation), `"relu"`, `"silu"`, `"elu"`, ..., `"identity"`.
+        gamma: the constant (default: DeepMind's for `activation`; 1.0 is
+            the plain nonlinearity, as in timm's numerics).
+        gelu: `"tanh"` (DeepMind) or `"erf"` (exact, timm).
 
     Example:
     >>> layer = ScaledActivation("gelu")
     >>> y = layer(keras.random.normal((4, 8)))
     """
 
-    def __init__(self, activation="gelu", **kwargs):
+    def __init__(self, activation="gelu", gamma=None, gelu="tanh", **kwargs):
         super().__init__(**kwargs)
         self.activation = check_activation(activation)
-        self._fn = scaled_activation(activation)
+        self.gamma = None if gamma is None else float(gamma)
+        self.gelu = gelu
+        self._fn = scaled_activation(activation, gamma=gamma, gelu=gelu)
 
     def call(self, inputs):
         return self._fn(inputs)
@@ -178,7 +196,12 @@ class ScaledActivation(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "activation": self.activation}
+        config = {**super().get_config(), "activation": self.activation}
+        if self.gamma is not None:
+            config["gamma"] = self.gamma
+        if self.gelu != "tanh":
+            config["gelu"] = self.gelu
+        return config
 
 
 # Device-dependent choices ("auto" settings) are resolved when a layer is
@@ -247,19 +270,30 @@ def grouped_conv_mode():
     return "native" if on_accelerator() else "split"
 
 
-def _standardize(w, gain, eps):
-    mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
-    var = ops.var(w, axis=(0, 1, 2), keepdims=True)
+def _standardize(w, gain, eps, eps_mode="floor", gamma=1.0):
+    axes = tuple(range(len(w.shape) - 1))
+    mean = ops.mean(w, axis=axes, keepdims=True)
+    var = ops.var(w, axis=axes, keepdims=True)
     fan_in = math.prod(w.shape[:-1])
-    inv = ops.rsqrt(ops.maximum(var * fan_in, eps))
+    if eps_mode == "floor":
+        inv = ops.rsqrt(ops.maximum(var * fan_in, eps))
+    else:  # "add" (timm): rsqrt(var + eps) / sqrt(fan_in)
+        inv = ops.rsqrt(var + eps) * (1.0 / math.sqrt(fan_in))
     scale = inv * gain
+    if gamma != 1.0:
+        scale = scale * gamma
     return w * scale - mean * scale, mean, var * fan_in, inv, scale
 
 
-def standardize_weight(w, gain, eps=1e-4, lean_gradient=True):
+def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
+                       eps_mode="floor", gamma=1.0):
     """DeepMind's scaled weight standardization of a kernel `w` (HWIO):
 
         w_hat = (w - mean) * rsqrt(max(var * fan_in, eps)) * gain
+
+    `eps_mode="add"` is timm's form, `(w - mean) * rsqrt(fan_in * (var +
+    eps)) * gain`, and `gamma` a constant factor on the result (timm
+    folds the activation's gamma in here).
 
     with the mean and biased variance over (H, W, I). With `lean_gradient`
     (default) the backward pass is the closed form of the normalization's
@@ -271,27 +305,34 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True):
         dw = gain * s * (g - mean(g) - u * s^2 * sum(g * u))   (n^2 >= eps)
         dw = gain * s * (g - mean(g))                          (clamped)
 
-    The forward values are exactly those of the plain formula.
+    The forward values are exactly those of the plain formula. In "add"
+    mode `s = rsqrt(n^2 + fan_in * eps)` is never clamped, and `gamma`
+    multiplies `dw` and `dgain` (the same algebra).
     """
+    if eps_mode not in ("floor", "add"):
+        raise ValueError(
+            f"eps_mode must be 'floor' or 'add', got {eps_mode!r}.")
     if not lean_gradient:
-        return _standardize(w, gain, eps)[0]
+        return _standardize(w, gain, eps, eps_mode, gamma)[0]
 
     @ops.custom_gradient
     def standardize(w, gain):
-        w_hat, mean, n2, inv, scale = _standardize(w, gain, eps)
+        w_hat, mean, n2, inv, scale = _standardize(w, gain, eps, eps_mode,
+                                                   gamma)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             g = ops.cast(upstream, w.dtype)
-            axes = (0, 1, 2)
+            axes = tuple(range(len(w.shape) - 1))
             # `w - mean` only once the gradient arrives (see `_lean_scaled`):
             # computed early, it is a kernel-sized tensor per layer held
             # from the start of the step.
             u = w - (mean + ops.cast(_data_dependent_zero(g), w.dtype))
             gu = ops.sum(g * u, axis=axes, keepdims=True)
-            dgain = ops.reshape(gu * inv, ops.shape(gain))
-            proj = ops.where(n2 >= eps, gu * inv * inv, ops.zeros_like(gu))
+            dgain = ops.reshape(gu * inv * gamma, ops.shape(gain))
+            proj = (gu * inv * inv if eps_mode == "add" else
+                    ops.where(n2 >= eps, gu * inv * inv, ops.zeros_like(gu)))
             dw = scale * (g - ops.mean(g, axis=axes, keepdims=True)
                           - u * proj)
             return dw, dgain
@@ -320,8 +361,15 @@ class WSConv2D(keras.layers.Conv2D):
     Args:
         filters, kernel_size, strides, padding, groups, ...: as
             `keras.layers.Conv2D` (`padding` defaults to `"same"`, which is
-            TensorFlow's/JAX's SAME).
+            TensorFlow's/JAX's SAME). `padding="symmetric"` is PyTorch's:
+            `((stride - 1) + dilation * (kernel - 1)) // 2` zeros on every
+            side (timm's `get_padding`).
         eps: floor of `var * fan_in`, 1e-4 as in DeepMind's code.
+        eps_mode: `"floor"` (DeepMind: `rsqrt(max(fan_in * var, eps))`) or
+            `"add"` (timm's `ScaledStdConv2d`: `rsqrt(fan_in * (var +
+            eps))`).
+        gamma: a constant factor on the standardized kernel (timm folds
+            the activation's gamma in here; 1.0 for DeepMind).
 
     Example:
     >>> conv = WSConv2D(64, 3, strides=2, groups=2)
@@ -330,23 +378,28 @@ class WSConv2D(keras.layers.Conv2D):
 
     def __init__(self, filters, kernel_size, strides=1, padding="same",
                  groups=1, eps=1e-4,
-                 kernel_initializer=None, **kwargs):
+                 kernel_initializer=None, eps_mode="floor", gamma=1.0,
+                 **kwargs):
         kwargs.pop("use_bias", None)
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.VarianceScaling(
                 1.0, "fan_in", "normal")
+        self.symmetric_padding = padding == "symmetric"
         super().__init__(filters, kernel_size, strides=strides,
-                         padding=padding, groups=groups, use_bias=True,
+                         padding="valid" if self.symmetric_padding
+                         else padding, groups=groups, use_bias=True,
                          kernel_initializer=kernel_initializer, **kwargs)
         self.eps = float(eps)
+        if eps_mode not in ("floor", "add"):
+            raise ValueError(
+                f"eps_mode must be 'floor' or 'add', got {eps_mode!r}.")
+        self.eps_mode, self.gamma = eps_mode, float(gamma)
+        self._pads = tuple(
+            ((s - 1) + d * (k - 1)) // 2 if self.symmetric_padding else 0
+            for k, s, d in zip(self.kernel_size, self.strides,
+                               self.dilation_rate))
         # Standardize in the variable dtype, cast afterwards.
         self.autocast = False
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.gain = self.add_weight(
-            name="gain", shape=(self.filters,), initializer="ones",
-            trainable=True, dtype=self.variable_dtype)
 
     def standardized_kernel(self, inputs=None):
         """Returns the standardized kernel `w_hat` (variable dtype).
@@ -366,11 +419,30 @@ class WSConv2D(keras.layers.Conv2D):
         gain = ops.copy(self.gain)
         if inputs is not None:
             gain = gain + ops.cast(_data_dependent_zero(inputs), gain.dtype)
-        return standardize_weight(ops.copy(self.kernel), gain, self.eps)
+        return standardize_weight(ops.copy(self.kernel), gain, self.eps,
+                                  eps_mode=self.eps_mode, gamma=self.gamma)
+
+    def _padded_shape(self, input_shape):
+        n, h, w, c = input_shape
+        ph, pw = self._pads
+        return (n, None if h is None else h + 2 * ph,
+                None if w is None else w + 2 * pw, c)
+
+    def build(self, input_shape):
+        super().build(self._padded_shape(input_shape))
+        self.gain = self.add_weight(
+            name="gain", shape=(self.filters,), initializer="ones",
+            trainable=True, dtype=self.variable_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._padded_shape(input_shape))
 
     def call(self, inputs):
         w = ops.cast(self.standardized_kernel(inputs), self.compute_dtype)
         x = ops.cast(inputs, self.compute_dtype)
+        if any(self._pads):
+            ph, pw = self._pads
+            x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         if self.groups > 1 and grouped_conv_mode() == "split":
             xs = ops.split(x, self.groups, axis=-1)
             ws = ops.split(w, self.groups, axis=-1)
@@ -396,6 +468,12 @@ class WSConv2D(keras.layers.Conv2D):
         config = super().get_config()
         config.pop("use_bias", None)
         config["eps"] = self.eps
+        if self.symmetric_padding:
+            config["padding"] = "symmetric"
+        if self.eps_mode != "floor":
+            config["eps_mode"] = self.eps_mode
+        if self.gamma != 1.0:
+            config["gamma"] = self.gamma
         return config
 
 
@@ -447,6 +525,91 @@ class SqueezeExcite(keras.layers.Layer):
         return {**super().get_config(), "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "se_ratio": self.se_ratio,
                 "hidden_channels": self.hidden_channels}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EfficientChannelAttention(keras.layers.Layer):
+    """Efficient channel attention (ECA-Net, Wang et al. 2020), as timm's
+    `EcaModule`: the spatial mean of each channel, a 1D convolution across
+    channels (no bias, zero padding), then a sigmoid. Returns the gate of
+    shape `(batch, 1, 1, channels)`; blocks use `2 * gate * x` (timm's
+    `attn_gain`).
+
+    The kernel size follows the paper from the channel count:
+    `t = int(|log2(channels) + 1| / 2)`, the next odd number, at least 3
+    (5 for 256 to 2048 channels).
+
+    Example:
+    >>> eca = EfficientChannelAttention(256)
+    >>> gate = eca(keras.random.normal((2, 8, 8, 256)))  # (2, 1, 1, 256)
+    """
+
+    def __init__(self, channels, kernel_size=None, **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size is None:
+            t = int(abs(math.log(channels, 2) + 1) / 2)
+            kernel_size = max(t if t % 2 else t + 1, 3)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"ECA kernel_size must be odd, got {kernel_size}")
+        self.channels, self.kernel_size = channels, kernel_size
+        self.in_channels = self.out_channels = channels
+
+    def build(self, input_shape):
+        # (width, in, out) as a Conv1D kernel; PyTorch's default Conv1d
+        # initialisation (uniform, bound 1/sqrt(fan_in)).
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.kernel_size, 1, 1),
+            initializer=keras.initializers.VarianceScaling(
+                1.0 / 3.0, "fan_in", "uniform"), trainable=True)
+
+    def call(self, x):
+        y = ops.mean(x, axis=(1, 2))[:, :, None]  # (batch, channels, 1)
+        y = ops.conv(y, ops.cast(self.kernel, y.dtype), padding="same")
+        return ops.sigmoid(y[:, :, 0])[:, None, None, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, 1, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels,
+                "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SymmetricMaxPooling2D(keras.layers.Layer):
+    """PyTorch's `MaxPool2d(pool_size, strides, padding)`: `padding` rows
+    and columns of -inf on every side, then a "valid" max pool (timm's
+    NF-ResNet stem). Keras' "same" pads only the bottom/right for an even
+    input, which selects different windows.
+
+    Example:
+    >>> pool = SymmetricMaxPooling2D(3, 2, 1)
+    >>> y = pool(keras.random.normal((1, 32, 32, 8)))  # (1, 16, 16, 8)
+    """
+
+    def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size, self.strides, self.padding = pool_size, strides, padding
+
+    def call(self, x):
+        p = self.padding
+        x = ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)),
+                    constant_values=float("-inf"))
+        return ops.max_pool(x, self.pool_size, strides=self.strides,
+                            padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+
+        def size(d):
+            return (None if d is None else
+                    (d + 2 * self.padding - self.pool_size) // self.strides
+                    + 1)
+        return (n, size(h), size(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size,
+                "strides": self.strides, "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -534,6 +697,16 @@ class NFBlock(keras.layers.Layer):
     strided_shortcut=True, activation="relu"`. NF-RegNet: `expansion=2.25,
     big_width=False, group_width=8, use_two_convs=False,
     se_position="bottleneck", activation="silu"`.
+
+    timm's blocks add: `attention="eca"` (`EfficientChannelAttention`, a
+    sub-layer named `eca`, instead of squeeze-excite), `se_divisor` (the
+    SE hidden width rounded as timm's `make_divisible(., se_divisor,
+    round_limit=0)`), `width_divisor` (the bottleneck width rounded as
+    timm's `make_divisible`, then to the group width),
+    `skip_gain=False` (no skip-gain weight: the branch is not scaled),
+    and `conv_options` / `activation_options`: keyword arguments of every
+    `WSConv2D` and of `scaled_activation` (the numerics: see
+    `keras_nfnets.variants.Numerics`).
     """
 
     def __init__(self, in_channels, out_channels, expansion=0.5, se_ratio=0.5,
@@ -541,8 +714,17 @@ class NFBlock(keras.layers.Layer):
                  alpha=0.2, activation="gelu", big_width=True,
                  use_two_convs=True, stochdepth_rate=None, seed=None,
                  se_position="output", strided_shortcut=False,
-                 remat=False, **kwargs):
+                 remat=False, attention="se", se_divisor=None,
+                 width_divisor=None, skip_gain=True, conv_options=None,
+                 activation_options=None, **kwargs):
         super().__init__(**kwargs)
+        if attention not in ("se", "eca"):
+            raise ValueError(
+                f"attention must be 'se' or 'eca', got {attention!r}")
+        self.attention, self.se_divisor = attention, se_divisor
+        self.width_divisor, self.use_skip_gain = width_divisor, bool(skip_gain)
+        self.conv_options = dict(conv_options or {})
+        self.activation_options = dict(activation_options or {})
         self.remat = check_remat(remat)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.expansion, self.se_ratio = expansion, se_ratio
@@ -557,10 +739,22 @@ class NFBlock(keras.layers.Layer):
                 f"{se_position!r}")
         self.se_position = se_position
         self.strided_shortcut = bool(strided_shortcut)
-        self._act = scaled_activation(activation)
+        self._act = scaled_activation(activation, **self.activation_options)
 
         width = int((out_channels if big_width else in_channels) * expansion)
-        if group_width is None:  # dense convolutions, width as computed
+        if width_divisor:  # timm: rounded, then a multiple of the groups
+            width = make_divisible(
+                (out_channels if big_width else in_channels) * expansion,
+                width_divisor)
+            self.groups = 1 if group_width is None else width // group_width
+            if group_width and group_width % width_divisor == 0:
+                width = group_width * self.groups
+            self.width = width
+            if self.groups < 1:
+                raise ValueError(
+                    f"Block {self.name}: bottleneck width {width} is smaller "
+                    f"than group_width {group_width}.")
+        elif group_width is None:  # dense convolutions, width as computed
             self.groups, self.width = 1, width
         else:
             self.groups = width // group_width
@@ -573,7 +767,7 @@ class NFBlock(keras.layers.Layer):
 
         def conv(filters, k, name, strides=1, groups=1):
             return WSConv2D(filters, k, strides=strides, groups=groups,
-                            name=name, dtype=policy)
+                            name=name, dtype=policy, **self.conv_options)
 
         self.conv0 = conv(self.width, 1, "conv0")
         self.conv1 = conv(self.width, kernel_size, "conv1", strides=strides,
@@ -588,9 +782,17 @@ class NFBlock(keras.layers.Layer):
             if self.use_projection else None)
         se_channels = (self.width if se_position == "bottleneck"
                        else out_channels)
-        self.se = (SqueezeExcite(se_channels, se_channels, se_ratio,
-                                 name="squeeze_excite", dtype=policy)
-                   if se_position is not None else None)
+        hidden = (make_divisible(se_channels * se_ratio, se_divisor,
+                                 round_limit=0.0) if se_divisor else None)
+        if se_position is None:
+            self.se = None
+        elif attention == "eca":
+            self.se = EfficientChannelAttention(se_channels, name="eca",
+                                                dtype=policy)
+        else:
+            self.se = SqueezeExcite(se_channels, se_channels, se_ratio,
+                                    hidden_channels=hidden,
+                                    name="squeeze_excite", dtype=policy)
         self.has_stochdepth = (stochdepth_rate is not None
                                and 0.0 < stochdepth_rate < 1.0)
         self.stoch_depth = (StochasticDepth(stochdepth_rate, seed=seed,
@@ -602,7 +804,8 @@ class NFBlock(keras.layers.Layer):
         subs = {"conv0": self.conv0, "conv1": self.conv1,
                 "conv1b": self.conv1b, "conv2": self.conv2,
                 "conv_shortcut": self.conv_shortcut,
-                "squeeze_excite": self.se}
+                ("eca" if self.attention == "eca" else "squeeze_excite"):
+                self.se}
         return {k: v for k, v in subs.items() if v is not None}
 
     def build(self, input_shape):
@@ -622,8 +825,10 @@ class NFBlock(keras.layers.Layer):
             self.se.build((n, oh, ow, self.se.in_channels))
         if self.stoch_depth is not None:
             self.stoch_depth.build((n, oh, ow, self.out_channels))
-        self.skip_gain = self.add_weight(name="skip_gain", shape=(),
-                                         initializer="zeros", trainable=True)
+        if self.use_skip_gain:
+            self.skip_gain = self.add_weight(
+                name="skip_gain", shape=(), initializer="zeros",
+                trainable=True)
 
     def _residual_branch(self, out):
         """conv0 -> act -> conv1 -> [SE] -> act -> conv1b -> act -> conv2
@@ -674,7 +879,8 @@ class NFBlock(keras.layers.Layer):
                                             axis=(0, 1, 2))))
         if mask is not None:
             out = self.stoch_depth.apply_mask(out, mask)
-        out = out * ops.cast(self.skip_gain, out.dtype)
+        if self.use_skip_gain:
+            out = out * ops.cast(self.skip_gain, out.dtype)
         return out * ops.cast(self.alpha, out.dtype) + shortcut
 
     def call(self, x, training=False):
@@ -700,4 +906,9 @@ class NFBlock(keras.layers.Layer):
                 "stochdepth_rate": self.stochdepth_rate, "seed": self.seed,
                 "se_position": self.se_position,
                 "strided_shortcut": self.strided_shortcut,
-                "remat": self.remat}
+                "remat": self.remat, "attention": self.attention,
+                "se_divisor": self.se_divisor,
+                "width_divisor": self.width_divisor,
+                "skip_gain": self.use_skip_gain,
+                "conv_options": self.conv_options,
+                "activation_options": self.activation_options}

@@ -78,7 +78,7 @@ def test_f7_and_plus_variants_build():
 
 def test_variant_table():
     table = variants.NFNET_VARIANTS
-    assert len(table) == 16
+    assert len(table) == 21  # F0-F7, F0+-F7+ and timm's L0, ECA-L0-L3
     f3 = table["F3"]
     assert f3.depth == (4, 8, 24, 12) and f3.train_imsize == 320
     assert f3.RA_level == "415" and f3.drop_rate == 0.4
@@ -86,7 +86,7 @@ def test_variant_table():
 
 
 def test_constructors_have_docstrings_and_defaults():
-    for v in variants.NFNET_VARIANTS:
+    for v in [v for v in variants.NFNET_VARIANTS if v.startswith("F")]:
         fn = getattr(keras_nfnets, "NFNet" + v.replace("+", "Plus"))
         assert fn.__name__ == "NFNet" + v.replace("+", "Plus")
         assert "include_top" in fn.__doc__ and "Example" in fn.__doc__

@@ -124,7 +124,8 @@ def test_family_argument_errors():
 
 
 def test_variant_tables():
-    assert sorted(variants.NF_REGNET_VARIANTS) == [f"B{i}" for i in range(9)]
+    assert sorted(k for k in variants.NF_REGNET_VARIANTS
+                  if not k.endswith("-timm")) == [f"B{i}" for i in range(9)]
     assert variants.NF_REGNET_VARIANTS["B8"].stage_widths == (78, 174, 342,
                                                               726)
     assert variants.NF_RESNET_VARIANTS["ResNet200"].depth == (3, 24, 36, 3)

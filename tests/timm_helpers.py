@@ -1,0 +1,52 @@
+"""Runs `timm_reference.py` in a subprocess and reads what it wrote."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = pathlib.Path(__file__).with_name("timm_reference.py")
+
+
+def timm_references(out_dir, specs, timeout=1200):
+    """`{key: {"inputs", "logits", "params", "path"}}` for `specs` (see
+    timm_reference.py), built by timm in a fresh process. Skips without
+    timm, torch or safetensors."""
+    for module in ("timm", "torch", "safetensors"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (test extras)")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out_dir), json.dumps(specs)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    refs = {}
+    for spec in specs:
+        with np.load(out_dir / (spec["key"] + ".npz")) as data:
+            ref = {k: data[k] for k in data.files}
+        ref["params"] = int(ref["params"])
+        ref["path"] = out_dir / (spec["key"] + ".safetensors")
+        refs[spec["key"]] = ref
+    return refs
+
+
+def timm_pretrained_cfgs(names, timeout=600):
+    """`{name: timm's pretrained_cfg as a dict}`, read in a fresh process."""
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (test extras)")
+    code = ("import json, sys, timm\n"
+            "print(json.dumps({n: timm.models.get_pretrained_cfg(n).to_dict()"
+            " for n in sys.argv[1:]}))")
+    proc = subprocess.run([sys.executable, "-c", code, *names],
+                          capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
