@@ -11,6 +11,7 @@ makes the checkpoint mapping a rule.
 
 import keras
 
+from keras_nfnets import features as nf_features
 from keras_nfnets import layers as nf_layers
 from keras_nfnets import variants
 from keras_nfnets.model import NFNetModel
@@ -153,11 +154,13 @@ def _preprocessing(channels):
         mean=list(mean), variance=[s * s for s in std], name="preprocessing")
 
 
+@nf_features.data_format_boundary
 def build_nfnet(config, *, include_top=True, input_tensor=None,
                 input_shape=None, pooling=None, classes=1000,
                 classifier_activation="softmax", include_preprocessing=True,
                 drop_rate=None, stochdepth_rate=None, activation=None,
-                seed=None, remat="auto", name="nfnet"):
+                seed=None, remat="auto", feature_extractor=False,
+                name="nfnet"):
     """Builds a `keras.Model` from an `NFNetConfig`, `NFResNetConfig` or
     `NFRegNetConfig` (no weights).
 
@@ -185,6 +188,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
         return nf_layers.ScaledActivation(activation, name=name)
 
     arch = architecture(config, stochdepth_rate)
+    pyramid = nf_features.Pyramid()
     for kind, layer_name, *args in arch["stem"]:
         if kind == "conv":
             filters, kernel, stride = args
@@ -196,6 +200,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
             size, stride = args
             x = keras.layers.MaxPooling2D(size, strides=stride,
                                           padding="same", name=layer_name)(x)
+        pyramid.add(x, nf_features.stem_stride(kind, args))
 
     for i, block in enumerate(arch["blocks"]):
         block.pop("stage")
@@ -203,12 +208,16 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
             **{**arch["block_kwargs"], **block}, alpha=config.alpha,
             activation=activation, seed=None if seed is None else seed + i,
             remat=remat, name=block_name(i, arch["block_prefix"]))(x)
+        pyramid.add(x, block["strides"])
 
     if arch["final_conv"] is not None:
         x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv")(x)
     x = act("final_act")(x)
+    pyramid.add(x)
 
-    if include_top:
+    if feature_extractor:
+        x = pyramid.outputs
+    elif include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if drop_rate > 0:
             x = keras.layers.Dropout(drop_rate, seed=seed,
