@@ -97,4 +97,15 @@ def fold_weight_standardization(model):
         if isinstance(layer, nf_layers.ScaledActivation):
             layer._fn = nf_layers.scaled_activation(  # pylint: disable=protected-access
                 layer.activation, lean_gradient=False)
+    # One call on a small batch: exporters expect a model that has run
+    # (and it checks the folded graph end to end).
+    folded(_probe_inputs(folded), training=False)
     return folded
+
+
+def _probe_inputs(model):
+    def probe(tensor):
+        shape = [1] + [32 if d is None else d for d in tensor.shape[1:]]
+        return ops.zeros(shape, tensor.dtype)
+    return (probe(model.inputs[0]) if len(model.inputs) == 1
+            else [probe(t) for t in model.inputs])
