@@ -25,9 +25,58 @@ serving.export("nfnet_f0.tflite", format="litert")
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_nfnets import layers as nf_layers
+
+
+@keras.saving.register_keras_serializable(package="keras_nfnets")
+class InputNormalization(keras.layers.Layer):
+    """`(x - mean) / max(sqrt(variance), epsilon)` over the last axis, as
+    `keras.layers.Normalization` with a given mean and variance, but with
+    the statistics as constants of the traced graph.
+
+    `fold_weight_standardization` puts it in place of the models'
+    `preprocessing` layer: Keras's `Normalization` keeps them as tensors
+    that a traced function captures, and the ONNX export then turns them
+    into two extra graph inputs (`preprocessing/Sub/y:0`, `.../Sqrt/x:0`)
+    that onnxruntime demands from the caller.
+    """
+
+    def __init__(self, mean, variance, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.variance = [float(v) for v in variance]
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        variance = ops.convert_to_tensor(self.variance,
+                                         dtype=self.compute_dtype)
+        return (x - mean) / ops.maximum(ops.sqrt(variance),
+                                        keras.backend.epsilon())
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean,
+                "variance": self.variance}
+
+
+def _clone_layer(layer):
+    if isinstance(layer, keras.layers.Normalization):
+        config = layer.get_config()
+        if (config.get("mean") is not None and not config.get("invert")
+                and config.get("axis") in (-1, (-1,), [-1])):
+            mean = np.broadcast_to(np.asarray(config["mean"], "float64"),
+                                   (layer.input.shape[-1],))
+            variance = np.broadcast_to(
+                np.asarray(config["variance"], "float64"), mean.shape)
+            return InputNormalization(mean, variance, name=layer.name,
+                                      dtype=layer.dtype_policy)
+    return layer.__class__.from_config(layer.get_config())
 
 
 def _sublayers(model):
@@ -55,7 +104,10 @@ def fold_weight_standardization(model):
     standardizing `w_hat` gives `w_hat` back, so even a reload of a saved
     copy (where the fold flag is not kept) computes the same numbers.
     Activations use their plain (not custom-gradient) form and blocks do
-    not rematerialize. `model` itself is not changed.
+    not rematerialize. The input normalization (`include_preprocessing`)
+    becomes an `InputNormalization` layer with the same formula, whose
+    statistics are graph constants (ONNX export needs that). `model`
+    itself is not changed.
 
     The copy is for inference and export: its outputs equal `model`'s to
     float rounding (same kernels, same convolutions). Do not train it (the
@@ -80,8 +132,10 @@ def fold_weight_standardization(model):
         raise TypeError(
             f"fold_weight_standardization expects a keras.Model, got "
             f"{type(model).__name__}.")
-    folded = keras.models.clone_model(model)
-    folded.set_weights(model.get_weights())
+    folded = keras.models.clone_model(model, clone_function=_clone_layer)
+    for layer in model.layers:
+        if layer.weights:
+            folded.get_layer(layer.name).set_weights(layer.get_weights())
     for layer in _sublayers(folded):
         if isinstance(layer, nf_layers.WSConv2D) and not layer.folded:
             w_hat = layer.standardized_kernel()
