@@ -7,6 +7,7 @@ machine is shared and noisy: compare numbers only within one run.
     python benchmarks/benchmark.py                       # F0 defaults, table
     python benchmarks/benchmark.py --variant F0 --rounds 3 --out bench.json
     python benchmarks/benchmark.py --child train --variant F0 --batch 8 --size 192
+    python benchmarks/benchmark.py --serving --out serving.json  # see below
 
 Measured per configuration:
   * training images/s: a full `train_on_batch` step (the same compiled
@@ -19,6 +20,13 @@ Measured per configuration:
   * this machine's fp32 matmul rate (GFLOP/s, measured in the same process)
     and the model-FLOP utilisation it implies (training counts 3x the
     forward FLOPs).
+
+`--serving` measures CPU inference instead, at batch 1 and 8 (`--batches`),
+one fresh process per runtime: the Keras model as built (`keras`), its
+`fold_weight_standardization` copy (`keras_folded`), and that copy exported
+(dynamic batch) and run by `tf.saved_model.load` (`saved_model`),
+onnxruntime (`onnx`) and the LiteRT interpreter (`litert`), with the
+export time of each artefact.
 """
 
 import argparse
@@ -125,6 +133,134 @@ def run_child(args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
+SERVING_RUNTIMES = ("keras", "keras_folded", "saved_model", "onnx", "litert")
+
+
+def run_serving_child(args):
+    """CPU inference of one runtime at each batch size; a JSON line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tempfile
+    import numpy as np
+    import keras
+    import keras_nfnets
+    runtime = args.runtime
+    size = args.size
+    model = keras_nfnets.NFNet(args.variant, weights=None,
+                               input_shape=(size, size, 3))
+    result = dict(backend=keras.backend.backend(), variant=args.variant,
+                  mode="serve", runtime=runtime, size=size,
+                  grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
+                  threads=os.cpu_count())
+    if runtime != "keras":
+        t = time.perf_counter()
+        model = keras_nfnets.fold_weight_standardization(model)
+        result["fold_s"] = time.perf_counter() - t
+    tmp = tempfile.mkdtemp()
+    if runtime in ("saved_model", "onnx", "litert"):
+        fmt, name = {"saved_model": ("tf_saved_model", "sm"),
+                     "onnx": ("onnx", "m.onnx"),
+                     "litert": ("litert", "m.tflite")}[runtime]
+        path = os.path.join(tmp, name)
+        t = time.perf_counter()
+        model.export(path, format=fmt, verbose=False)
+        result["export_s"] = time.perf_counter() - t
+    if runtime in ("keras", "keras_folded"):
+        def make(x):
+            return lambda: model.predict_on_batch(x)
+    elif runtime == "saved_model":
+        import tensorflow as tf
+        served = tf.saved_model.load(path)
+
+        def make(x):
+            x = tf.constant(x)
+            return lambda: served.serve(x).numpy()
+    elif runtime == "onnx":
+        import onnxruntime as ort
+        session = ort.InferenceSession(path,
+                                       providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def make(x):
+            return lambda: session.run(None, {name: x})
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_path=path,
+                                  num_threads=os.cpu_count())
+        inp = interpreter.get_input_details()[0]
+        out = interpreter.get_output_details()[0]
+
+        def make(x):
+            interpreter.resize_tensor_input(inp["index"], x.shape)
+            interpreter.allocate_tensors()
+
+            def step():
+                interpreter.set_tensor(inp["index"], x)
+                interpreter.invoke()
+                return interpreter.get_tensor(out["index"])
+            return step
+    rng = np.random.default_rng(0)
+    result["batches"] = {}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+        step = make(x)
+        times = []
+        for _ in range(args.warmup + args.steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        measured = times[args.warmup:]
+        result["batches"][str(batch)] = dict(
+            step_times_s=[round(v, 4) for v in measured],
+            images_per_s=batch / statistics.median(measured),
+            ms_per_batch=1000 * statistics.median(measured))
+    result["peak_rss_gb"] = _peak_rss_gb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def serving_main(args):
+    import keras_nfnets.variants as variants
+    size = args.infer_size or variants.get_config(args.variant).test_imsize
+    results = dict(
+        note=args.note, variant=args.variant, size=size,
+        batches=args.batches, steps=args.steps, warmup=args.warmup,
+        command="nice -n 10 python benchmarks/benchmark.py --serving "
+                + " ".join(a for a in sys.argv[1:] if a != "--serving"),
+        runs=[])
+    for runtime in args.runtimes.split(","):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "serve",
+               "--runtime", runtime, "--variant", args.variant,
+               "--size", str(size), "--batches", args.batches,
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        res = next((json.loads(line[len("RESULT "):])
+                    for line in out.stdout.splitlines()
+                    if line.startswith("RESULT ")), None)
+        if res is None:
+            raise RuntimeError(f"serving child {runtime} failed:\n"
+                               f"{out.stderr[-3000:]}")
+        results["runs"].append(res)
+        print(f"{runtime:12s} " + "  ".join(
+            f"batch {b}: {v['images_per_s']:.2f} img/s "
+            f"({v['ms_per_batch']:.0f} ms)"
+            for b, v in res["batches"].items())
+            + (f"  export {res['export_s']:.0f} s" if "export_s" in res
+               else ""), flush=True)
+    print()
+    print("| runtime | " + " | ".join(
+        f"batch {b} img/s" for b in args.batches.split(","))
+        + " | export s |")
+    print("| --- " * (len(args.batches.split(",")) + 2) + "|")
+    for res in results["runs"]:
+        cells = [f"{v['images_per_s']:.2f}" for v in res["batches"].values()]
+        export = f"{res['export_s']:.0f}" if "export_s" in res else "-"
+        print(f"| {res['runtime']} | " + " | ".join(cells)
+              + f" | {export} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def _agc_kwargs(args):
     """AGC arguments for `NFNetModel.compile`, when the package has AGC."""
     import inspect
@@ -194,13 +330,28 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=None, help="write all results as JSON")
+    p.add_argument("--serving", action="store_true",
+                   help="CPU inference: Keras, folded, SavedModel, ONNX, "
+                        "LiteRT (see the module docstring)")
+    p.add_argument("--runtimes", default=",".join(SERVING_RUNTIMES))
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--note", default="",
+                   help="--serving: a note stored in the JSON")
     # child-only
-    p.add_argument("--child", choices=["train", "infer"], default=None)
+    p.add_argument("--child", choices=["train", "infer", "serve"],
+                   default=None)
     p.add_argument("--size", type=int, default=None)
+    p.add_argument("--runtime", choices=SERVING_RUNTIMES, default=None)
     args = p.parse_args(argv)
 
+    if args.child == "serve":
+        run_serving_child(args)
+        return
     if args.child:
         run_child(args)
+        return
+    if args.serving:
+        serving_main(args)
         return
 
     import keras_nfnets.variants as variants

@@ -9,8 +9,11 @@ import dataclasses
 import inspect
 import os
 
+import keras
+
 from keras_nfnets import agc
 from keras_nfnets import builder
+from keras_nfnets import features
 from keras_nfnets import presets
 from keras_nfnets import timm_weights
 from keras_nfnets import variants
@@ -72,7 +75,16 @@ Args:
         traced (the saved config keeps `"auto"`, so a model saved on CPU
         runs without remat on a GPU); `True`/`False` force it. Outputs and
         gradients are the same either way.
+    feature_extractor: `True` returns a backbone whose output is a dict of
+        feature maps keyed by stride, `"P1"` (stride 2) ... `"P5"` (stride
+        32, after `final_conv`), as keras-hub's `pyramid_outputs`; the
+        classifier is left out (`include_top`, `pooling` and `classes` do
+        not apply), any input size works. See `keras_nfnets.features`.
     name: the model name.
+
+Under `keras.config.image_data_format() == "channels_first"` the model
+takes `(channels, height, width)` input and returns NCHW maps, with the
+same numbers as channels_last.
 
 Returns:
     A `keras_nfnets.NFNetModel` (a functional `keras.Model`).
@@ -88,23 +100,37 @@ model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
 
 
 def _input_shape(input_shape, default_size, include_top):
+    channels_first = keras.config.image_data_format() == "channels_first"
     if input_shape is None:
-        return ((default_size, default_size, 3) if include_top
-                else (None, None, 3))
+        size = default_size if include_top else None
+        return (3, size, size) if channels_first else (size, size, 3)
     input_shape = tuple(input_shape)
+    layout = ("(channels, height, width)" if channels_first
+              else "(height, width, channels)")
     if len(input_shape) != 3:
         raise ValueError(
-            "`input_shape` must be (height, width, channels), got "
-            f"{input_shape}.")
-    h, w, c = input_shape
+            f"`input_shape` must be {layout}, got {input_shape}.")
+    if channels_first:
+        c, h, w = input_shape
+        if w is not None and 0 < w <= 4 and (c is None or c > 4):
+            raise ValueError(
+                f"`input_shape` {input_shape} looks channels_last, but "
+                "keras.config.image_data_format() is 'channels_first', so "
+                f"it is read as {layout}. Pass (channels, height, width), "
+                "e.g. (3, 224, 224), or call keras.config."
+                "set_image_data_format('channels_last').")
+    else:
+        h, w, c = input_shape
     if c is None or c < 1:
-        raise ValueError(f"`input_shape` needs a channel count, got {c}.")
+        raise ValueError(f"`input_shape` {input_shape} ({layout}) needs a "
+                         f"channel count, got {c}.")
     for size in (h, w):
         if size is not None and size < 16:
             raise ValueError(
-                f"`input_shape` {input_shape}: height and width must be at "
-                "least 16 (the network downsamples by 32; 16 gives a 1x1 "
-                "final map).")
+                f"`input_shape` {input_shape} ({layout}, image data format "
+                f"{keras.config.image_data_format()!r}): height and width "
+                "must be at least 16 (the network downsamples by 32; 16 "
+                "gives a 1x1 final map).")
     return input_shape
 
 
@@ -170,6 +196,13 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
                 include_preprocessing, name, **nfnet_kwargs):
     """Argument checks, `builder.build_nfnet`, then the weights: shared by
     every family."""
+    if nfnet_kwargs.get("feature_extractor"):
+        if pooling is not None:
+            raise ValueError(
+                "`pooling` does not apply with `feature_extractor=True` "
+                "(the output is a dict of 4D feature maps). Received: "
+                f"pooling={pooling!r}")
+        include_top = False
     _validate(weights, include_top, classes, classifier_activation, pooling)
     timm_imagenet = weights == "imagenet" and variant in presets.TIMM_IMAGENET
     if weights == "imagenet" and not timm_imagenet:
@@ -228,7 +261,7 @@ def _constructor(variant):
     fname = "NFNet" + variant.replace("+", "Plus")
     return _thin_constructor(NFNet, variant, fname, BASE_DOCSTRING.format(
         name=fname, test_imsize=cfg.test_imsize,
-        train_imsize=cfg.train_imsize))
+        train_imsize=cfg.train_imsize) + features.feature_docstring(cfg))
 
 
 NFNetF0 = _constructor("F0")
@@ -355,8 +388,9 @@ Args:
         `keras_nfnets.NFNetF0` (Keras Applications conventions). `weights`
         is `None` or the path of a DeepMind `*_haiku.npz` checkpoint or a
         Keras `.weights.h5` file; `"imagenet"` is not available.
-    drop_rate, stochdepth_rate, activation, seed, remat: as for the
-        NFNets.
+    drop_rate, stochdepth_rate, activation, seed, remat,
+        feature_extractor: as for the NFNets (`feature_extractor=True`:
+        a dict of stride-keyed feature maps `"P1"` ... `"P5"`).
     **config_overrides: fields of `{config_cls}` to change, e.g.
         {override_example}.
 
@@ -481,7 +515,7 @@ def _family_constructor(family, variant, fname):
              else variants.NF_REGNET_VARIANTS)
     return _thin_constructor(family, variant, fname, FAMILY_DOCSTRING.format(
         name=fname, test_imsize=table[variant].test_imsize,
-        **_FAMILY_DOCS[family]))
+        **_FAMILY_DOCS[family]) + features.feature_docstring(table[variant]))
 
 
 NFResNet50 = _family_constructor(NFResNet, "ResNet50", "NFResNet50")

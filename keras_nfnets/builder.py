@@ -11,6 +11,7 @@ makes the checkpoint mapping a rule.
 
 import keras
 
+from keras_nfnets import features as nf_features
 from keras_nfnets import layers as nf_layers
 from keras_nfnets import variants
 from keras_nfnets.model import NFNetModel
@@ -172,11 +173,13 @@ def _head_dtype():
                                                  "bfloat16") else None
 
 
+@nf_features.data_format_boundary
 def build_nfnet(config, *, include_top=True, input_tensor=None,
                 input_shape=None, pooling=None, classes=1000,
                 classifier_activation="softmax", include_preprocessing=True,
                 drop_rate=None, stochdepth_rate=None, activation=None,
-                seed=None, remat="auto", name="nfnet"):
+                seed=None, remat="auto", feature_extractor=False,
+                name="nfnet"):
     """Builds a `keras.Model` from an `NFNetConfig`, `NFResNetConfig` or
     `NFRegNetConfig` (no weights).
 
@@ -207,6 +210,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
                                           **act_options)
 
     arch = architecture(config, stochdepth_rate)
+    pyramid = nf_features.Pyramid()
     for kind, layer_name, *args in arch["stem"]:
         if kind == "conv":
             filters, kernel, stride = args
@@ -222,6 +226,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
             size, stride = args
             x = keras.layers.MaxPooling2D(size, strides=stride,
                                           padding="same", name=layer_name)(x)
+        pyramid.add(x, nf_features.stem_stride(kind, args))
 
     for i, block in enumerate(arch["blocks"]):
         block.pop("stage")
@@ -231,13 +236,17 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
             activation_options=act_options,
             seed=None if seed is None else seed + i,
             remat=remat, name=block_name(i, arch["block_prefix"]))(x)
+        pyramid.add(x, block["strides"])
 
     if arch["final_conv"] is not None:
         x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv",
                                **conv_options)(x)
     x = act("final_act")(x)
+    pyramid.add(x)
 
-    if include_top:
+    if feature_extractor:
+        x = pyramid.outputs
+    elif include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if drop_rate > 0:
             x = keras.layers.Dropout(drop_rate, seed=seed,

@@ -437,8 +437,13 @@ class WSConv2D(keras.layers.Conv2D):
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(self._padded_shape(input_shape))
 
+    # Set by `keras_nfnets.fold_weight_standardization` on its inference
+    # copy, whose `kernel` already holds the standardized kernel.
+    folded = False
+
     def call(self, inputs):
-        w = ops.cast(self.standardized_kernel(inputs), self.compute_dtype)
+        w = ops.cast(self.kernel if self.folded
+                     else self.standardized_kernel(inputs), self.compute_dtype)
         x = ops.cast(inputs, self.compute_dtype)
         if any(self._pads):
             ph, pw = self._pads
@@ -767,7 +772,8 @@ class NFBlock(keras.layers.Layer):
 
         def conv(filters, k, name, strides=1, groups=1):
             return WSConv2D(filters, k, strides=strides, groups=groups,
-                            name=name, dtype=policy, **self.conv_options)
+                            data_format="channels_last", name=name,
+                            dtype=policy, **self.conv_options)
 
         self.conv0 = conv(self.width, 1, "conv0")
         self.conv1 = conv(self.width, kernel_size, "conv1", strides=strides,
@@ -868,7 +874,8 @@ class NFBlock(keras.layers.Layer):
         shortcut = out
         if self.strides > 1 and not self.strided_shortcut:
             shortcut = ops.average_pool(shortcut, pool_size=2, strides=2,
-                                        padding="same")
+                                        padding="same",
+                                        data_format="channels_last")
         if self.use_projection:
             shortcut = self.conv_shortcut(shortcut)
         else:

@@ -1,0 +1,212 @@
+"""`model.export` to SavedModel, ONNX and LiteRT, and
+`fold_weight_standardization`: the artefacts, run by their own runtimes
+(`tf.saved_model.load`, onnxruntime, the LiteRT interpreter), give the Keras
+model's outputs and DeepMind's reference numbers."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import keras
+
+import keras_nfnets
+from keras_nfnets import builder, layers as nf_layers
+
+from conftest import deepmind_fixture, fixture_path, relative_error
+
+FORMATS = ("tf_saved_model", "onnx", "litert")
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="SavedModel/ONNX/LiteRT export is tested on the TensorFlow backend")
+
+
+@pytest.fixture(autouse=True)
+def _free_models():
+    yield
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def _path(tmp_path, fmt):
+    return str(tmp_path / {"tf_saved_model": "saved_model", "onnx": "m.onnx",
+                           "litert": "m.tflite"}[fmt])
+
+
+def run_artefact(fmt, path, x):
+    """Runs an exported model with its own runtime; returns a list of
+    arrays (one per output)."""
+    x = np.asarray(x, "float32")
+    if fmt == "tf_saved_model":
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        loaded = tf.saved_model.load(path)  # keep it alive while it runs
+        out = loaded.serve(tf.constant(x))
+        out = list(out.values()) if isinstance(out, dict) else [out]
+        return [np.asarray(o) for o in out]
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(path,
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(model_path=path)
+    inp = interpreter.get_input_details()[0]
+    if tuple(inp["shape"]) != x.shape:
+        interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"])
+            for d in interpreter.get_output_details()]
+
+
+def _by_shape(outputs):
+    return {tuple(o.shape): o for o in outputs}
+
+
+def tiny_nfnet(**kwargs):
+    args = dict(config=str(fixture_path("nfnet_tiny_config.json")),
+                weights=str(fixture_path("nfnet_tiny_haiku.npz")), classes=10,
+                input_shape=(40, 40, 3), classifier_activation=None,
+                include_preprocessing=False)
+    args.update(kwargs)
+    return keras_nfnets.NFNet(**args)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_folded_tiny_nfnet_dynamic_batch(fmt, tmp_path):
+    """The recommended path: fold, export with a dynamic batch, run at two
+    batch sizes: DeepMind's logits and the Keras model's."""
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet()
+    serving = keras_nfnets.fold_weight_standardization(model)
+    path = _path(tmp_path, fmt)
+    serving.export(path, format=fmt, verbose=False)
+    x2 = ref["inputs"]
+    x3 = np.concatenate([x2, x2[::-1], x2[:1]])[:3] * 0.5
+    for x in (x2, x3):
+        (got,) = run_artefact(fmt, path, x)
+        expected = np.asarray(model(x, training=False))
+        assert got.shape == expected.shape == (len(x), 10)
+        assert np.max(np.abs(got - expected)) < 1e-4
+    (got,) = run_artefact(fmt, path, x2)
+    assert relative_error(got, ref["logits"]) < 1e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unfolded_tiny_nfnet_fixed_batch(fmt, tmp_path):
+    """`model.export` on the training model itself, at a fixed batch size."""
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet(classifier_activation="softmax")
+    path = _path(tmp_path, fmt)
+    model.export(path, format=fmt, verbose=False,
+                 input_signature=[keras.InputSpec(shape=(2, 40, 40, 3),
+                                                  dtype="float32")])
+    (got,) = run_artefact(fmt, path, ref["inputs"])
+    expected = np.asarray(model(ref["inputs"], training=False))
+    assert got.shape == (2, 10)
+    assert np.max(np.abs(got - expected)) < 1e-5  # probabilities
+    reference = keras.ops.convert_to_numpy(
+        keras.ops.softmax(ref["logits"], axis=-1))
+    assert np.max(np.abs(got - reference)) < 1e-5
+
+
+def _unnormalize(x):
+    return (x * np.array(builder.IMAGENET_STD, "float32")
+            + np.array(builder.IMAGENET_MEAN, "float32"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nf_resnet_headless_with_preprocessing(fmt, tmp_path):
+    """NF-ResNet-50 (DeepMind fixture), no top, pooled, with the model's
+    own 0-255 preprocessing, folded, dynamic batch."""
+    ref = deepmind_fixture("nf_resnet50_w1_reference.npz")
+    model = keras_nfnets.NFResNet50(
+        weights=str(fixture_path("nf_resnet50_w1_haiku.npz")), width=1,
+        include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    path = _path(tmp_path, fmt)
+    keras_nfnets.fold_weight_standardization(model).export(
+        path, format=fmt, verbose=False)
+    x = _unnormalize(ref["inputs"])  # 4 images, 0-255
+    for batch in (x, x[:1]):
+        (got,) = run_artefact(fmt, path, batch)
+        expected = np.asarray(model(batch, training=False))
+        assert np.max(np.abs(got - expected)) < 1e-4 * np.abs(expected).max()
+    (got,) = run_artefact(fmt, path, x)
+    assert relative_error(got, ref["pool"]) < 1e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nf_regnet_feature_maps_fixed_batch(fmt, tmp_path):
+    """NF-RegNet-B0 (DeepMind fixture) as a backbone: the five feature maps
+    of `feature_extractor=True`, folded, exported at a fixed batch size."""
+    ref = deepmind_fixture("nf_regnet_b0_reference.npz")
+    model = keras_nfnets.NFRegNetB0(
+        weights=str(fixture_path("nf_regnet_b0_haiku.npz")),
+        feature_extractor=True, include_preprocessing=False)
+    path = _path(tmp_path, fmt)
+    keras_nfnets.fold_weight_standardization(model).export(
+        path, format=fmt, verbose=False,
+        input_signature=[keras.InputSpec(shape=(4, 64, 64, 3),
+                                         dtype="float32")])
+    got = _by_shape(run_artefact(fmt, path, ref["inputs"]))
+    expected = model(ref["inputs"], training=False)
+    assert len(got) == 5
+    for key, value in expected.items():
+        value = np.asarray(value)
+        diff = np.max(np.abs(got[value.shape] - value))
+        assert diff < 1e-4 * np.abs(value).max(), key
+    assert relative_error(got[(4, 2, 2, 960)].mean(axis=(1, 2)),
+                          ref["pool"]) < 1e-4
+
+
+def test_fold_gives_plain_kernels_and_the_same_numbers(tmp_path):
+    """Every WSConv2D of the copy holds the standardized kernel; the
+    original is untouched; the copy reloads (without the fold flag) to the
+    same numbers; the exported graph has no custom gradients."""
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet()
+    before = [np.array(v) for v in model.weights]
+    folded = keras_nfnets.fold_weight_standardization(model)
+    assert type(folded) is type(model)
+    for a, b in zip(model.weights, before):
+        np.testing.assert_array_equal(np.array(a), b)
+
+    def convs(m):
+        out = []
+        for layer in m.layers:
+            if isinstance(layer, nf_layers.WSConv2D):
+                out.append(layer)
+            if isinstance(layer, nf_layers.NFBlock):
+                out.extend(s for s in layer.named_sublayers().values()
+                           if isinstance(s, nf_layers.WSConv2D))
+        return out
+
+    pairs = list(zip(convs(model), convs(folded)))
+    assert len(pairs) == 33  # 4 stem, 6 blocks x 4, 4 shortcuts, final_conv
+    for original, copy in pairs:
+        assert copy.folded and not original.folded
+        np.testing.assert_allclose(np.array(copy.kernel),
+                                   np.array(original.standardized_kernel()),
+                                   atol=0, rtol=0)
+    x = ref["inputs"]
+    logits = np.asarray(folded(x, training=False))
+    np.testing.assert_allclose(logits, np.asarray(model(x, training=False)),
+                               atol=1e-6)
+    assert relative_error(logits, ref["logits"]) < 1e-4
+
+    folded.save(tmp_path / "folded.keras")
+    again = keras.saving.load_model(tmp_path / "folded.keras")
+    assert not any(c.folded for c in convs(again))
+    np.testing.assert_allclose(np.asarray(again(x, training=False)), logits,
+                               atol=1e-5)
+
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    graph = tf.function(lambda t: folded(t, training=False)).get_concrete_function(
+        tf.TensorSpec((None, 40, 40, 3), tf.float32)).graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {
+        n.op for f in graph.library.function for n in f.node_def}
+    assert "IdentityN" not in ops  # what tf.custom_gradient leaves
+    with pytest.raises(TypeError, match="keras.Model"):
+        keras_nfnets.fold_weight_standardization(object())
