@@ -523,7 +523,7 @@ def _KeepTrainingWeights(optimizer, active=True):  # pylint: disable=invalid-nam
 
 
 def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
-        callbacks, backup):
+        callbacks, backup, on_restored=None):
     """Runs (or resumes) training up to `total_steps`. Returns the History
     of the last fit call."""
     from . import data  # pylint: disable=import-outside-toplevel
@@ -532,6 +532,8 @@ def fit(model, strategy, source, plan, steps_per_epoch, epochs, total_steps,
         step = backup.restore(model)
     except checkpoint.BackupError as e:
         raise UsageError(str(e)) from e
+    if on_restored is not None:
+        on_restored()
     if step:
         logging.info("Resuming from the backup at step %d.", step)
         print(f"Resuming from step {step}/{total_steps}.", flush=True)
@@ -716,7 +718,10 @@ def run(argv=None):
     strategy_lib.fix_multi_worker_logs(model, strategy)
 
     tf.io.gfile.makedirs(model_dir)
-    if chief:
+    # Recorded on the first start; with --allow_changed_flags only once the
+    # backup was restored under the new values (a refused resume keeps the
+    # record of what the backup was written with).
+    if chief and not changed:
         write_resume_flags(model_dir, flag_values)
     backup = StepBackup(data.join(model_dir, "backup"),
                         save_freq=FLAGS.checkpoint_steps, write=chief)
@@ -730,7 +735,9 @@ def run(argv=None):
     start = time.time()
     with _naming_unreadable_images(source, source.train_split):
         fit(model, strategy, source, plan, steps_per_epoch, epochs,
-            total_steps, callbacks, backup)
+            total_steps, callbacks, backup, on_restored=(
+                (lambda: write_resume_flags(model_dir, flag_values))
+                if chief and changed else None))
     train_time = time.time() - start
 
     # The model now holds the EMA weights (Keras swaps them in after fit).
