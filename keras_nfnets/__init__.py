@@ -15,7 +15,8 @@ from keras_nfnets.applications import (NFRegNet, NFRegNetB0, NFRegNetB1,
 from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  StochasticDepth, WSConv2D,
                                  set_grouped_conv_mode)
-from keras_nfnets.agc import AGC, adaptive_clip_grads, unitwise_norm
+from keras_nfnets.agc import (AGC, AdaptiveOptimizerWarning, adaptive_clip_grads,
+                              unitwise_norm)
 from keras_nfnets.memory import use_lean_cpu_allocator
 from keras_nfnets.model import NFNetModel
 from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
