@@ -20,7 +20,8 @@ from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  set_grouped_conv_mode)
 from keras_nfnets.layers import (EfficientChannelAttention,
                                  SymmetricMaxPooling2D)
-from keras_nfnets.agc import AGC, adaptive_clip_grads, unitwise_norm
+from keras_nfnets.agc import (AGC, AdaptiveOptimizerWarning, adaptive_clip_grads,
+                              unitwise_norm)
 from keras_nfnets.memory import use_lean_cpu_allocator
 from keras_nfnets.export import fold_weight_standardization
 from keras_nfnets.features import pyramid_channels

@@ -250,6 +250,8 @@ def _derived_class(base):
         # Serialised as "keras_nfnets>AGC" (its from_config rebuilds it)...
         keras.saving.register_keras_serializable(_PACKAGE, "AGC")(derived)
         _DERIVED[base] = derived
+        # Importable by name (pickle, copy) unless another base took it.
+        globals().setdefault(derived.__name__, derived)
     # ... while that name keeps resolving to AGC itself.
     keras.saving.register_keras_serializable(_PACKAGE, "AGC")(AGC)
     return derived

@@ -86,7 +86,7 @@ def test_nfnet_optimizer_recipe_and_serialization():
     assert inner.nesterov and inner.momentum == 0.9
     assert inner.l2_weight_decay == 2e-5 and inner.use_ema
     assert inner.ema_momentum == 0.99999
-    schedule = inner.get_config()["learning_rate"]
+    schedule = inner.get_config()["optimizer"]["config"]["learning_rate"]
     schedule = keras.saving.deserialize_keras_object(schedule)
     assert schedule.base_learning_rate == pytest.approx(0.4)
     assert schedule.warmup_steps == 500 and schedule.total_steps == 1000
