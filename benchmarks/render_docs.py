@@ -108,7 +108,29 @@ def f0_backends(source="benchmarks/results_backends.json"):
     return "\n".join(lines + ["", _provenance(source)])
 
 
-TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends}
+def f0_serving(source="benchmarks/results_serving.json"):
+    """NFNet-F0 CPU inference per runtime: the Keras model, its folded copy
+    and the folded copy's exports (`benchmark.py --serving`)."""
+    data = _load(source)
+    sizes = sorted({int(b) for r in data["runs"] for b in r["batches"]})
+    lines = [f"| runtime (F0, {data['size']} px) | "
+             + " | ".join(f"batch {b} img/s" for b in sizes)
+             + " | export s | peak RSS GB |",
+             "| --- |" + " --- |" * (len(sizes) + 2)]
+    for run in data["runs"]:
+        name = run["runtime"]
+        if "export_s" in run:
+            name += " (folded)"
+        speeds = " | ".join(
+            f"{run['batches'][str(b)]['images_per_s']:.2f}" for b in sizes)
+        export = (f"{run['export_s']:.0f}" if "export_s" in run else "-")
+        lines.append(f"| {name} | {speeds} | {export} | "
+                     f"{run['peak_rss_gb']:.2f} |")
+    return "\n".join(lines + ["", _provenance(source)])
+
+
+TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
+          "f0_serving": f0_serving}
 
 
 def repository_slug():
