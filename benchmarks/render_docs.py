@@ -13,8 +13,14 @@ Nothing between the markers is edited by hand:
     python -m benchmarks.render_docs          # rewrite the blocks
     python -m benchmarks.render_docs --check  # exit 1 if one is stale
 
+The repository URL has one home, the comment on README.md's first line
+(`<!-- repository: https://github.com/OWNER/keras_nfnets ... -->`); the
+same run writes it into every GitHub and Colab link to the repository in
+README.md, docs/*.md and colab/*.ipynb (badges, install commands).
+
 `tests/test_docs.py` runs the check, and fails on a measured figure (img/s,
-GB, s/step) in README.md or docs/*.md outside a rendered block.
+GB, MB, s/step, s, min, %) in README.md or docs/*.md outside a rendered
+block.
 """
 
 import argparse
@@ -27,6 +33,15 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO))
                              for p in (REPO / "docs").glob("*.md"))]
+NOTEBOOKS = sorted(str(p.relative_to(REPO))
+                   for p in (REPO / "colab").glob("*.ipynb"))
+HOME = re.compile(r"<!-- repository: https://github\.com/"
+                  r"(?P<slug>[\w.-]+/[\w.-]+?)[\s)]")
+# A link to this repository: github.com/OWNER/keras_nfnets or Colab's
+# colab.research.google.com/github/OWNER/keras_nfnets.
+REPO_LINK = re.compile(r"(?P<host>(?<![\w.])github\.com/|"
+                       r"colab\.research\.google\.com/github/)"
+                       r"[\w.-]+/keras_nfnets\b")
 BLOCK = re.compile(r"(<!-- render:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
                    r"(<!-- /render:(?P=name) -->)", re.S)
 
@@ -93,11 +108,52 @@ def f0_backends(source="benchmarks/results_backends.json"):
     return "\n".join(lines + ["", _provenance(source)])
 
 
-TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends}
+def f0_serving(source="benchmarks/results_serving.json"):
+    """NFNet-F0 CPU inference per runtime: the Keras model, its folded copy
+    and the folded copy's exports (`benchmark.py --serving`)."""
+    data = _load(source)
+    sizes = sorted({int(b) for r in data["runs"] for b in r["batches"]})
+    lines = [f"| runtime (F0, {data['size']} px) | "
+             + " | ".join(f"batch {b} img/s" for b in sizes)
+             + " | export s | peak RSS GB |",
+             "| --- |" + " --- |" * (len(sizes) + 2)]
+    for run in data["runs"]:
+        name = run["runtime"]
+        if "export_s" in run:
+            name += " (folded)"
+        speeds = " | ".join(
+            f"{run['batches'][str(b)]['images_per_s']:.2f}" for b in sizes)
+        export = (f"{run['export_s']:.0f}" if "export_s" in run else "-")
+        lines.append(f"| {name} | {speeds} | {export} | "
+                     f"{run['peak_rss_gb']:.2f} |")
+    return "\n".join(lines + ["", _provenance(source)])
+
+
+TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
+          "f0_serving": f0_serving}
+
+
+def repository_slug():
+    """`OWNER/NAME` from the comment on README.md's first line."""
+    first = (REPO / "README.md").read_text().split("\n", 1)[0]
+    match = HOME.match(first + "\n")
+    if match is None:
+        raise ValueError("README.md's first line must be the comment "
+                         "`<!-- repository: https://github.com/OWNER/NAME "
+                         "... -->`, the one home of the repository URL")
+    return match.group("slug")
+
+
+def render_links(text, slug=None):
+    """`text` with every link to the repository pointing at `slug`."""
+    slug = slug or repository_slug()
+    return REPO_LINK.sub(lambda m: m.group("host") + slug, text)
 
 
 def render(text):
-    """`text` with every render block regenerated."""
+    """`text` with every render block regenerated and every repository
+    link written from README.md's first line."""
+    text = render_links(text)
     def replace(match):
         name = match.group("name")
         if name not in TABLES:
@@ -108,11 +164,13 @@ def render(text):
 
 
 def stale(paths=None):
-    """The docs whose rendered blocks differ from their sources."""
+    """The docs whose rendered blocks or repository links differ from their
+    sources."""
     out = []
-    for rel in paths or DOCS:
+    for rel in paths or DOCS + NOTEBOOKS:
         text = (REPO / rel).read_text()
-        if render(text) != text:
+        new = render_links(text) if rel.endswith(".ipynb") else render(text)
+        if new != text:
             out.append(rel)
     return out
 
@@ -125,13 +183,14 @@ def main(argv=None):
     if args.check:
         bad = stale()
         for rel in bad:
-            print(f"{rel}: a rendered block differs from its source; run "
+            print(f"{rel}: a rendered block or repository link differs from "
+                  "its source; run "
                   "python -m benchmarks.render_docs")
         return 1 if bad else 0
-    for rel in DOCS:
+    for rel in DOCS + NOTEBOOKS:
         path = REPO / rel
         text = path.read_text()
-        new = render(text)
+        new = render_links(text) if rel.endswith(".ipynb") else render(text)
         if new != text:
             path.write_text(new)
             print(f"rendered {rel}")
