@@ -48,7 +48,6 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 
 import keras
 import numpy as np
@@ -330,13 +329,17 @@ def load_pretrained(model, fname, *, classes, skip_layers=(), base_url=None,
 
 
 def _converted_name(fname, model, skip_layers):
-    """One converted file per layer layout: Keras weights files are
-    positional, so with/without top and preprocessing get their own."""
+    """One converted file per weight layout. Keras weights files are
+    positional, so the name carries a digest of the model's variables (path,
+    shape and dtype, in order): a model of another layout (with/without top
+    or preprocessing, other classes) never reads a file written for a
+    different one, and a verified file always loads completely."""
     stem = _converted_stem(fname)
     top = "notop" if "linear" in skip_layers else "top"
-    layer_names = {layer.name for layer in model.layers}
-    prep = "" if "preprocessing" in layer_names else "-noprep"
-    return f"{stem}.keras_nfnets-{top}{prep}.weights.h5"
+    layout = hashlib.sha256(repr([
+        (v.path, tuple(v.shape), str(v.dtype)) for v in model.weights
+    ]).encode()).hexdigest()[:12]
+    return f"{stem}.keras_nfnets-{top}-{layout}.weights.h5"
 
 
 def _load_converted(model, path, records):
@@ -350,14 +353,11 @@ def _load_converted(model, path, records):
             _remove(path)  # unknown or altered: convert again from the source
             records.set(name, None)
         return False
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(path)
-        except (ValueError, KeyError, OSError):
-            return False
-    # Keras only warns when it skips part of a file: treat as a miss.
-    return not any("Skipping" in str(w.message) for w in caught)
+    try:
+        model.load_weights(path)  # same layout (see `_converted_name`)
+    except (ValueError, KeyError, OSError):
+        return False
+    return True
 
 
 def _download(origin, folder, fname, label):
