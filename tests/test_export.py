@@ -94,6 +94,7 @@ def test_folded_tiny_nfnet_dynamic_batch(fmt, tmp_path):
     assert relative_error(got, ref["logits"]) < 1e-4
 
 
+@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the three formats
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_unfolded_tiny_nfnet_fixed_batch(fmt, tmp_path):
     """`model.export` on the training model itself, at a fixed batch size."""
@@ -117,6 +118,7 @@ def _unnormalize(x):
             + np.array(builder.IMAGENET_MEAN, "float32"))
 
 
+@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the three formats
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nf_resnet_headless_with_preprocessing(fmt, tmp_path):
     """NF-ResNet-50 (DeepMind fixture), no top, pooled, with the model's

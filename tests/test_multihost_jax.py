@@ -21,8 +21,12 @@ from training_helpers import (REPO, TINY_CONFIG, env, free_ports,
                               make_folder, model_weights, tiny_flags,
                               train_cmd)
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="jax is not installed")
+# Multi-process JAX training is not verified yet (README): kept out of CI's
+# time budget (marked slow); `make test-all` runs it.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                       reason="jax is not installed")]
 
 # Quick XLA:CPU compiles; the same flags on every run.
 FAST_XLA = ("--xla_backend_optimization_level=0 "

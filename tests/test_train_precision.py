@@ -43,8 +43,11 @@ FAST_XLA = ("--xla_backend_optimization_level=0 "
 
 
 @pytest.mark.parametrize("backend,precision", [
-    ("tensorflow", "bfloat16"), ("tensorflow", "float16"),
-    ("jax", "bfloat16")])
+    ("tensorflow", "bfloat16"),
+    # CI time: the default policy (bfloat16 on TF) runs in `make test`;
+    # these two run in `make test-all`.
+    pytest.param("tensorflow", "float16", marks=pytest.mark.slow),
+    pytest.param("jax", "bfloat16", marks=pytest.mark.slow)])
 def test_default_training_command_runs_two_steps(tmp_path, backend,
                                                  precision):
     root = make_folder(tmp_path / "imgs", classes=3, train=4, test=3)
