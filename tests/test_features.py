@@ -181,6 +181,10 @@ def test_imagenet_weights_with_feature_extractor(tmp_path, monkeypatch):
         if v.path.endswith("skip_gain"):
             v.assign(0.5)
     convert.save_deepmind_checkpoint(source, folder / "F0_haiku.npz")
+    # Not DeepMind's published F0 (its md5 is checked): accepted
+    # deliberately by its sha256, as a user would.
+    monkeypatch.setenv(pretrained.ACCEPT_ENV,
+                       pretrained.sha256(folder / "F0_haiku.npz"))
     server = _Server(folder)
     monkeypatch.setenv(pretrained.URL_ENV, server.url)
     try:
