@@ -421,10 +421,13 @@ def test_mirrored_strategy_clips_the_global_batch_gradient():
     # float32 sums: each gradient entry sums 8 x 32 x 32 = 8192 terms, which
     # reordered differ by ~sqrt(n) u = 90 x 2^-24 = 5.4e-6 relative (n u =
     # 4.9e-4 at the very worst); 3 momentum-0.9 steps weigh it by at most
-    # 1 + 1.9 + 2.71 = 5.6: ~3e-5. Bound 1e-4 (measured: 1.9e-6), while
-    # clipping per replica is off by > 1 and no clipping by > 1e4.
-    assert result["mirrored"] < 1e-4, result
-    assert result["naive_mirrored"] > 1e-3, result  # per-replica clip fails
+    # 1 + 1.9 + 2.71 = 5.6: ~3e-5 typical, n u x 5.6 = 2.7e-3 at the very
+    # worst. Measured over 5 runs on one AMD EPYC: 1.7e-6 ... 8.2e-5 (the
+    # sums are not in a fixed order from run to run), so the typical-case
+    # bound of 1e-4 had no margin: bound 1e-3, the worst case rounded down,
+    # while clipping per replica is off by > 1 and no clipping by > 1e4.
+    assert result["mirrored"] < 1e-3, result
+    assert result["naive_mirrored"] > 1e-1, result  # per-replica clip fails
     assert result["unclipped_single"] > 1e-3, result  # clipping was active
 
 
