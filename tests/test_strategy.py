@@ -100,7 +100,7 @@ def test_two_workers_equal_one_process(tmp_path):
         np.testing.assert_allclose(w0[k], one[k], rtol=1e-4, atol=1e-5,
                                    err_msg=k)
     init = run_train(tiny_flags(config, f"folder:{root}", tmp_path / "zero",
-                                **dict(common, train_steps=1, lr=0.0)))
+                                **dict(common, train_steps=1, lr=1e-12)))  # ~no step: --lr must be > 0
     assert init.returncode == 0, init.stderr[-3000:]
     start = _final(tmp_path / "zero")
     changed = sum(not np.allclose(start[k], one[k]) for k in one)
