@@ -7,6 +7,8 @@ large NF-ResNet/NF-RegNet checkpoints.
 A test whose fixture is in neither place skips, and the run ends with one
 line naming every missing file; with `CI=true` it fails instead."""
 
+import http.server
+import threading
 import os
 import pathlib
 
@@ -91,3 +93,31 @@ def agc_fixture_variables(ref):
             variables.append(keras.Variable(ref["param:" + name], name=leaf))
     assert [v.path for v in variables] == AGC_NAMES
     return variables
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1 serving one folder, in a thread
+    (`requests`: the paths asked for)."""
+
+    def __init__(self, folder):
+        self.requests = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, *args):  # keep test output quiet
+                server.requests.append(self.path)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()

@@ -3,10 +3,8 @@ every family, their numbers against DeepMind's reference, `weights=
 "imagenet"`, and a head trained on top (gradients reach the backbone)."""
 
 import gc
-import http.server
 import re
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import keras
 import keras_nfnets
 from keras_nfnets import convert, pretrained, variants
 
+from conftest import LoopbackServer
 from conftest import REPO, deepmind_fixture, fixture_path, relative_error
 
 STRIDES = {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
@@ -140,28 +139,7 @@ def test_feature_model_saves_and_loads(tmp_path):
 
 # -- weights="imagenet": the public one-liner against a loopback server ----
 
-class _Server:
-    """A real HTTP server on 127.0.0.1 serving one folder."""
-
-    def __init__(self, folder):
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+_Server = LoopbackServer
 
 
 def test_imagenet_weights_with_feature_extractor(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ import keras_nfnets
 from keras_nfnets import convert, pretrained, variants
 from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
 from conftest import REPO as REPO_ROOT
+from conftest import LoopbackServer as _Server
 from conftest import deepmind_fixture, fixture_path, relative_error
 
 TINY = "nfnet_tiny_haiku.npz"
@@ -33,31 +34,6 @@ TINY_WIDTHS = dict(width=(32, 64, 96, 128), group_width=(16, 16, 16, 16),
                    train_imsize=32, test_imsize=40)
 
 
-class _Server:
-    """A real HTTP server on 127.0.0.1 serving one folder, in a thread."""
-
-    def __init__(self, folder):
-        self.requests = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def log_message(self, *args):  # keep test output quiet
-                server.requests.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
 
 
 @pytest.fixture
