@@ -157,11 +157,17 @@ def build_compiled_state(model, strategy, batch):
     on the instance. Public replacement: a `Model.build_from_batch()` /
     `compile(..., input_spec=...)` (Keras has neither)."""
     require(model, "_symbolic_build", "builds metrics and optimizer")
-    require(model, "_maybe_symbolic_build", "fit's input probe")
+    # Only the TensorFlow trainer probes its input (`_maybe_symbolic_build`,
+    # under tf.distribute); the JAX and PyTorch trainers build from
+    # `_symbolic_build` alone and have no probe to stop.
+    probes = keras.backend.backend() == "tensorflow"
+    if probes:
+        require(model, "_maybe_symbolic_build", "fit's input probe")
     with strategy.scope():
         model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
-    model._maybe_symbolic_build = (  # pylint: disable=protected-access
-        lambda iterator=None, data_batch=None: None)
+    if probes:
+        model._maybe_symbolic_build = (  # pylint: disable=protected-access
+            lambda iterator=None, data_batch=None: None)
 
 
 # ------------------------------------------------------------ augmentation

@@ -17,6 +17,8 @@ import pytest
 from conftest import fixture_path
 
 SCRIPT = pathlib.Path(__file__).with_name("backend_checks.py")
+FAST_XLA = ("--xla_backend_optimization_level=0 "
+            "--xla_llvm_disable_expensive_passes=true")
 
 
 def run_check(backend, check, **env):
@@ -25,6 +27,9 @@ def run_check(backend, check, **env):
     fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
     full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                     CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **env)
+    # Quick XLA:CPU compiles (as in test_train_jax); numerics unchanged.
+    full_env["XLA_FLAGS"] = " ".join(filter(None, (
+        full_env.get("XLA_FLAGS"), FAST_XLA)))
     out = subprocess.run([sys.executable, str(SCRIPT), check], env=full_env,
                          capture_output=True, text=True, timeout=900)
     for line in out.stdout.splitlines():
@@ -45,6 +50,9 @@ def test_parity_and_agc_on_backend(backend):
     assert r["fit_loss_finite"]
 
 
+# CI time: test_train_jax checks the same equality (DataParallel over 2 CPU
+# devices ends with one device's weights) through the training program.
+@pytest.mark.slow
 def test_jax_data_parallel_equals_single_device():
     r = run_check("jax", "data_parallel",
                   XLA_FLAGS="--xla_force_host_platform_device_count=2")

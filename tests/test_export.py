@@ -139,7 +139,11 @@ def test_nf_resnet_headless_with_preprocessing(fmt, tmp_path):
     assert relative_error(got, ref["pool"]) < 1e-4
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# CI time: ONNX (the format that needs the fold) in `make test`; the other two
+# formats run the same feature maps in `make test-all`.
+@pytest.mark.parametrize("fmt", [
+    pytest.param(f, marks=() if f == "onnx" else pytest.mark.slow)
+    for f in FORMATS])
 def test_nf_regnet_feature_maps_fixed_batch(fmt, tmp_path):
     """NF-RegNet-B0 (DeepMind fixture) as a backbone: the five feature maps
     of `feature_extractor=True`, folded, exported at a fixed batch size."""
