@@ -261,7 +261,8 @@ def _build(name, image_size, skip_gain):
                             include_preprocessing=False, input_shape=shape)
         if skip_gain is not None:
             for layer in model.layers:
-                if isinstance(layer, NFBlock):
+                # timm's L-family blocks have no skip gain (skip_gain=False).
+                if isinstance(layer, NFBlock) and layer.use_skip_gain:
                     layer.skip_gain.assign(skip_gain)
         return model
     apps = {k.lower(): v for k, v in vars(keras.applications).items()
@@ -304,7 +305,8 @@ def main(argv=None):
     results = {}
     for name in filter(None, (args.model, args.compare)):
         model = _build(name, args.image_size, skip_gain)
-        has_nf = any(isinstance(layer, NFBlock) for layer in model.layers)
+        has_nf = any(isinstance(layer, NFBlock) and layer.use_skip_gain
+                     for layer in model.layers)
         label = model.name
         if has_nf and skip_gain is not None:
             label += f" (skip gain {skip_gain:g})"

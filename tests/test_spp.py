@@ -112,3 +112,13 @@ def test_command_line(tmp_path):
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
     assert "nf_resnet50 (skip gain 1): 16 blocks" in result.stdout
     assert "resnet50v2: 16 blocks" in result.stdout
+
+
+def test_command_line_on_a_block_without_skip_gain(tmp_path):
+    """timm's L-family blocks have no skip-gain weight: --skip-gain leaves
+    them alone (it used to fail with an AttributeError)."""
+    from keras_nfnets import spp  # pylint: disable=import-outside-toplevel
+    out = tmp_path / "spp_l0.png"
+    spp.main(["--model", "ECANFNetL0", "--out", str(out), "--image-size",
+              "32", "--batch-size", "1", "--skip-gain", "1.0"])
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
