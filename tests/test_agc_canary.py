@@ -1,9 +1,10 @@
 """The AGC canary: `fit` for one step with gradients 10-100x over the AGC
 threshold, on every backend and path, checked against an update derived by
 hand (tests/agc_canary_check.py; no fixture needed). If clipping were
-bypassed, the update would be the raw one and these tests fail (recorded in
-the commit that added them: with the clip in `update_step` disabled, every
-case below failed on `to_clipped`).
+bypassed, the update would be the raw one and these tests fail:
+`test_the_canary_fails_when_the_clip_is_bypassed` disables the clip in
+`update_step` and checks that the canary's check fails (as every case below
+did in a throwaway run with the hook disabled).
 
 Also here: what AGC does around and inside wrapping optimizers, the per-family
 defaults, the adaptive-optimizer warning, and that a Keras release that stops
@@ -65,6 +66,18 @@ def test_canary_tensorflow_one_device():
     result = canary_lib.canary()
     assert result["optimizer"] == "AGCSGD"  # the default compile wrapped it
     check_clipped(result, 1e-5)
+
+
+def test_the_canary_fails_when_the_clip_is_bypassed(monkeypatch):
+    """The canary's own check: with the clip in `update_step` disabled (the
+    silent failure this file exists to catch), `check_clipped` fails."""
+    monkeypatch.setattr(agc, "clip_gradient",
+                        lambda grad, *args, **kwargs: grad)
+    result = canary_lib.canary()
+    with pytest.raises(AssertionError):
+        check_clipped(result, 1e-5)
+    hidden = result["vars"]["hidden/kernel"]
+    assert hidden["to_raw"] < 1e-5 and hidden["to_clipped"] > 0.5, hidden
 
 
 def test_canary_tensorflow_mixed_float16():
