@@ -3,29 +3,39 @@
 DeepMind counts multiply-adds of the convolutions, the squeeze-excite
 linears and the classifier (its `count_flops`); FLOPs are twice that. Every
 family is counted: NFNets, NF-ResNets (no squeeze-excite; a strided 1x1
-projection shortcut, counted at its output resolution) and NF-RegNets.
+projection shortcut, counted at its output resolution), NF-RegNets and
+timm's L-family (symmetric padding; ECA's 1D convolution across channels).
 """
 
 import math
 
 import keras
 
-from keras_nfnets.layers import NFBlock
+from keras_nfnets.layers import EfficientChannelAttention, NFBlock
 
 
-def _out_hw(h, w, strides, padding="same"):
-    sh, sw = strides
-    if padding != "same":
-        raise ValueError("only SAME-padded convolutions are counted")
-    return -(-h // sh), -(-w // sw)
+def _out_hw(layer, input_shape):
+    """Output height and width of a convolution, from the layer itself (so
+    SAME, VALID and WSConv2D's symmetric padding are all counted right)."""
+    return tuple(layer.compute_output_shape(tuple(input_shape)))[1:3]
 
 
 def conv_macs(layer, input_shape):
     """Multiply-adds of a Conv2D layer (WSConv2D included) on `input_shape`."""
-    _, h, w, cin = input_shape
-    oh, ow = _out_hw(h, w, layer.strides, layer.padding)
+    cin = input_shape[-1]
+    oh, ow = _out_hw(layer, input_shape)
     return (oh * ow * math.prod(layer.kernel_size) * (cin // layer.groups)
             * layer.filters)
+
+
+def attention_macs(attention):
+    """Multiply-adds of a block's channel attention, on the pooled
+    activations: squeeze-excite's two linears, or ECA's 1D convolution
+    across channels."""
+    if isinstance(attention, EfficientChannelAttention):
+        return attention.kernel_size * attention.channels
+    return (attention.hidden_channels * attention.in_channels
+            + attention.hidden_channels * attention.out_channels)
 
 
 def block_macs(block, input_shape):
@@ -33,7 +43,7 @@ def block_macs(block, input_shape):
     n, h, w, cin = input_shape
     total = conv_macs(block.conv0, input_shape)
     total += conv_macs(block.conv1, (n, h, w, block.width))
-    oh, ow = _out_hw(h, w, (block.strides, block.strides))
+    oh, ow = _out_hw(block.conv1, (n, h, w, block.width))
     if block.conv1b is not None:
         total += conv_macs(block.conv1b, (n, oh, ow, block.width))
     total += conv_macs(block.conv2, (n, oh, ow, block.width))
@@ -43,10 +53,8 @@ def block_macs(block, input_shape):
         shortcut_in = ((n, h, w, cin) if block.strided_shortcut
                        else (n, oh, ow, cin))
         total += conv_macs(block.conv_shortcut, shortcut_in)
-    se = block.se
-    if se is not None:  # on the pooled activations
-        total += se.hidden_channels * se.in_channels
-        total += se.hidden_channels * se.out_channels
+    if block.se is not None:
+        total += attention_macs(block.se)
     return total
 
 

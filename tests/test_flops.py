@@ -83,3 +83,38 @@ def test_nf_resnet50_multiply_adds_match_a_hand_count():
 def test_nf_regnet_b0_multiply_adds_match_a_hand_count():
     model = keras_nfnets.NFRegNetB0(input_shape=(224, 224, 3))
     assert count_macs(model) == _nf_regnet_b0_hand_count()
+
+
+TIMM_COUNT = """
+import json, sys, torch, timm
+from torch.utils.flop_counter import FlopCounterMode
+name, size = sys.argv[1], int(sys.argv[2])
+model = timm.create_model(name, pretrained=False).eval()
+counter = FlopCounterMode(display=False)
+with counter, torch.no_grad():
+    model(torch.zeros(1, 3, size, size))
+print("RESULT " + json.dumps(counter.get_total_flops() // 2))
+"""
+
+
+def test_l_family_multiply_adds_match_timm():
+    """timm's models (symmetric padding, ECA), counted by PyTorch's own
+    FlopCounterMode on timm's module in a subprocess (torch and TF do not
+    share a process here): the count used to refuse non-SAME padding."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    import pytest  # pylint: disable=import-outside-toplevel
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (the test extra)")
+    for constructor, timm_name in (("ECANFNetL0", "eca_nfnet_l0"),
+                                   ("NFNetL0", "nfnet_l0")):
+        out = subprocess.run(
+            [sys.executable, "-c", TIMM_COUNT, timm_name, "224"],
+            capture_output=True, text=True, timeout=300, check=False)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+        assert lines, out.stderr[-3000:]
+        expected = int(lines[-1].split()[1])
+        model = getattr(keras_nfnets, constructor)(input_shape=(224, 224, 3))
+        assert count_macs(model) == expected, constructor
