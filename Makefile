@@ -3,7 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor demo bench clean
+.PHONY: venv test test-all test-floor demo bench bench-contended bench-profile \
+	bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,10 +58,46 @@ test-floor: $(FLOOR_STAMP)
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m training.train --demo
 
-bench: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
+# Benchmarks run in a venv of their own, .venv-bench, built from the
+# `bench` extra (timm, torch, onnx, onnxruntime: the peers; tf2onnx,
+# LiteRT, jax for the serving and backend runs): none of it is the
+# package's dependency, and `make test` (CI) does not build it.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_PEERS := timm,timm_channels_last,onnxruntime
+# The experiments in the peer run: remat off, and one inter-op thread.
+BENCH_EXPERIMENTS := --compare_remat --compare_threads 0:1
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): setup.cfg pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
+
+# keras_nfnets against timm (eager, channels_last) and ONNX Runtime on
+# timm's export, interleaved over rounds in one run: the README's table.
+bench: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --peers $(BENCH_PEERS) \
+	  $(BENCH_EXPERIMENTS) --rounds 2 --steps 3 --warmup 1 $(BENCH_ARGS) --out benchmarks/results_peers.json
+
+# The same under a fixed background load: a busy loop pinned to CPU 0.
+bench-contended: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --contended --modes train \
+	  --peers timm --compare_threads 0:1 --rounds 1 --steps 3 --warmup 1 $(BENCH_ARGS) \
+	  --out benchmarks/results_contended.json
+
+# One profiled F0 training step by op type (docs/performance.md).
+bench-profile: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/profile_step.py --out benchmarks/profile_f0.json
+
+bench-all: bench bench-contended bench-profile
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) $(BENCH_VENV) build *.egg-info

@@ -39,6 +39,10 @@ import time
 
 _START = time.time()
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (no TensorFlow / torch at import)
+import summary  # noqa: E402
+
 
 def matmul_gflops(n=1024, repeats=10):
     """fp32 matrix-multiply rate of this machine, through the Keras
@@ -74,6 +78,8 @@ def run_child(args):
     import keras_nfnets
     if args.allocator == "lean":
         keras_nfnets.use_lean_cpu_allocator()  # before the first tensor
+    if args.tf_threads:
+        set_tf_threads(args.tf_threads)  # before the first op
     from keras_nfnets.flops import count_flops
 
     if args.precision != "float32":
@@ -88,14 +94,17 @@ def run_child(args):
     flops = count_flops(model)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
-    result = dict(backend=keras.backend.backend(),
+    result = dict(impl="keras_nfnets", backend=keras.backend.backend(),
+                  framework=_framework(),
                   variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
                   remat=any(keras_nfnets.layers.resolve_remat(
                       getattr(layer, "remat", False)) for layer in model.layers
                       if isinstance(layer, keras_nfnets.NFBlock)),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
-                  allocator=args.allocator,
+                  remat_arg=args.remat,
+                  allocator=args.allocator, tf_threads=args.tf_threads,
+                  cpu=peers.cpu_info(),
                   flops_per_image=flops)
     if args.child == "train":
         y = rng.integers(0, 1000, (args.batch,))
@@ -131,6 +140,37 @@ def run_child(args):
     result["achieved_gflops"] = achieved
     result["mfu"] = achieved / result["matmul_gflops"]
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def set_tf_threads(spec):
+    """TensorFlow's intra-/inter-op pool sizes from "INTRA:INTER" (0: TF's
+    default); call before TensorFlow runs its first op."""
+    intra, inter = parse_threads(spec)
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def parse_threads(spec):
+    """"INTRA:INTER" -> (intra, inter), each an int >= 0."""
+    try:
+        intra, inter = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"thread setting must be INTRA:INTER (two "
+                         f"integers, 0 = TensorFlow's default), got "
+                         f"{spec!r}") from None
+    if intra < 0 or inter < 0:
+        raise ValueError(f"thread counts must be >= 0, got {spec!r}")
+    return intra, inter
+
+
+def _framework():
+    import keras
+    text = f"keras {keras.__version__}"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        text = f"tensorflow {tf.__version__}, " + text
+    return text
 
 
 SERVING_RUNTIMES = ("keras", "keras_folded", "saved_model", "onnx", "litert")
@@ -273,7 +313,18 @@ def _agc_kwargs(args):
             else None}
 
 
+def _child_result(out, what):
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"benchmark child {what} failed (exit "
+                       f"{out.returncode}):\n{out.stderr[-3000:]}")
+
+
 def spawn(config, common):
+    """One keras_nfnets measurement (`config`) in a fresh process."""
+    if config.get("impl", "keras_nfnets") != "keras_nfnets":
+        return spawn_peer(config, common)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", config["mode"],
            "--variant", common.variant, "--batch", str(config["batch"]),
            "--size", str(config["size"]), "--precision", common.precision,
@@ -286,12 +337,112 @@ def spawn(config, common):
     cmd += ["--allocator", config.get("allocator", common.allocator)]
     if config.get("grouped_conv"):
         cmd += ["--grouped_conv", config["grouped_conv"]]
+    threads = config.get("tf_threads", common.tf_threads)
+    if threads:
+        cmd += ["--tf_threads", threads]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
+    return _child_result(out, config)
+
+
+def peer_command(config, common, onnx=None):
+    """The command line of one peer measurement (benchmarks/peers.py)."""
+    cmd = [sys.executable, os.path.join(os.path.dirname(
+               os.path.abspath(__file__)), "peers.py"),
+           "--impl", config["impl"], "--mode", config["mode"],
+           "--batch", str(config["batch"]), "--size", str(config["size"]),
+           "--steps", str(common.steps), "--warmup", str(common.warmup),
+           "--agc_clipping", str(common.agc_clipping)]
+    if config["impl"] == "onnxruntime":
+        cmd += ["--onnx", onnx["path"],
+                "--flops_per_image", str(onnx["flops_per_image"])]
+    return cmd
+
+
+def spawn_peer(config, common):
+    """One peer measurement in a fresh process without TensorFlow."""
+    env = dict(os.environ)
+    out = subprocess.run(peer_command(config, common, common.onnx_export),
+                         capture_output=True, text=True, env=env)
+    result = _child_result(out, config)
+    if config["impl"] == "onnxruntime":
+        result["onnx_export_s"] = common.onnx_export["export_s"]
+    return result
+
+
+def export_peer_onnx(size, folder):
+    """timm's model exported once, before the rounds, for onnxruntime."""
+    path = os.path.join(folder, "dm_nfnet_f0.onnx")
+    cmd = [sys.executable, os.path.join(os.path.dirname(
+        os.path.abspath(__file__)), "peers.py"), "--export_onnx", path,
+        "--size", str(size)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    return _child_result(out, "onnx export")
+
+
+def check_peers(names):
+    """The peers asked for, validated, with their packages present."""
+    import importlib.util
+    names = [n for n in names.split(",") if n and n != "none"]
+    for n in names:
+        if n not in peers.PEERS:
+            raise SystemExit(f"unknown peer {n!r}; known: "
+                             f"{', '.join(peers.PEERS)} (or none)")
+    needed = {"timm": ["torch", "timm"],
+              "timm_channels_last": ["torch", "timm"],
+              "onnxruntime": ["torch", "timm", "onnx", "onnxruntime"]}
+    missing = sorted({m for n in names for m in needed[n]
+                      if importlib.util.find_spec(m) is None})
+    if missing:
+        raise SystemExit(f"the peers {names} need {', '.join(missing)}: "
+                         f"pip install -e '.[bench]' (make bench builds "
+                         f".venv-bench with it), or --peers none")
+    return names
+
+
+BUSY_LOOP = ("import os, sys\n"
+             "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+             "while True:\n    pass\n")
+
+
+def start_contention(cpu=0):
+    """A busy-loop process pinned to `cpu`: a fixed background load on one
+    core for the whole run. Returns (process, record for the JSON)."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(cpu)])
+    return proc, dict(kind="busy loop (python while True)", cpu=cpu,
+                      pid=proc.pid)
+
+
+def build_configs(args, train_size, infer_size, peer_names):
+    """The configurations of one round, keras_nfnets' and the peers',
+    grouped by mode so that each peer runs next to its keras_nfnets
+    counterpart."""
+    configs = []
+    gcs = [args.grouped_conv]
+    if args.compare_grouped_conv:
+        gcs = ["split", "native"]
+    for mode in args.modes.split(","):
+        size = train_size if mode == "train" else infer_size
+        for gc in gcs:
+            for backend in args.backend.split(","):
+                configs.append(dict(mode=mode, batch=args.batch, size=size,
+                                    grouped_conv=gc, backend=backend))
+                base = configs[-1]
+                if mode == "train" and args.compare_remat:
+                    base["remat"] = "auto"
+                    configs.append(dict(base, remat="off"))
+                if mode == "train" and args.compare_allocator:
+                    base["allocator"] = "default"
+                    configs.append(dict(base, allocator="lean"))
+                if backend == "tensorflow" and mode in args.compare_threads_modes:
+                    for spec in args.compare_threads:
+                        configs.append(dict(base, tf_threads=spec))
+        for name in peer_names:
+            if name == "onnxruntime" and mode != "infer":
+                continue
+            configs.append(dict(impl=name, mode=mode, batch=args.batch,
+                                size=size))
+    return configs
 
 
 def main(argv=None):
@@ -305,7 +456,9 @@ def main(argv=None):
     p.add_argument("--precision", default="float32",
                    choices=["float32", "mixed_bfloat16", "mixed_float16"])
     p.add_argument("--jit", action="store_true", help="XLA (jit_compile)")
-    p.add_argument("--agc_clipping", type=float, default=0.01)
+    p.add_argument("--agc_clipping", type=float, default=0.01,
+                   help="AGC clip factor for keras_nfnets and timm's "
+                        "adaptive_clip_grad (0: none)")
     p.add_argument("--grouped_conv", default=None,
                    choices=[None, "split", "native"])
     p.add_argument("--compare_grouped_conv", action="store_true",
@@ -314,13 +467,28 @@ def main(argv=None):
                    help="recompute each block's activations in backward "
                         "(auto: the model's default, on for CPU)")
     p.add_argument("--compare_remat", action="store_true",
-                   help="run training both with remat on and off")
+                   help="run training both with remat auto and off")
     p.add_argument("--allocator", default="default",
                    choices=["default", "lean"],
                    help="lean: keras_nfnets.use_lean_cpu_allocator() (less "
                         "memory, slower on CPU)")
     p.add_argument("--compare_allocator", action="store_true",
                    help="run training with both allocators")
+    p.add_argument("--tf_threads", default=None, metavar="INTRA:INTER",
+                   help="TensorFlow's intra-/inter-op thread pools for "
+                        "every keras_nfnets child (0: TF's default)")
+    p.add_argument("--compare_threads", default="", metavar="I:J,...",
+                   help="also run keras_nfnets with each of these "
+                        "INTRA:INTER thread settings")
+    p.add_argument("--compare_threads_modes", default="train",
+                   help="the modes --compare_threads applies to")
+    p.add_argument("--peers", default="none",
+                   help="peer configurations, comma-separated: "
+                        + ", ".join(peers.PEERS) + " (or none); make bench "
+                        "runs all three")
+    p.add_argument("--contended", action="store_true",
+                   help="a busy-loop process pinned to one CPU for the "
+                        "whole run (recorded in each row)")
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--backend", default="tensorflow",
                    help="Keras backend(s), comma-separated, interleaved: "
@@ -343,6 +511,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--runtime", choices=SERVING_RUNTIMES, default=None)
     args = p.parse_args(argv)
+    if args.tf_threads:
+        parse_threads(args.tf_threads)
+    args.compare_threads = [s for s in args.compare_threads.split(",") if s]
+    for spec in args.compare_threads:
+        parse_threads(spec)
+    args.compare_threads_modes = args.compare_threads_modes.split(",")
 
     if args.child == "serve":
         run_serving_child(args)
@@ -354,63 +528,96 @@ def main(argv=None):
         serving_main(args)
         return
 
+    peer_names = check_peers(args.peers)
     import keras_nfnets.variants as variants
     cfg = variants.get_config(args.variant)
     train_size = args.train_size or cfg.train_imsize
     infer_size = args.infer_size or cfg.test_imsize
-    configs = []
-    gcs = [args.grouped_conv]
-    if args.compare_grouped_conv:
-        gcs = ["split", "native"]
-    for gc in gcs:
-        for mode in args.modes.split(","):
-            for backend in args.backend.split(","):
-                configs.append(dict(mode=mode, batch=args.batch,
-                                    size=train_size if mode == "train"
-                                    else infer_size, grouped_conv=gc,
-                                    backend=backend))
-                if mode == "train" and args.compare_remat:
-                    configs[-1]["remat"] = "on"
-                    configs.append(dict(configs[-1], remat="off"))
-                if mode == "train" and args.compare_allocator:
-                    configs[-1]["allocator"] = "default"
-                    configs.append(dict(configs[-1], allocator="lean"))
+    if peer_names and args.variant != "F0":
+        raise SystemExit(f"the peers are timm's dm_nfnet_f0: --variant F0 "
+                         f"(got {args.variant!r}) or --peers none")
+    configs = build_configs(args, train_size, infer_size, peer_names)
+    cpu = peers.cpu_info()
+    print(f"{cpu['model']}: {cpu['usable_cpus']} usable CPUs, {cpu['isa']}",
+          flush=True)
+    contention = None
     results = []
-    for r in range(args.rounds):
-        for config in configs:
-            res = spawn(config, args)
-            res["round"] = r
-            results.append(res)
-            print(f"round {r} {res['backend']:10s} {res['mode']:5s} "
-                  f"{res['grouped_conv']:6s} "
-                  f"remat={res['remat']!s:5s} "
-                  f"alloc={res.get('allocator', 'default'):7s} "
-                  f"{res['images_per_s']:.2f} img/s  "
-                  f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
-    print_table(results)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if args.contended:
+                contention, record = start_contention()
+                print(f"contended: {record['kind']} on CPU {record['cpu']}",
+                      flush=True)
+            args.onnx_export = None
+            if "onnxruntime" in peer_names and any(
+                    c["mode"] == "infer" for c in configs):
+                args.onnx_export = export_peer_onnx(infer_size, tmp)
+                print(f"timm -> ONNX export "
+                      f"{args.onnx_export['export_s']:.0f} s", flush=True)
+            for r in range(args.rounds):
+                for config in configs:
+                    res = spawn(config, args)
+                    res["round"] = r
+                    if contention:
+                        res["contended"] = record
+                    results.append(res)
+                    print(f"round {r} {res['mode']:5s} "
+                          f"{summary.label(res):50s} "
+                          f"{res['images_per_s']:.2f} img/s  "
+                          f"rss {res['peak_rss_gb']:.2f} GB  "
+                          f"first step {res['first_step_s_since_start']:.1f}"
+                          f" s", flush=True)
+        finally:
+            if contention:
+                contention.kill()
+                contention.wait()
+    print_table([r for r in results if not summary.is_peer(r)])
+    if peer_names:
+        print_peer_table(results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
 
 
+def print_peer_table(results):
+    """The interleaved table with the peers, each keras_nfnets
+    configuration's ratio to the best peer, the CPU, and the roofline."""
+    s = summary.summarize(results)
+    print()
+    print(summary.cpu_line(results))
+    print()
+    print(summary.ratio_table(s))
+    print()
+    for line in summary.ratio_lines(s):
+        print(line)
+    lines = summary.roofline(s, results)
+    if lines:
+        print()
+        print(summary.roofline_table(lines))
+
+
 def print_table(results):
+    if not results:
+        return
     def key(r):
         return (r.get("backend", "tensorflow"), r["mode"], r["grouped_conv"],
-                r["size"], r["remat"], r.get("allocator", "default"))
+                r["size"], r["remat"], r.get("allocator", "default"),
+                r.get("tf_threads") or "default")
     keys = sorted({key(r) for r in results})
     print()
-    print("| backend | mode | grouped conv | remat | allocator | "
+    print("| backend | mode | grouped conv | remat | allocator | threads | "
           "batch x px | "
           "img/s (median of rounds) | "
           "img/s per round | peak RSS GB | first step s | GFLOP/img | "
           "matmul GFLOP/s | MFU |")
-    print("| --- " * 13 + "|")
+    print("| --- " * 14 + "|")
     for k in keys:
-        backend, mode, gc, size, remat, allocator = k
+        backend, mode, gc, size, remat, allocator, threads = k
         rs = [r for r in results if key(r) == k]
         ips = [r["images_per_s"] for r in rs]
         print(f"| {backend} | {mode} | {gc} | {'on' if remat else 'off'} | "
-              f"{allocator} | "
+              f"{allocator} | {threads} | "
               f"{rs[0]['batch']} x {size} | "
               f"{statistics.median(ips):.2f} | "
               f"{', '.join(f'{v:.2f}' for v in ips)} | "

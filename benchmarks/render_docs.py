@@ -129,8 +129,64 @@ def f0_serving(source="benchmarks/results_serving.json"):
     return "\n".join(lines + ["", _provenance(source)])
 
 
+def _summary():
+    from benchmarks import summary
+    return summary
+
+
+def f0_peers(source="benchmarks/results_peers.json"):
+    """keras_nfnets against timm (eager, channels_last) and ONNX Runtime,
+    interleaved in one run: ratios to the best peer, the CPU named."""
+    summary = _summary()
+    rows = _load(source)
+    s = summary.summarize(rows)
+    return "\n".join([summary.cpu_line(rows) + ".", "",
+                      summary.ratio_table(s), "", _provenance(source)])
+
+
+def f0_contended(source="benchmarks/results_contended.json"):
+    """The same comparison with a busy loop pinned to one of the cores."""
+    return f0_peers(source)
+
+
+def f0_roofline(source="benchmarks/results_peers.json"):
+    """The compute floor of each step at the measured matmul rate, and the
+    MFU the 1.5x target would need."""
+    summary = _summary()
+    rows = _load(source)
+    lines = summary.roofline(summary.summarize(rows), rows)
+    return "\n".join([summary.roofline_table(lines), "",
+                      _provenance(source)])
+
+
+def f0_profile(source="benchmarks/profile_f0.json", top=12):
+    """One profiled F0 training step (benchmarks/profile_step.py), by what
+    the ops are for and by op type."""
+    from benchmarks import profile_step
+    data = _load(source)
+    ops = data["ops"]
+    total = sum(o["s"] for o in ops)
+    cpu = data["cpu"]
+    lines = [f"F0 training step, batch {data['batch']} x {data['size']} px, "
+             f"remat {data['remat']}, AGC {data['agc_clipping']}, TensorFlow "
+             f"{data['tensorflow']} on {cpu['model']} ({cpu['isa']}): "
+             f"{data['wall_s']:.2f} s wall when profiled (unprofiled steps "
+             + ", ".join(f"{v:.2f}" for v in data["unprofiled_step_s"])
+             + f" s), {total:.2f} s of op time summed over TensorFlow's "
+             "inter-op threads.", "",
+             "| what for | op s | share |", "| --- | --- | --- |"]
+    for name, sec in profile_step.by_category(ops).most_common():
+        lines.append(f"| {name} | {sec:.2f} | {100 * sec / total:.1f} % |")
+    lines += ["", "| op type | op s | share |", "| --- | --- | --- |"]
+    for name, sec in profile_step.by_type(ops).most_common(top):
+        lines.append(f"| {name} | {sec:.2f} | {100 * sec / total:.1f} % |")
+    return "\n".join(lines + ["", _provenance(source)])
+
+
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
-          "f0_serving": f0_serving}
+          "f0_serving": f0_serving, "f0_peers": f0_peers,
+          "f0_contended": f0_contended, "f0_roofline": f0_roofline,
+          "f0_profile": f0_profile}
 
 
 def repository_slug():

@@ -1,0 +1,336 @@
+"""Peer implementations for benchmarks/benchmark.py: timm's `dm_nfnet_f0`
+in PyTorch (eager, and `channels_last`) and ONNX Runtime on timm's ONNX
+export, each measured the way benchmark.py measures keras_nfnets (one
+fresh process, the same warm-up and step counts, median step time, peak
+RSS, first-step time, the process's own fp32 matmul rate).
+
+This module imports neither TensorFlow nor Keras (importing torch into a
+process that already holds TensorFlow has crashed here), and nothing
+heavy at import time: benchmark.py imports it for `cpu_info`.
+
+    python benchmarks/peers.py --impl timm --mode train --batch 8 --size 192
+    python benchmarks/peers.py --impl timm_channels_last --mode infer --size 256
+    python benchmarks/peers.py --export_onnx /tmp/f0.onnx --size 256
+    python benchmarks/peers.py --impl onnxruntime --onnx /tmp/f0.onnx --size 256
+
+Each measurement prints one line `RESULT {json}`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+_START = time.time()
+
+PEERS = ("timm", "timm_channels_last", "onnxruntime")
+TIMM_MODEL = "dm_nfnet_f0"
+# ImageNet mean / std (timm's default for dm_nfnet_f0): inputs are drawn in
+# 0-255 like keras_nfnets' (which normalizes inside the model) and
+# normalized here, so both models see the same images.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def parse_cpuinfo(text):
+    """The CPU model and the instruction-set flags that matter for fp32 /
+    bf16 convolutions, from the text of /proc/cpuinfo.
+
+    Returns a dict: `model` (the first "model name"), `logical_cpus` (the
+    number of "processor" entries), `avx2`, `fma`, `avx512` (avx512f),
+    `avx512_bf16`, `avx_vnni`, `amx` (amx_tile), and `isa`, a short
+    summary such as "AVX2, no AVX-512, no AMX".
+    """
+    model, flags, logical = None, set(), 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            logical += 1
+        elif key == "model name" and model is None:
+            model = value
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    info = dict(model=model or platform.processor() or "unknown",
+                logical_cpus=logical or None,
+                avx2="avx2" in flags, fma="fma" in flags,
+                avx512="avx512f" in flags,
+                avx512_bf16="avx512_bf16" in flags,
+                avx_vnni="avx_vnni" in flags,
+                amx="amx_tile" in flags)
+    parts = ["AVX2" if info["avx2"] else "no AVX2",
+             "AVX-512" + (" (bf16)" if info["avx512_bf16"] else "")
+             if info["avx512"] else "no AVX-512",
+             "AMX" if info["amx"] else "no AMX"]
+    info["isa"] = ", ".join(parts)
+    return info
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """`parse_cpuinfo` of this machine, plus the CPUs this process may run
+    on and the load average when it was called."""
+    try:
+        with open(path) as f:
+            info = parse_cpuinfo(f.read())
+    except OSError:
+        info = parse_cpuinfo("")
+    try:
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        info["usable_cpus"] = os.cpu_count()
+    try:
+        info["loadavg_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return info
+
+
+def _peak_rss_gb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def torch_matmul_gflops(n=1024, repeats=10):
+    """fp32 matrix-multiply rate through torch (as benchmark.py's
+    `matmul_gflops` is through Keras)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def numpy_matmul_gflops(n=1024, repeats=10):
+    """fp32 matrix-multiply rate through numpy (the ONNX Runtime child has
+    no torch)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(n, n)).astype("float32")
+    b = rng.normal(size=(n, n)).astype("float32")
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def images(batch, size, seed=0):
+    """A batch in NCHW float32, uniform 0-255 like benchmark.py's, then
+    normalized with ImageNet's mean and std."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    x = (x / 255 - np.array(_MEAN, "float32")) / np.array(_STD, "float32")
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _timm_model(args):
+    import timm
+    import torch
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_MODEL, pretrained=False,
+                              num_classes=1000)
+    if args.impl == "timm_channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _timm_flops_per_image(model, size):
+    """Forward FLOPs (multiply-adds x 2) of one image, by PyTorch's
+    FlopCounterMode (convolutions and matmuls, as keras_nfnets' count)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, size, size))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def _timed(step, warmup, steps, result):
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if i == 0:
+            result["first_step_s_since_start"] = time.time() - _START
+        if i == 1:
+            result["second_step_s_since_start"] = time.time() - _START
+    return times[warmup:]
+
+
+def run_timm(args):
+    import torch
+    import timm
+    model = _timm_model(args)
+    x = torch.from_numpy(images(args.batch, args.size))
+    if args.impl == "timm_channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    result = _row(args, framework=f"torch {torch.__version__}, "
+                  f"timm {timm.__version__}",
+                  threads=torch.get_num_threads(),
+                  flops_per_image=_timm_flops_per_image(model, args.size))
+    if args.mode == "train":
+        model.train()
+        y = torch.from_numpy(
+            __import__("numpy").random.default_rng(0).integers(
+                0, 1000, (args.batch,)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                              nesterov=True)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        clip = args.agc_clipping
+        if clip > 0:
+            from timm.utils import adaptive_clip_grad
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if clip > 0:
+                adaptive_clip_grad(model.parameters(), clip_factor=clip)
+            opt.step()
+            return loss.item()
+        result["agc_clipping"] = clip if clip > 0 else None
+        work = 3 * result["flops_per_image"]
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                return model(x)
+        work = result["flops_per_image"]
+    measured = _timed(step, args.warmup, args.steps, result)
+    return _finish(result, measured, work, torch_matmul_gflops(), "torch")
+
+
+def run_onnxruntime(args):
+    import onnxruntime as ort
+    if not args.onnx or not os.path.exists(args.onnx):
+        raise SystemExit(f"--impl onnxruntime needs --onnx PATH of timm's "
+                         f"export (benchmarks/peers.py --export_onnx PATH); "
+                         f"got {args.onnx!r}")
+    if args.mode != "infer":
+        raise SystemExit("onnxruntime is an inference peer: --mode infer")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    session = ort.InferenceSession(args.onnx, options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = images(args.batch, args.size)
+    result = _row(args, framework=f"onnxruntime {ort.__version__}",
+                  threads=options.intra_op_num_threads or os.cpu_count(),
+                  flops_per_image=args.flops_per_image)
+    measured = _timed(lambda: session.run(None, {name: x}), args.warmup,
+                      args.steps, result)
+    return _finish(result, measured, args.flops_per_image,
+                   numpy_matmul_gflops(), "numpy")
+
+
+def export_onnx(args):
+    """timm's model exported to ONNX (the TorchScript exporter, opset 17,
+    dynamic batch), for the onnxruntime peer."""
+    import warnings
+    import torch
+    model = _timm_model(args).eval()
+    x = torch.from_numpy(images(1, args.size))
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), args.export_onnx, dynamo=False,
+                          opset_version=17, input_names=["images"],
+                          output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"},
+                                        "logits": {0: "batch"}})
+    return dict(impl="onnx_export", path=args.export_onnx, size=args.size,
+                export_s=time.perf_counter() - t,
+                flops_per_image=_timm_flops_per_image(model, args.size),
+                peak_rss_gb=_peak_rss_gb())
+
+
+def _row(args, **fields):
+    return dict(impl=args.impl, backend={
+                    "onnxruntime": "onnxruntime"}.get(args.impl, "torch"),
+                variant="F0", model=TIMM_MODEL, mode=args.mode,
+                batch=args.batch, size=args.size, precision="float32",
+                memory_format=("channels_last"
+                               if args.impl == "timm_channels_last"
+                               else "contiguous"),
+                cpu=cpu_info(), **fields)
+
+
+def _finish(result, measured, work, matmul, via):
+    median = statistics.median(measured)
+    result["step_times_s"] = [round(t, 3) for t in measured]
+    result["images_per_s"] = result["batch"] / median
+    result["peak_rss_gb"] = _peak_rss_gb()
+    result["matmul_gflops"] = matmul
+    result["matmul_via"] = via
+    if work:
+        achieved = work * result["batch"] / median / 1e9
+        result["achieved_gflops"] = achieved
+        result["mfu"] = achieved / matmul
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--impl", choices=PEERS, default="timm")
+    p.add_argument("--mode", choices=["train", "infer"], default="infer")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--agc_clipping", type=float, default=0.01,
+                   help="training: timm's adaptive_clip_grad with this "
+                        "clip factor (0: no clipping)")
+    p.add_argument("--onnx", default=None,
+                   help="onnxruntime: the exported model")
+    p.add_argument("--flops_per_image", type=float, default=None,
+                   help="onnxruntime: forward FLOPs per image (from the "
+                        "export), for the MFU")
+    p.add_argument("--export_onnx", default=None, metavar="PATH",
+                   help="export timm's model to PATH and exit")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.size < 32:
+        p.error(f"--batch must be >= 1 and --size >= 32, got "
+                f"{args.batch} and {args.size}")
+    if args.impl == "onnxruntime" and not args.export_onnx:
+        if args.mode != "infer":
+            p.error("onnxruntime is an inference peer: use --mode infer")
+        if not args.onnx:
+            p.error("--impl onnxruntime needs --onnx PATH (made by "
+                    "--export_onnx PATH)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if "tensorflow" in sys.modules:  # pragma: no cover - a guard
+        raise RuntimeError("peers.py must run in a process without "
+                           "TensorFlow (torch after TF has crashed here)")
+    if args.export_onnx:
+        result = export_onnx(args)
+    elif args.impl == "onnxruntime":
+        result = run_onnxruntime(args)
+    else:
+        result = run_timm(args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Summaries of a benchmark run's rows (benchmarks/benchmark.py's JSON):
+one line per configuration, medians over rounds, each keras_nfnets
+configuration's ratio to the best peer, and a roofline floor from the
+matmul rate. Pure Python: benchmark.py prints these tables and
+render_docs.py renders the same ones into README.md / docs/.
+"""
+
+import statistics
+
+PEER_NAMES = {"timm": "timm eager",
+              "timm_channels_last": "timm channels_last",
+              "onnxruntime": "ONNX Runtime (timm export)"}
+# The speed-up over the best peer that issue 16 asks for.
+TARGET_RATIO = 1.5
+
+
+def is_peer(row):
+    return row.get("impl", "keras_nfnets") != "keras_nfnets"
+
+
+def label(row):
+    """A configuration's name: the peer's, or keras_nfnets with what
+    differs from its defaults."""
+    impl = row.get("impl", "keras_nfnets")
+    if impl != "keras_nfnets":
+        return PEER_NAMES.get(impl, impl)
+    parts = []
+    if row.get("backend", "tensorflow") != "tensorflow":
+        parts.append(row["backend"])
+    if row.get("remat_arg", "auto") != "auto":
+        parts.append(f"remat {row['remat_arg']}")
+    if row.get("tf_threads"):
+        intra, inter = row["tf_threads"].split(":")
+        parts.append(f"intra {intra} / inter-op {inter} threads")
+    if row.get("allocator", "default") != "default":
+        parts.append(f"{row['allocator']} allocator")
+    if row.get("jit"):
+        parts.append("XLA")
+    if row.get("grouped_conv") == "native":
+        parts.append("native grouped conv")
+    return "keras_nfnets" + (f", {', '.join(parts)}" if parts
+                             else " (defaults)")
+
+
+def summarize(rows):
+    """One dict per (mode, configuration), in first-seen order: medians
+    over rounds, `ratio` to the best peer of that mode (keras_nfnets rows;
+    None without peers) and `vs` (the ratio to each peer)."""
+    groups = {}
+    for row in rows:
+        if "images_per_s" not in row:
+            continue
+        groups.setdefault((row["mode"], label(row)), []).append(row)
+    out = []
+    for (mode, name), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("round", 0))
+        mfus = [r["mfu"] for r in rs if r.get("mfu") is not None]
+        out.append(dict(
+            mode=mode, label=name, peer=is_peer(rs[0]),
+            batch=rs[0]["batch"], size=rs[0]["size"],
+            images_per_s=statistics.median(r["images_per_s"] for r in rs),
+            rounds=[r["images_per_s"] for r in rs],
+            peak_rss_gb=max(r["peak_rss_gb"] for r in rs),
+            first_step_s=statistics.median(
+                r["first_step_s_since_start"] for r in rs),
+            matmul_gflops=statistics.median(r["matmul_gflops"] for r in rs),
+            mfu=statistics.median(mfus) if mfus else None,
+            flops_per_image=rs[0].get("flops_per_image")))
+    for mode in {s["mode"] for s in out}:
+        peers = [s for s in out if s["mode"] == mode and s["peer"]]
+        best = max(peers, key=lambda s: s["images_per_s"], default=None)
+        for s in out:
+            if s["mode"] != mode:
+                continue
+            s["best_peer"] = best["label"] if best else None
+            s["ratio"] = (s["images_per_s"] / best["images_per_s"]
+                          if best else None)
+            s["vs"] = {p["label"]: s["images_per_s"] / p["images_per_s"]
+                       for p in peers}
+    return out
+
+
+def cpu_line(rows):
+    """The machine in words, from the rows' `cpu` records."""
+    cpus = [r["cpu"] for r in rows if r.get("cpu")]
+    if not cpus:
+        return "CPU not recorded"
+    c = cpus[0]
+    models = sorted({x["model"] for x in cpus})
+    loads = [x["loadavg_1min"] for x in cpus if "loadavg_1min" in x]
+    line = (f"CPU: {' / '.join(models)}, {c.get('usable_cpus')} usable of "
+            f"{c.get('logical_cpus')} logical CPUs, {c['isa']}")
+    if loads:
+        line += (f"; load average at each process start "
+                 f"{min(loads):.1f}-{max(loads):.1f}")
+    contended = [r["contended"] for r in rows if r.get("contended")]
+    if contended:
+        line += (f"; contended: a busy-loop process pinned to CPU "
+                 f"{contended[0]['cpu']} throughout")
+    return line
+
+
+def _fmt(v, spec, none="-"):
+    return none if v is None else format(v, spec)
+
+
+def ratio_table(summary):
+    """Markdown: each configuration, its ratio to the best peer."""
+    lines = ["| mode | configuration | batch x px | img/s, median (per round) "
+             "| ratio to best peer | peak RSS GB | first step s | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in sorted(summary, key=lambda s: (s["mode"] != "train", s["peer"])):
+        rounds = ", ".join(f"{v:.2f}" for v in s["rounds"])
+        ratio = ("peer" if s["peer"] and s["label"] != s["best_peer"]
+                 else "best peer" if s["peer"]
+                 else _fmt(s["ratio"], ".2f") + "×")
+        lines.append(
+            f"| {s['mode']} | {s['label']} | {s['batch']} x {s['size']} | "
+            f"{s['images_per_s']:.2f} ({rounds}) | {ratio} | "
+            f"{s['peak_rss_gb']:.2f} | {s['first_step_s']:.1f} | "
+            f"{_fmt(s['mfu'] and 100 * s['mfu'], '.0f')} % |")
+    return "\n".join(lines)
+
+
+def ratio_lines(summary):
+    """One line per keras_nfnets configuration: its ratio to each peer."""
+    out = []
+    for s in summary:
+        if s["peer"] or not s.get("vs"):
+            continue
+        vs = ", ".join(f"{v:.2f}× {name}" for name, v in s["vs"].items())
+        out.append(f"{s['mode']:5s} {s['label']}: {s['ratio']:.2f}× the best "
+                   f"peer ({s['best_peer']}); {vs}")
+    return out
+
+
+def roofline(summary, rows):
+    """Per mode: the step's model FLOPs, the compute floor at the
+    process's fp32 matmul rate, and the step time the 1.5× target needs
+    against the best peer, as the MFU that would take."""
+    out = []
+    for mode in ("train", "infer"):
+        ours = [s for s in summary if s["mode"] == mode and not s["peer"]
+                and s["label"] == "keras_nfnets (defaults)"]
+        peers = [s for s in summary if s["mode"] == mode and s["peer"]]
+        if not ours or not peers or not ours[0]["flops_per_image"]:
+            continue
+        s = ours[0]
+        best = max(peers, key=lambda p: p["images_per_s"])
+        factor = 3 if mode == "train" else 1
+        work = factor * s["flops_per_image"] * s["batch"] / 1e9
+        rate = s["matmul_gflops"]
+        peer_s = s["batch"] / best["images_per_s"]
+        need_s = peer_s / TARGET_RATIO
+        out.append(dict(
+            mode=mode, gflop_per_step=work, matmul_gflops=rate,
+            floor_s=work / rate, ours_s=s["batch"] / s["images_per_s"],
+            ours_mfu=s["mfu"], best_peer=best["label"], peer_s=peer_s,
+            peer_mfu=best["mfu"], target_s=need_s,
+            target_mfu=work / need_s / rate))
+    return out
+
+
+def roofline_table(lines):
+    head = ["| mode | model GFLOP / step | matmul GFLOP/s | compute floor "
+            "s/step (100 % of matmul) | keras_nfnets s/step (MFU) | best peer "
+            "s/step (MFU) | 1.5× target s/step | MFU the target needs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in lines:
+        head.append(
+            f"| {r['mode']} | {r['gflop_per_step']:.0f} | "
+            f"{r['matmul_gflops']:.0f} | {r['floor_s']:.2f} | "
+            f"{r['ours_s']:.2f} ({_fmt(r['ours_mfu'] and 100 * r['ours_mfu'], '.0f')} %) | "
+            f"{r['peer_s']:.2f} ({_fmt(r['peer_mfu'] and 100 * r['peer_mfu'], '.0f')} %, "
+            f"{r['best_peer']}) | {r['target_s']:.2f} | "
+            f"{100 * r['target_mfu']:.0f} % |")
+    return "\n".join(head)
