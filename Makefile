@@ -66,8 +66,9 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_PEERS := timm,timm_channels_last,onnxruntime
-# The experiments in the peer run: remat off, and one inter-op thread.
-BENCH_EXPERIMENTS := --compare_remat --compare_threads 0:1
+# The experiments in the peer run: remat off, one inter-op thread, and
+# timm without AGC (its default training has none).
+BENCH_EXPERIMENTS := --compare_remat --compare_threads 0:1 --compare_peer_agc
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): setup.cfg pyproject.toml
@@ -87,7 +88,7 @@ bench: $(BENCH_STAMP)
 # The same under a fixed background load: a busy loop pinned to CPU 0.
 bench-contended: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --contended --modes train \
-	  --peers timm --compare_threads 0:1 --rounds 1 --steps 3 --warmup 1 $(BENCH_ARGS) \
+	  --peers timm --compare_threads 0:1 --rounds 1 --steps 2 --warmup 1 $(BENCH_ARGS) \
 	  --out benchmarks/results_contended.json
 
 # One profiled F0 training step by op type (docs/performance.md).

@@ -8,6 +8,25 @@ machine is shared and noisy: compare numbers only within one run.
     python benchmarks/benchmark.py --variant F0 --rounds 3 --out bench.json
     python benchmarks/benchmark.py --child train --variant F0 --batch 8 --size 192
     python benchmarks/benchmark.py --serving --out serving.json  # see below
+    python benchmarks/benchmark.py --peers timm,timm_channels_last,onnxruntime \
+        --compare_remat --compare_threads 0:1 --out results_peers.json
+    python benchmarks/benchmark.py --contended --modes train --peers timm
+
+Peers (`--peers`, what `make bench` runs): timm's `dm_nfnet_f0` in
+PyTorch, eager and `channels_last` (training: SGD with Nesterov momentum
+and timm's `adaptive_clip_grad` at the same clip factor, batch 8 at 192
+px; inference: batch 8 at 256 px), and ONNX Runtime on timm's ONNX export
+(exported once, before the rounds). Each is its own child process of
+benchmarks/peers.py, which never imports TensorFlow, interleaved with the
+keras_nfnets configurations in every round. The run prints each
+keras_nfnets configuration's ratio to the best peer (images/s), and a
+roofline: the step's model FLOPs at the measured matmul rate against the
+step time the 1.5x target would need. Every row records the CPU model and
+its AVX2 / AVX-512 / AMX flags (/proc/cpuinfo), the load average when the
+child started, and the child's own matmul rate. `--contended` keeps a
+busy-loop process pinned to CPU 0 for the whole run (recorded in each
+row); `--compare_threads INTRA:INTER` adds keras_nfnets configurations
+with TensorFlow's thread pools set (0: TF's default).
 
 Measured per configuration:
   * training images/s: a full `train_on_batch` step (the same compiled
@@ -352,7 +371,8 @@ def peer_command(config, common, onnx=None):
            "--impl", config["impl"], "--mode", config["mode"],
            "--batch", str(config["batch"]), "--size", str(config["size"]),
            "--steps", str(common.steps), "--warmup", str(common.warmup),
-           "--agc_clipping", str(common.agc_clipping)]
+           "--agc_clipping", str(config.get("agc_clipping",
+                                            common.agc_clipping))]
     if config["impl"] == "onnxruntime":
         cmd += ["--onnx", onnx["path"],
                 "--flops_per_image", str(onnx["flops_per_image"])]
@@ -442,6 +462,9 @@ def build_configs(args, train_size, infer_size, peer_names):
                 continue
             configs.append(dict(impl=name, mode=mode, batch=args.batch,
                                 size=size))
+            if (name == "timm" and mode == "train"
+                    and getattr(args, "compare_peer_agc", False)):
+                configs.append(dict(configs[-1], agc_clipping=0))
     return configs
 
 
@@ -486,6 +509,9 @@ def main(argv=None):
                    help="peer configurations, comma-separated: "
                         + ", ".join(peers.PEERS) + " (or none); make bench "
                         "runs all three")
+    p.add_argument("--compare_peer_agc", action="store_true",
+                   help="also train timm eager without AGC (timm's "
+                        "default training has none)")
     p.add_argument("--contended", action="store_true",
                    help="a busy-loop process pinned to one CPU for the "
                         "whole run (recorded in each row)")
@@ -572,12 +598,12 @@ def main(argv=None):
             if contention:
                 contention.kill()
                 contention.wait()
+    if args.out:  # first: a table that fails to print loses nothing
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
     print_table([r for r in results if not summary.is_peer(r)])
     if peer_names:
         print_peer_table(results)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
 
 
 def print_peer_table(results):

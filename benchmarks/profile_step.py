@@ -34,8 +34,7 @@ CONV_TYPES = {"Conv2D": "convolution forward",
               "MatMul": "matmul (SE, classifier)",
               "_FusedMatMul": "matmul (SE, classifier)",
               "BatchMatMulV2": "matmul (SE, classifier)"}
-SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice",
-               "StridedSlice", "Pack", "Unpack"}
+SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice"}
 # A WSConv2D layer's scope: stem_conv0, conv1b_3, final_conv_1, ...
 CONV_SCOPE = re.compile(r"(^|/)(stem_)?(final_)?conv\w*?(_\d+)?/[^/]+$")
 CATEGORIES = ("convolution forward", "convolution input gradient",
@@ -53,6 +52,33 @@ def normalize(name):
     -> `nfnet_f0/nf_block/conv1/split`."""
     return "/".join(re.sub(r"(_\d+)+$", "", part)
                     for part in name.split("/"))
+
+
+PHASES = ("forward", "backward", "recomputed forward (remat)",
+          "optimizer update and AGC", "other (loss, finiteness checks, "
+          "unscoped gradient ops)")
+# The first scope of a layer inside an NFBlock, as TensorFlow names the
+# ops it recomputes in the backward pass (outside the model's scope).
+_BLOCK_LAYER = re.compile(r"^(conv\w*|gelu|squeeze_excite|stochastic_depth"
+                          r"|skip_gain|relu|silu|act\w*)(/|$)", re.I)
+
+
+def phase(name):
+    """Which part of the step an op belongs to, from its scope: the
+    model's forward (`nfnet_f0/...`), autodiff's backward
+    (`gradient_tape/...`), a block's forward recomputed by remat in the
+    backward pass (a block layer's scope without the model's:
+    `conv1b/...`, `Gelu/...`), the optimizer's update (`cond/then/...`)."""
+    lower = name.lower()
+    if lower.startswith("gradient_tape/"):
+        return PHASES[1]
+    if lower.startswith("cond/") or re.search(r"(^|/)(sgd|agc)/", lower):
+        return PHASES[3]
+    if lower.split("/", 1)[0].startswith("nfnet"):
+        return PHASES[0]
+    if "/" in name and _BLOCK_LAYER.match(name):
+        return PHASES[2]
+    return PHASES[4]
 
 
 def categorize(name, op_type):
@@ -97,7 +123,8 @@ def op_times(logdir):
                 continue
             for ev in line.events:
                 name = meta[ev.metadata_id].name
-                if ":" not in name:  # ExecutorState::Process, ParallelFor
+                # ExecutorState::Process, ParallelFor: not ops.
+                if ":" not in name or "::" in name:
                     continue
                 op_name, op_type = name.rsplit(":", 1)
                 totals[(normalize(op_name), op_type)] += ev.duration_ps / 1e12
@@ -108,6 +135,13 @@ def by_type(ops):
     out = collections.Counter()
     for op in ops:
         out[op["type"]] += op["s"]
+    return out
+
+
+def by_phase(ops):
+    out = collections.Counter({c: 0.0 for c in PHASES})
+    for op in ops:
+        out[phase(op["name"])] += op["s"]
     return out
 
 
@@ -178,6 +212,11 @@ def main(argv=None):
     print("| what for | s | share |")
     print("| --- | --- | --- |")
     for name, s in by_category(ops).most_common():
+        print(f"| {name} | {s:.3f} | {s / total:.1%} |")
+    print()
+    print("| phase | s | share |")
+    print("| --- | --- | --- |")
+    for name, s in by_phase(ops).most_common():
         print(f"| {name} | {s:.3f} | {s / total:.1%} |")
     if args.out:
         with open(args.out, "w") as f:

@@ -177,6 +177,9 @@ def f0_profile(source="benchmarks/profile_f0.json", top=12):
              "| what for | op s | share |", "| --- | --- | --- |"]
     for name, sec in profile_step.by_category(ops).most_common():
         lines.append(f"| {name} | {sec:.2f} | {100 * sec / total:.1f} % |")
+    lines += ["", "| phase | op s | share |", "| --- | --- | --- |"]
+    for name, sec in profile_step.by_phase(ops).most_common():
+        lines.append(f"| {name} | {sec:.2f} | {100 * sec / total:.1f} % |")
     lines += ["", "| op type | op s | share |", "| --- | --- | --- |"]
     for name, sec in profile_step.by_type(ops).most_common(top):
         lines.append(f"| {name} | {sec:.2f} | {100 * sec / total:.1f} % |")

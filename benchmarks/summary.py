@@ -23,7 +23,10 @@ def label(row):
     differs from its defaults."""
     impl = row.get("impl", "keras_nfnets")
     if impl != "keras_nfnets":
-        return PEER_NAMES.get(impl, impl)
+        name = PEER_NAMES.get(impl, impl)
+        if row.get("mode") == "train" and row.get("agc_clipping") is None:
+            name += ", no AGC"
+        return name
     parts = []
     if row.get("backend", "tensorflow") != "tensorflow":
         parts.append(row["backend"])

@@ -91,12 +91,13 @@ def test_an_interleaved_round_pairs_each_mode_with_its_peers():
         grouped_conv=None, compare_grouped_conv=False, modes="train,infer",
         backend="tensorflow", batch=8, compare_remat=True,
         compare_allocator=False, compare_threads=["0:1"],
-        compare_threads_modes=["train"])
+        compare_threads_modes=["train"], compare_peer_agc=True)
     configs = benchmark.build_configs(args, 192, 256, list(peers.PEERS))
     train = [c for c in configs if c["mode"] == "train"]
     infer = [c for c in configs if c["mode"] == "infer"]
     assert [c.get("impl", "keras") for c in train] == [
-        "keras", "keras", "keras", "timm", "timm_channels_last"]
+        "keras", "keras", "keras", "timm", "timm", "timm_channels_last"]
+    assert train[4]["agc_clipping"] == 0  # timm without AGC
     assert {c["size"] for c in train} == {192}
     assert [c.get("remat") for c in train[:2]] == ["auto", "off"]
     assert train[2]["tf_threads"] == "0:1"
@@ -118,7 +119,7 @@ def test_unknown_peer_is_named():
 
 
 def _row(impl, mode, ips, rnd, **kw):
-    row = dict(impl=impl, mode=mode, batch=8, size=192 if mode == "train"
+    row = dict(agc_clipping=0.01, impl=impl, mode=mode, batch=8, size=192 if mode == "train"
                else 256, images_per_s=ips, round=rnd, peak_rss_gb=2.0,
                first_step_s_since_start=20.0, matmul_gflops=80.0, mfu=0.5,
                flops_per_image=13.95e9 if mode == "train" else 24.77e9,
@@ -153,6 +154,8 @@ def test_ratios_to_the_best_peer():
            "| 0.58× |" in table
     assert "| train | timm eager | 8 x 192 | 1.90 (2.00, 1.80) | best peer" \
         in table
+    no_agc = summary.label(_row("timm", "train", 1, 0, agc_clipping=None))
+    assert no_agc == "timm eager, no AGC"
     lines = summary.ratio_lines(summary.summarize(ROWS))
     assert lines[0].startswith("train keras_nfnets (defaults): 0.58× the "
                                "best peer (timm eager)")
@@ -196,6 +199,18 @@ def test_summary_without_peers_has_no_ratio():
 def test_profile_categories(name, op_type, category):
     assert profile_step.categorize(name, op_type) == category
     assert category in profile_step.CATEGORIES
+
+
+@pytest.mark.parametrize("name,phase", [
+    ("nfnet_f0/nf_block/conv1/convolution", "forward"),
+    ("gradient_tape/conv1b/convolution/Conv2DBackpropFilter", "backward"),
+    ("conv1b/convolution", "recomputed forward (remat)"),
+    ("Gelu/Tanh", "recomputed forward (remat)"),
+    ("cond/then//cond/sgd/SelectV2", "optimizer update and AGC"),
+    ("IsFinite", profile_step.PHASES[-1]),
+])
+def test_profile_phases(name, phase):
+    assert profile_step.phase(name) == phase
 
 
 def test_profile_names_are_normalized_over_instances():
