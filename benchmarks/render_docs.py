@@ -144,6 +144,14 @@ def f0_peers(source="benchmarks/results_peers.json"):
                       summary.ratio_table(s), "", _provenance(source)])
 
 
+def f0_targets(source="benchmarks/results_peers.json"):
+    """Issue 16's targets, held or not, in the peer run."""
+    summary = _summary()
+    rows = _load(source)
+    return "\n".join([summary.targets_table(summary.targets(
+        summary.summarize(rows))), "", _provenance(source)])
+
+
 def f0_contended(source="benchmarks/results_contended.json"):
     """The same comparison with a busy loop pinned to one of the cores."""
     return f0_peers(source)
@@ -188,7 +196,7 @@ def f0_profile(source="benchmarks/profile_f0.json", top=12):
 
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
           "f0_serving": f0_serving, "f0_peers": f0_peers,
-          "f0_contended": f0_contended, "f0_roofline": f0_roofline,
+          "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
           "f0_profile": f0_profile}
 
 

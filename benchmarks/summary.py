@@ -178,3 +178,44 @@ def roofline_table(lines):
             f"{r['best_peer']}) | {r['target_s']:.2f} | "
             f"{100 * r['target_mfu']:.0f} % |")
     return "\n".join(head)
+
+
+def targets(summary):
+    """Issue 16's targets against one run's summary: keras_nfnets'
+    defaults at ≥ 1.5× the best peer in training and inference, peak
+    training memory at most timm eager's, a first step of at most 30 s."""
+    def find(mode, name):
+        return next((s for s in summary if s["mode"] == mode
+                     and s["label"] == name), None)
+    out = []
+    for mode, what in (("train", "training"), ("infer", "inference")):
+        ours = find(mode, "keras_nfnets (defaults)")
+        if ours and ours.get("ratio") is not None:
+            out.append(dict(
+                target=f"{what} ≥ {TARGET_RATIO}× the best peer",
+                measured=f"{ours['ratio']:.2f}× {ours['best_peer']}",
+                holds=ours["ratio"] >= TARGET_RATIO))
+    ours, timm = find("train", "keras_nfnets (defaults)"), find(
+        "train", PEER_NAMES["timm"])
+    if ours and timm:
+        out.append(dict(
+            target="peak training memory ≤ timm eager's",
+            measured=f"{ours['peak_rss_gb']:.2f} GB vs "
+                     f"{timm['peak_rss_gb']:.2f} GB "
+                     f"({ours['peak_rss_gb'] / timm['peak_rss_gb']:.2f}×)",
+            holds=ours["peak_rss_gb"] <= timm["peak_rss_gb"]))
+    if ours:
+        out.append(dict(
+            target="first training step ≤ 30 s from process start",
+            measured=f"{ours['first_step_s']:.1f} s",
+            holds=ours["first_step_s"] <= 30))
+    return out
+
+
+def targets_table(lines):
+    out = ["| target | measured (keras_nfnets defaults) | holds |",
+           "| --- | --- | --- |"]
+    for t in lines:
+        out.append(f"| {t['target']} | {t['measured']} | "
+                   f"{'yes' if t['holds'] else 'no'} |")
+    return "\n".join(out)

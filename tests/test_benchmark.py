@@ -174,6 +174,17 @@ def test_roofline_states_the_mfu_the_target_needs():
     assert "| train | 335 | 80 |" in summary.roofline_table([train])
 
 
+def test_targets_are_judged_on_the_defaults():
+    t = {x["target"]: x for x in summary.targets(summary.summarize(ROWS))}
+    train = t["training ≥ 1.5× the best peer"]
+    assert not train["holds"] and train["measured"] == "0.58× timm eager"
+    assert t["inference ≥ 1.5× the best peer"]["measured"].startswith(
+        "1.00× ONNX Runtime")
+    assert t["peak training memory ≤ timm eager's"]["holds"]  # 2.0 vs 2.0
+    assert t["first training step ≤ 30 s from process start"]["holds"]
+    assert "| no |" in summary.targets_table(list(t.values()))
+
+
 def test_summary_without_peers_has_no_ratio():
     s = summary.summarize([r for r in ROWS if r["impl"] == "keras_nfnets"])
     assert all(x["ratio"] is None for x in s)
