@@ -34,7 +34,8 @@ def label(row):
         parts.append(f"remat {row['remat_arg']}")
     if row.get("tf_threads"):
         intra, inter = row["tf_threads"].split(":")
-        parts.append(f"intra {intra} / inter-op {inter} threads")
+        parts += [f"TF {kind} threads {n}" for kind, n in
+                  (("intra-op", intra), ("inter-op", inter)) if n != "0"]
     if row.get("allocator", "default") != "default":
         parts.append(f"{row['allocator']} allocator")
     if row.get("jit"):

@@ -154,6 +154,8 @@ def test_ratios_to_the_best_peer():
            "| 0.58× |" in table
     assert "| train | timm eager | 8 x 192 | 1.90 (2.00, 1.80) | best peer" \
         in table
+    assert summary.label(dict(impl="keras_nfnets", tf_threads="0:1")) == \
+        "keras_nfnets, TF inter-op threads 1"
     no_agc = summary.label(_row("timm", "train", 1, 0, agc_clipping=None))
     assert no_agc == "timm eager, no AGC"
     lines = summary.ratio_lines(summary.summarize(ROWS))
