@@ -23,11 +23,22 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   computed on the global batch exactly as on one process. Process 0 is the
   chief (step backup, logs, `metrics.json`, `model.keras`); every process
   restores the backup.
+* What only process 0 does must not enter a cross-process collective (the
+  other processes would never join it: a hang). Creating a Keras variable
+  while a multi-process distribution is set is one: Keras places it with
+  `jax.device_put` on the global mesh, which checks with every process
+  that the value is the same (`multihost_utils.assert_equal`, an
+  all-gather). Keras' saving creates throwaway objects with variables
+  (`saving_lib.get_attr_skipset` builds a dummy optimizer), so process 0
+  writes the step backup and `model.keras` with no distribution set
+  (`MultiProcessDistribution.writing()`): those objects are then local, and
+  the model's own variables (replicated on every process) are only read.
 
 No heavy imports at module level: `training.train` imports this before
 keras picks its backend.
 """
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -303,8 +314,37 @@ class MultiProcessDistribution:
                      f"{len(devices)} devices)")
 
     def scope(self):
-        import contextlib  # pylint: disable=import-outside-toplevel
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def writing(self):
+        """What process 0 alone writes (backup, `model.keras`) runs in this
+        block: no distribution is set in it, so the objects Keras' saving
+        creates are local to this process instead of a collective the
+        other processes never enter (see the module docstring)."""
+        import keras  # pylint: disable=import-outside-toplevel
+        current = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(current)
+
+    def step_backup(self, backup_dir, save_freq, write):
+        """`training.checkpoint.StepBackup` whose writes (process 0) run in
+        `writing()`; restoring (every process) is unchanged."""
+        from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+        distribution = self
+
+        class ChiefWritesStepBackup(StepBackup):
+            def save(self):
+                if not self.write:
+                    return
+                with distribution.writing():
+                    super().save()
+
+        return ChiefWritesStepBackup(backup_dir, save_freq=save_freq,
+                                     write=write)
 
     def input_context(self):
         return process_input_context(

@@ -144,7 +144,11 @@ class KerasDistribution:
     the devices by Keras, and gradients are the global-batch mean (AGC
     clips that reduced gradient). The input is the global batch from the
     same dataset function the TF path uses, called once with one pipeline.
-    One process only: multi-host JAX (TPU pod slices) is not supported yet.
+    One process: several JAX processes (TPU pod slices, GPU nodes) train
+    with `training.multihost.MultiProcessDistribution` instead (the same
+    members, one mesh over the devices of every process, each process
+    feeding its part of the global batch), which `training.train` picks
+    when `jax.process_count() > 1`.
 
     PyTorch: one device.
     """
@@ -161,9 +165,9 @@ class KerasDistribution:
             if jax.process_count() > 1:
                 raise ValueError(
                     f"--backend=jax: {jax.process_count()} JAX processes; "
-                    "multi-host JAX training (TPU pod slices) is not "
-                    "supported yet: use one host (e.g. a single TPU VM) or "
-                    "--backend=tensorflow with --tpu.")
+                    "KerasDistribution is for one process (training.train "
+                    "trains on several with training.multihost."
+                    "MultiProcessDistribution; evaluate on one host).")
             devices = keras.distribution.list_devices()
             self.num_replicas_in_sync = len(devices)
             if len(devices) > 1:

@@ -602,6 +602,14 @@ def _current_step(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
+def _writing(strategy):
+    """The block in which the chief alone writes the model: on several JAX
+    processes outside the global mesh (training.multihost), else as is."""
+    import contextlib  # pylint: disable=import-outside-toplevel
+    writing = getattr(strategy, "writing", None)
+    return writing() if writing else contextlib.nullcontext()
+
+
 def _verbose(strategy):
     from . import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     return 1 if strategy_lib.is_chief(strategy) else 0
@@ -723,8 +731,10 @@ def run(argv=None):
     # record of what the backup was written with).
     if chief and not changed:
         write_resume_flags(model_dir, flag_values)
-    backup = StepBackup(data.join(model_dir, "backup"),
-                        save_freq=FLAGS.checkpoint_steps, write=chief)
+    # (several JAX processes: process 0 writes outside the global mesh)
+    backup = getattr(strategy, "step_backup", StepBackup)(
+        data.join(model_dir, "backup"), save_freq=FLAGS.checkpoint_steps,
+        write=chief)
     callbacks = [backup]
     if chief:
         callbacks += [
@@ -744,7 +754,8 @@ def run(argv=None):
     # Saved before the evaluation, so that a failing evaluation loses no
     # training.
     if chief:
-        model.save(data.join(model_dir, "model.keras"))
+        with _writing(strategy):
+            model.save(data.join(model_dir, "model.keras"))
     with _naming_unreadable_images(source, source.eval_split):
         result = evaluate.evaluate_model(
             model, strategy, source, eval_batch, plan.eval_image_size,
