@@ -41,6 +41,10 @@ FLOOR_TESTS := tests/test_layers.py tests/test_agc.py tests/test_agc_canary.py \
 FLOOR_DESELECT := test_mirrored_strategy_clips_the_global_batch_gradient \
 	test_agc_train_step_compiles_with_xla test_save_and_load_keep_agc \
 	test_mixed_float16_agc_sees_unscaled_gradients
+# The big F-series builds (parameter counts F3-F6, F7 and the + variants) are
+# the same code as F0-F2 on the floor; they run on the latest Keras in `test`.
+FLOOR_DESELECT_APPS := $(foreach v,F3 F4 F5 F6,"test_parameter_counts_match_deepmind[$(v)]") \
+	test_f7_and_plus_variants_build
 
 $(FLOOR_STAMP): setup.cfg pyproject.toml
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
@@ -52,7 +56,8 @@ $(FLOOR_STAMP): setup.cfg pyproject.toml
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -c "import keras, tensorflow as tf; print('floor: keras', keras.__version__, 'tensorflow', tf.__version__)"
 	TF_CPP_MIN_LOG_LEVEL=2 $(FLOOR_PY) -m pytest -q -m "not slow" --durations=10 \
-	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_agc.py::,$(FLOOR_DESELECT)); rc=$$?; \
+	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_agc.py::,$(FLOOR_DESELECT)) \
+	  $(addprefix --deselect tests/test_applications.py::,$(FLOOR_DESELECT_APPS)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: $(STAMP)
