@@ -140,16 +140,8 @@ def run_child(args):
     else:
         step = lambda: model.predict_on_batch(x)  # noqa: E731
         work = flops
-    times = []
-    for i in range(args.warmup + args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-        if i == 0:
-            result["first_step_s_since_start"] = time.time() - _START
-        if i == 1:
-            result["second_step_s_since_start"] = time.time() - _START
-    measured = times[args.warmup:]
+    measured = peers.timed(step, args.warmup, args.steps, result,
+                           start=_START)
     median = statistics.median(measured)
     result["step_times_s"] = [round(t, 3) for t in measured]
     result["images_per_s"] = args.batch / median

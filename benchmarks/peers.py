@@ -160,16 +160,19 @@ def _timm_flops_per_image(model, size):
     return counter.get_total_flops()
 
 
-def _timed(step, warmup, steps, result):
+def timed(step, warmup, steps, result, start=_START):
+    """Runs `step` warmup + steps times; the measured times after warm-up.
+    Records in `result` the seconds from `start` (the process start) to the
+    end of the first and second step."""
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
         if i == 0:
-            result["first_step_s_since_start"] = time.time() - _START
+            result["first_step_s_since_start"] = time.time() - start
         if i == 1:
-            result["second_step_s_since_start"] = time.time() - _START
+            result["second_step_s_since_start"] = time.time() - start
     return times[warmup:]
 
 
@@ -213,7 +216,7 @@ def run_timm(args):
             with torch.inference_mode():
                 return model(x)
         work = result["flops_per_image"]
-    measured = _timed(step, args.warmup, args.steps, result)
+    measured = timed(step, args.warmup, args.steps, result)
     return _finish(result, measured, work, torch_matmul_gflops(), "torch")
 
 
@@ -235,7 +238,7 @@ def run_onnxruntime(args):
     result = _row(args, framework=f"onnxruntime {ort.__version__}",
                   threads=options.intra_op_num_threads or os.cpu_count(),
                   flops_per_image=args.flops_per_image)
-    measured = _timed(lambda: session.run(None, {name: x}), args.warmup,
+    measured = timed(lambda: session.run(None, {name: x}), args.warmup,
                       args.steps, result)
     return _finish(result, measured, args.flops_per_image,
                    numpy_matmul_gflops(), "numpy")
