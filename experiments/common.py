@@ -236,7 +236,8 @@ def read_csv(path):
 
 
 # Settings a resumed study must share with the rows already in its CSV.
-RESUME_SETTINGS = ("n_train", "n_test", "epochs", "batch_size", "base_lr")
+RESUME_SETTINGS = ("n_train", "n_test", "epochs", "batch_size", "base_lr",
+                   "skip_gains_clipped")
 
 
 def run_all(name, jobs, data_for, out_dir=OUT_DIR, resume_key=None,
@@ -323,6 +324,12 @@ def study_parser(doc, *, seeds, n_train, epochs, batch_size, base_lr):
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--base-lr", type=float, default=base_lr,
                    help="lr = base_lr * batch_size / 256")
+    p.add_argument("--clip-skip-gains", action="store_true",
+                   help="the package's default AGC exactly (lambda 0.01, "
+                        "only the classifier kernel unclipped); default: the "
+                        "zero-initialised skip gains are unclipped too "
+                        "(study_skip_gain: clipped, they stay ~0 in short "
+                        "runs and switch every residual branch off)")
     p.add_argument("--per-class", type=int, nargs=2, default=[2000, 200],
                    metavar=("TRAIN", "TEST"),
                    help="images per class of the extracted subset "
@@ -337,9 +344,28 @@ def study_parser(doc, *, seeds, n_train, epochs, batch_size, base_lr):
 
 
 def train_settings(args):
-    """The `train`/`run_all` job entries from `study_parser`'s args."""
+    """The `train`/`run_all` job entries from `study_parser`'s args: AGC
+    lambda 0.01 (the package's default for NFNets), the classifier kernel
+    and, unless `--clip-skip-gains`, the skip gains unclipped."""
+    from experiments import study_skip_gain  # pylint: disable=import-outside-toplevel
     return dict(batch_size=args.batch_size, base_lr=args.base_lr,
-                epochs=args.epochs, n_train=args.n_train)
+                epochs=args.epochs, n_train=args.n_train, clipping="default",
+                agc_exclude=None if args.clip_skip_gains
+                else study_skip_gain.exclude_linear_and_skip_gains)
+
+
+def train_extra(args):
+    """The CSV columns `study_parser`'s settings add to each row."""
+    return {"n_test": args.n_test,
+            "skip_gains_clipped": bool(args.clip_skip_gains)}
+
+
+def nfnet_probe(model):
+    """FLOPs per image (`keras_nfnets.flops`) and the skip gains after
+    training (mean |skip_gain| and each block's)."""
+    from keras_nfnets import flops  # pylint: disable=import-outside-toplevel
+    from experiments import study_skip_gain  # pylint: disable=import-outside-toplevel
+    return {"flops": flops.count_flops(model), **study_skip_gain.probe(model)}
 
 
 # -------------------------------------------------------- statistics

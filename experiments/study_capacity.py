@@ -14,7 +14,10 @@ adds a fixed extra budget to one stage at a time:
   FLOPs of every arm are recorded too, from `keras_nfnets.flops`).
 
 Every arm is trained with `model.fit` (`NFNetSGD`, `WarmupCosineDecay`, the
-package's default AGC for NFNets: lambda 0.01, classifier kernel unclipped)
+package's AGC for NFNets, lambda 0.01, with the classifier kernel and the
+zero-initialised skip gains unclipped: clipped, the skip gains stay ~0 in
+runs this short and switch every residual branch off, see study_skip_gain;
+`--clip-skip-gains` clips them as the package's default does)
 from the same seeds on the same CIFAR-10 images; held-out accuracy on
 2,000 test images, train accuracy (inference mode) and wall time per run
 -> docs/study/study_capacity.csv (rewritten after every run; a rerun skips
@@ -83,11 +86,6 @@ def plan(arms=ARMS):
     return {a: out[a] for a in arms}
 
 
-def probe(model):
-    from keras_nfnets import flops  # pylint: disable=import-outside-toplevel
-    return {"flops": flops.count_flops(model)}
-
-
 # ------------------------------------------------------------ summary
 
 def summarize(rows):
@@ -111,6 +109,8 @@ def summarize(rows):
                     "test": te, "train": tr,
                     "test_per_seed": [r["test_acc"] for r in rs],
                     "vs_baseline": d,
+                    "skip_gain": common.arm_stats(
+                        rs, "mean_abs_skip_gain")["mean"],
                     "wall_s": float(np.mean([r["wall_seconds"] for r in rs]))})
     return out
 
@@ -159,7 +159,8 @@ def summary_lines(rows):
     summary = summarize(rows)
     lines = ["| arm | depth | width | params | MFLOPs | held-out acc per seed "
              "(mean) | train acc (mean) | vs baseline ± 1 s.e. (binomial; "
-             "seeds) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "seeds) | mean \\|skip gain\\| |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:
         d = s["vs_baseline"]
         vs = "—" if d is None else (f"{d['diff']:+.4f} ± {d['binomial_se']:.4f}"
@@ -168,7 +169,8 @@ def summary_lines(rows):
             f"| {s['arm']} | {s['depth']} | {s['width']} | {s['params']:,} "
             f"| {s['mflops']:.2f} | "
             + " / ".join(f"{v:.4f}" for v in s["test_per_seed"])
-            + f" ({s['test']['mean']:.4f}) | {s['train']['mean']:.4f} | {vs} |")
+            + f" ({s['test']['mean']:.4f}) | {s['train']['mean']:.4f} | {vs} "
+            f"| {s['skip_gain']:.3g} |")
     word, fams = verdict(summary, n_test)
     for family, f in fams.items():
         lines.append(f"* {family} arms: best {f['best']!r}, lead over "
@@ -218,9 +220,11 @@ def plot(rows, out_dir=common.OUT_DIR):
     r0 = rows[0]
     word, _ = verdict(summary, n_test)
     fig.suptitle(f"Where to add capacity (small NFNet): {r0['n_train']} "
-                 f"CIFAR-10 images x {r0['epochs']} epochs, batch "
-                 f"{r0['batch_size']}, lr {r0['lr']:g}, AGC {r0['clipping']}, "
-                 f"{n_test} held-out; third stage best: {word}", fontsize=9)
+                 f"CIFAR-10 images x {r0['epochs']} epochs,\nbatch "
+                 f"{r0['batch_size']}, lr {r0['lr']:g}, AGC {r0['clipping']} "
+                 f"(skip gains {'' if r0['skip_gains_clipped'] else 'un'}"
+                 f"clipped), {n_test} held-out; third stage best: {word}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / f"{NAME}.png", dpi=110)
 
@@ -236,9 +240,9 @@ def main(argv=None):
     csv_path = args.out_dir / f"{NAME}.csv"
     if not args.plot_only:
         arms = plan(args.arms)
-        jobs = [dict(arch="nfnet", seed=seed, clipping="default", probe=probe,
+        jobs = [dict(arch="nfnet", seed=seed, probe=common.nfnet_probe,
                      model_kwargs=dict(depth=depth, width=width),
-                     extra={"arm": arm, "n_test": args.n_test},
+                     extra={"arm": arm, **common.train_extra(args)},
                      **common.train_settings(args))
                 for seed in args.seeds for arm, (depth, width) in arms.items()]
         common.run_all(NAME, jobs,

@@ -9,8 +9,11 @@ NFNet of `experiments.common` (the demo's layout,
 F-series does, depth multiplier N = 1, 2 (, 3): depths (1, 1, 2, 1) x N,
 same widths, and trains each size with dropout {0, 0.2, 0.4} and stochastic
 depth 0.1 in an overfitting regime (2,000 CIFAR-10 images, 20 epochs),
-`model.fit` with `NFNetSGD`, `WarmupCosineDecay` and the package's default
-AGC for NFNets (lambda 0.01, classifier kernel unclipped). Held-out accuracy
+`model.fit` with `NFNetSGD`, `WarmupCosineDecay` and the package's AGC for
+NFNets, lambda 0.01, with the classifier kernel and the zero-initialised
+skip gains unclipped (clipped, the skip gains stay ~0 in runs this short
+and switch every residual branch off, see study_skip_gain;
+`--clip-skip-gains` clips them as the package's default does). Held-out accuracy
 on 2,000 test images, train accuracy (inference mode on the 2,000 training
 images) and wall time per run -> docs/study/study_dropout_scaling.csv
 (rewritten after every run; a rerun skips the runs already there),
@@ -23,8 +26,6 @@ docs/study/study_dropout_scaling.png.
 
 import math
 
-import numpy as np
-
 from experiments import common
 
 NAME = "study_dropout_scaling"
@@ -35,11 +36,6 @@ STOCHDEPTH = 0.1   # the F-series' (NFNetConfig.stochdepth_rate)
 
 def depth_for(n):
     return tuple(n * d for d in BASE_DEPTH)
-
-
-def probe(model):
-    from keras_nfnets import flops  # pylint: disable=import-outside-toplevel
-    return {"flops": flops.count_flops(model)}
 
 
 # ------------------------------------------------------------ summary
@@ -104,8 +100,8 @@ def summary_lines(rows):
     best = best_rates(rows)
     lines = ["| N (depths) | params | dropout | held-out acc per seed (mean) "
              "| train acc per seed (mean) | gap | vs dropout 0 ± 1 s.e. "
-             "(binomial; seeds) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "(binomial; seeds) | mean \\|skip gain\\| |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (n, rate), rs in sorted(cells.items()):
         te, tr = common.arm_stats(rs), common.arm_stats(rs, "train_acc")
         zero = cells.get((n, 0.0))
@@ -121,7 +117,8 @@ def summary_lines(rows):
             + " / ".join(f"{r['test_acc']:.4f}" for r in rs)
             + f" ({te['mean']:.4f}) | "
             + " / ".join(f"{r['train_acc']:.4f}" for r in rs)
-            + f" ({tr['mean']:.4f}) | {tr['mean'] - te['mean']:.4f} | {vs} |")
+            + f" ({tr['mean']:.4f}) | {tr['mean'] - te['mean']:.4f} | {vs} | "
+            f"{common.arm_stats(rs, 'mean_abs_skip_gain')['mean']:.3g} |")
     word, info = verdict(rows)
     if info:
         lines.append(
@@ -173,9 +170,10 @@ def plot(rows, out_dir=common.OUT_DIR):
     word, _ = verdict(rows)
     fig.suptitle(f"Dropout vs model size (small NFNet, depths x N, stoch. "
                  f"depth {r0['stochdepth_rate']:g}): {r0['n_train']} CIFAR-10 "
-                 f"images x {r0['epochs']} epochs, batch {r0['batch_size']}, "
-                 f"lr {r0['lr']:g}, AGC {r0['clipping']}; best rate grows: "
-                 f"{word}", fontsize=9)
+                 f"images x {r0['epochs']} epochs,\nbatch {r0['batch_size']}, "
+                 f"lr {r0['lr']:g}, AGC {r0['clipping']} "
+                 f"(skip gains {'' if r0['skip_gains_clipped'] else 'un'}"
+                 f"clipped); best rate grows: {word}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / f"{NAME}.png", dpi=110)
 
@@ -191,11 +189,11 @@ def main(argv=None):
     p.add_argument("--stochdepth", type=float, default=STOCHDEPTH)
     args = p.parse_args(argv)
     if not args.plot_only:
-        jobs = [dict(arch="nfnet", seed=seed, clipping="default", probe=probe,
+        jobs = [dict(arch="nfnet", seed=seed, probe=common.nfnet_probe,
                      model_kwargs=dict(drop_rate=rate,
                                        stochdepth_rate=args.stochdepth,
                                        depth=depth_for(n)),
-                     extra={"size_n": n, "n_test": args.n_test},
+                     extra={"size_n": n, **common.train_extra(args)},
                      **common.train_settings(args))
                 for seed in args.seeds for n in args.sizes
                 for rate in args.rates]

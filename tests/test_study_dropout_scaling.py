@@ -66,7 +66,8 @@ def test_the_committed_grid_is_the_issues():
 
 def _rows(means, n_test=2000):
     return [{"size_n": n, "drop_rate": rate, "seed": s, "test_acc": m + d,
-             "train_acc": 0.9, "n_test": n_test, "depth": "", "params": 1}
+             "train_acc": 0.9, "n_test": n_test, "depth": "", "params": 1,
+             "mean_abs_skip_gain": 0.5}
             for (n, rate), m in means.items()
             for s, d in enumerate((-1e-3, 1e-3))]
 
