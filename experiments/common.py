@@ -1,4 +1,4 @@
-"""Shared pieces of the issue-9 studies (`experiments.study_*`).
+"""Shared pieces of the studies (`experiments.study_*`, issues 9 and 20).
 
 Data: the CIFAR-10 JPEG subset that `experiments.agc_stability` extracts,
 decodes and caches (its `load_cifar`), class-balanced, 32x32, no
