@@ -265,8 +265,6 @@ def run_all(name, jobs, data_for, out_dir=OUT_DIR, resume_key=None,
         extra = job.pop("extra", {})
         if resume_key:
             known = {**extra, **job, **job.get("model_kwargs", {})}
-            if tuple(str(known.get(k)) for k in resume_key) in done:
-                continue
             for r in rows:
                 bad = [k for k in RESUME_SETTINGS
                        if k in r and k in known and r[k] != known[k]]
@@ -278,6 +276,8 @@ def run_all(name, jobs, data_for, out_dir=OUT_DIR, resume_key=None,
                         + ", ".join(f"{k}={known[k]}" for k in bad)
                         + "); use the same settings to resume, or delete "
                         "the CSV (or pass another --out-dir) to start over")
+            if tuple(str(known.get(k)) for k in resume_key) in done:
+                continue
         if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
             print(f"{name}: --max-minutes {max_minutes} reached; "
                   "rerun to resume", flush=True)
