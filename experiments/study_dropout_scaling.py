@@ -8,7 +8,7 @@ NFNet of `experiments.common` (the demo's layout,
 `training/demo_data/nfnet_demo.json`, depths (1, 1, 2, 1)) the way the
 F-series does, depth multiplier N = 1, 2 (, 3): depths (1, 1, 2, 1) x N,
 same widths, and trains each size with dropout {0, 0.2, 0.4} and stochastic
-depth 0.1 in an overfitting regime (2,000 CIFAR-10 images, 20 epochs),
+depth 0.1 in an overfitting regime (2,000 CIFAR-10 images, 15 epochs),
 `model.fit` with `NFNetSGD`, `WarmupCosineDecay` and the package's AGC for
 NFNets, lambda 0.01, with the classifier kernel and the zero-initialised
 skip gains unclipped (clipped, the skip gains stay ~0 in runs this short
@@ -185,7 +185,7 @@ def plot(rows, out_dir=common.OUT_DIR):
 # --------------------------------------------------------------- main
 
 def main(argv=None):
-    p = common.study_parser(__doc__, seeds=(0, 1), n_train=2000, epochs=20,
+    p = common.study_parser(__doc__, seeds=(0, 1), n_train=2000, epochs=15,
                             batch_size=64, base_lr=0.4)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 2],
                    help="depth multipliers N")
