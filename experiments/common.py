@@ -1,4 +1,4 @@
-"""Shared pieces of the issue-9 studies (`experiments.study_*`).
+"""Shared pieces of the studies (`experiments.study_*`, issues 9 and 20).
 
 Data: the CIFAR-10 JPEG subset that `experiments.agc_stability` extracts,
 decodes and caches (its `load_cifar`), class-balanced, 32x32, no
@@ -10,6 +10,7 @@ DeepMind's optimizer (`NFNetSGD`, Nesterov 0.9, weight decay 2e-5, linear
 warmup + cosine), `lr = base_lr * batch / 256`.
 """
 
+import argparse
 import csv
 import json
 import math
@@ -32,13 +33,15 @@ RESNET_DEPTH = (1, 1, 1, 1)
 RESNET_WIDTH = 0.5
 
 
-def load_data(n_train, n_test=2000, seed=0):
+def load_data(n_train, n_test=2000, seed=0, per_class=(2000, 200)):
     """(x_train, y_train, x_test, y_test): `n_train` images drawn (fixed
     permutation) from the 20,000-image subset of agc_stability, and the
-    first `n_test` of its 2,000 held-out test images (class-balanced)."""
+    first `n_test` of its 2,000 held-out test images (class-balanced).
+    `per_class`: (train, test) images per class of the extracted subset;
+    the studies use agc_stability's (2000, 200), tests a tiny one."""
     pathlib.Path(CACHE_DIR).mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te, _ = agc.load_cifar(
-        agc.DEFAULT_TARBALL, CACHE_DIR, 2000, 200)
+        agc.DEFAULT_TARBALL, CACHE_DIR, *per_class)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x_tr))[:n_train]
     tidx = np.random.default_rng(seed).permutation(len(x_te))[:n_test]
@@ -111,12 +114,20 @@ def bn_resnet(seed, drop_rate=0.0):
     return keras.Model(inputs, x, name="bn_resnet")
 
 
-def nfnet(seed, drop_rate=None, stochdepth_rate=None):
+def nfnet(seed, drop_rate=None, stochdepth_rate=None, **config):
     """The small NFNet of agc_stability (training/demo_data/nfnet_demo.json,
-    dropout 0.1, no stochastic depth unless overridden)."""
+    dropout 0.1, no stochastic depth unless overridden). `config`: other
+    entries of that config replaced, e.g. `depth=(1, 1, 1, 1)`,
+    `width=(32, 64, 128, 128)`."""
     import keras_nfnets  # pylint: disable=import-outside-toplevel
     with open(NFNET_CONFIG) as f:
         cfg = json.load(f)
+    unknown = set(config) - set(cfg)
+    if unknown:
+        raise ValueError(f"not entries of {NFNET_CONFIG.name}: "
+                         f"{sorted(unknown)}")
+    cfg.update({k: list(v) if isinstance(v, tuple) else v
+                for k, v in config.items()})
     if drop_rate is not None:
         cfg["drop_rate"] = drop_rate
     if stochdepth_rate is not None:
@@ -215,42 +226,173 @@ def write_csv(rows, path):
 
 
 def read_csv(path):
+    if not pathlib.Path(path).exists():
+        raise SystemExit(f"{path} does not exist: run the study first "
+                         "(without --plot-only)")
     parse = agc.parse_csv_value
     with open(path) as f:
         return [{k: parse(v) for k, v in row.items()}
                 for row in csv.DictReader(f)]
 
 
-def run_all(name, jobs, data_for, out_dir=OUT_DIR):
+# Settings a resumed study must share with the rows already in its CSV.
+RESUME_SETTINGS = ("n_train", "n_test", "epochs", "batch_size", "base_lr",
+                   "skip_gains_clipped")
+
+
+def run_all(name, jobs, data_for, out_dir=OUT_DIR, resume_key=None,
+            max_minutes=None):
     """Runs `jobs` (dicts of `train` kwargs plus "n_train") in order,
     printing each result, rewriting `<name>.csv` after each run (so a
-    cut-off study keeps what finished). Returns the rows."""
+    cut-off study keeps what finished). Returns the rows.
+
+    resume_key: column names (from a job's "extra" or `train`'s own, e.g.
+    `("arm", "seed")`) naming a run; with it the study is resumable: the
+    rows already in `<name>.csv` are kept, a job whose key is there is
+    skipped, and a job whose `RESUME_SETTINGS` differ from the CSV's is
+    refused (start over by deleting the CSV). Each new row gets
+    `wall_seconds` (build + fit + evaluation). max_minutes: launch no new
+    run after this many minutes (the running one finishes)."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    path = out_dir / f"{name}.csv"
+    rows = read_csv(path) if resume_key and path.exists() else []
+    done = {tuple(str(r.get(k)) for k in resume_key) for r in rows}
     t0 = time.time()
+    ran = 0
     for job in jobs:
         job = dict(job)
         extra = job.pop("extra", {})
+        if resume_key:
+            known = {**extra, **job, **job.get("model_kwargs", {})}
+            for r in rows:
+                bad = [k for k in RESUME_SETTINGS
+                       if k in r and k in known and r[k] != known[k]]
+                if bad:
+                    raise SystemExit(
+                        f"{path} was made with "
+                        + ", ".join(f"{k}={r[k]}" for k in bad)
+                        + " (this run: "
+                        + ", ".join(f"{k}={known[k]}" for k in bad)
+                        + "); use the same settings to resume, or delete "
+                        "the CSV (or pass another --out-dir) to start over")
+            if tuple(str(known.get(k)) for k in resume_key) in done:
+                continue
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            print(f"{name}: --max-minutes {max_minutes} reached; "
+                  "rerun to resume", flush=True)
+            break
+        start = time.time()
         data = data_for(job.pop("n_train"))
         row = {**extra, **train(data, **job)}
         if "model_kwargs" in job:
             row.update({k: v for k, v in job["model_kwargs"].items()})
+        if resume_key:
+            row["wall_seconds"] = round(time.time() - start, 1)
         rows.append(row)
+        ran += 1
         print(json.dumps(row), flush=True)
-        write_csv(rows, out_dir / f"{name}.csv")
-    print(f"{name}: {len(rows)} runs, {time.time() - t0:.0f}s", flush=True)
+        write_csv(rows, path)
+    print(f"{name}: {ran} runs, {time.time() - t0:.0f}s", flush=True)
     return rows
 
 
-def cached_data():
+def cached_data(n_test=2000, per_class=(2000, 200)):
     cache = {}
 
     def data_for(n_train):
         if n_train not in cache:
-            cache[n_train] = load_data(n_train)
+            cache[n_train] = load_data(n_train, n_test,
+                                       per_class=tuple(per_class))
         return cache[n_train]
     return data_for
+
+
+def study_parser(doc, *, seeds, n_train, epochs, batch_size, base_lr):
+    """The command line the resumable studies share (study_capacity,
+    study_dropout_scaling): training settings with the study's defaults,
+    `--out-dir`, `--plot-only`, `--max-minutes`, and the size of the
+    extracted CIFAR-10 subset (`--per-class`, tests only)."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    p.add_argument("--n-train", type=int, default=n_train)
+    p.add_argument("--n-test", type=int, default=2000,
+                   help="held-out images (of the 2,000 extracted)")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--base-lr", type=float, default=base_lr,
+                   help="lr = base_lr * batch_size / 256")
+    p.add_argument("--clip-skip-gains", action="store_true",
+                   help="the package's default AGC exactly (lambda 0.01, "
+                        "only the classifier kernel unclipped); default: the "
+                        "zero-initialised skip gains are unclipped too "
+                        "(study_skip_gain: clipped, they stay ~0 in short "
+                        "runs and switch every residual branch off)")
+    p.add_argument("--per-class", type=int, nargs=2, default=[2000, 200],
+                   metavar=("TRAIN", "TEST"),
+                   help="images per class of the extracted subset "
+                        "(the studies: 2000 200)")
+    p.add_argument("--out-dir", type=pathlib.Path, default=OUT_DIR)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new run after this many minutes; rerun "
+                        "to resume (runs in the CSV are skipped)")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the PNG (and print the summary) from the CSV")
+    return p
+
+
+def train_settings(args):
+    """The `train`/`run_all` job entries from `study_parser`'s args: AGC
+    lambda 0.01 (the package's default for NFNets), the classifier kernel
+    and, unless `--clip-skip-gains`, the skip gains unclipped."""
+    from experiments import study_skip_gain  # pylint: disable=import-outside-toplevel
+    return dict(batch_size=args.batch_size, base_lr=args.base_lr,
+                epochs=args.epochs, n_train=args.n_train, clipping="default",
+                agc_exclude=None if args.clip_skip_gains
+                else study_skip_gain.exclude_linear_and_skip_gains)
+
+
+def train_extra(args):
+    """The CSV columns `study_parser`'s settings add to each row."""
+    return {"n_test": args.n_test,
+            "skip_gains_clipped": bool(args.clip_skip_gains)}
+
+
+def nfnet_probe(model):
+    """FLOPs per image (`keras_nfnets.flops`) and the skip gains after
+    training (mean |skip_gain| and each block's)."""
+    from keras_nfnets import flops  # pylint: disable=import-outside-toplevel
+    from experiments import study_skip_gain  # pylint: disable=import-outside-toplevel
+    return {"flops": flops.count_flops(model), **study_skip_gain.probe(model)}
+
+
+# -------------------------------------------------------- statistics
+
+def binomial_se(acc, n):
+    """Binomial standard error of one accuracy measured on `n` images."""
+    return math.sqrt(max(acc * (1 - acc), 0.0) / n)
+
+
+def arm_stats(rows, key="test_acc"):
+    """mean, sample sd (0 for one seed), min, max and count of `key`."""
+    v = np.asarray([r[key] for r in rows], np.float64)
+    return {"mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+
+
+def difference(rows_a, rows_b, n_test, key="test_acc"):
+    """Mean of `rows_a` minus mean of `rows_b`, with two standard errors:
+    `binomial_se` (of one run each: the test-set sampling error, which the
+    seeds share) and `seed_se` (from the seed spread, sd/sqrt(k) each)."""
+    a, b = arm_stats(rows_a, key), arm_stats(rows_b, key)
+    return {"diff": a["mean"] - b["mean"],
+            "binomial_se": math.sqrt(binomial_se(a["mean"], n_test) ** 2
+                                     + binomial_se(b["mean"], n_test) ** 2),
+            "seed_se": math.sqrt(a["sd"] ** 2 / a["n"]
+                                 + b["sd"] ** 2 / b["n"])}
 
 
 def plt():
