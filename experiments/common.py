@@ -404,3 +404,11 @@ def plt():
 
 def isfinite(v):
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def wall_time_line(rows):
+    """The summary line with the runs' wall time (build + fit + evaluation)."""
+    seconds = [r["wall_seconds"] for r in rows]
+    return (f"* {len(rows)} runs, wall time (build + fit + evaluation) "
+            f"{sum(seconds):.0f} s in all, {min(seconds):.0f}-"
+            f"{max(seconds):.0f} s per run")

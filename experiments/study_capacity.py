@@ -178,10 +178,7 @@ def summary_lines(rows):
                      f"{2 * f['se']:.4f}: "
                      f"{'resolved' if f['resolved'] else 'within noise'})")
     lines.append(f"* verdict (third stage best): {word}")
-    lines.append(f"* {len(rows)} runs, wall time (build + fit + evaluation) "
-                 f"{sum(r['wall_seconds'] for r in rows):.0f} s in all, "
-                 f"{min(r['wall_seconds'] for r in rows):.0f}-"
-                 f"{max(r['wall_seconds'] for r in rows):.0f} s per run")
+    lines.append(common.wall_time_line(rows))
     return lines
 
 

@@ -127,10 +127,7 @@ def summary_lines(rows):
             + f"; at N={info['large']} its lead over N={info['small']}'s best "
             f"rate {info['lead']:+.4f} (2 s.e. = {2 * info['se']:.4f})")
     lines.append(f"* verdict (best rate grows with size): {word}")
-    lines.append(f"* {len(rows)} runs, wall time (build + fit + evaluation) "
-                 f"{sum(r['wall_seconds'] for r in rows):.0f} s in all, "
-                 f"{min(r['wall_seconds'] for r in rows):.0f}-"
-                 f"{max(r['wall_seconds'] for r in rows):.0f} s per run")
+    lines.append(common.wall_time_line(rows))
     return lines
 
 
