@@ -2,34 +2,23 @@
 JPEGs through the study's own command line, resuming, and `--plot-only`
 redrawing the committed plot and REPORT.md's table from the committed CSV."""
 
-import shutil
 import sys
 
 import pytest
 
-from conftest import DATASETS, REPO, in_ci
+from conftest import REPO
+from study_helpers import check_report_copies_summary, need_cifar
 
 sys.path.insert(0, str(REPO))
 from experiments import common, study_capacity  # noqa: E402
 
-CSV = REPO / "docs" / "study" / "study_capacity.csv"
 TINY = ["--per-class", "4", "2", "--n-train", "32", "--n-test", "20",
         "--epochs", "1", "--batch-size", "16", "--seeds", "0"]
 
 
-def _need_cifar():
-    if not (DATASETS / "cifar10-jpeg.tar.gz").exists():
-        if in_ci():
-            pytest.fail(f"{DATASETS / 'cifar10-jpeg.tar.gz'} is missing")
-        pytest.skip("the CIFAR-10 JPEGs of ../shared/datasets are missing")
-
-
-# CI time: measured 50-69 s on the 2 shared cores (one model.fit each,
-# tracing dominates), over the 20 s budget; `make test-all` runs it.
-@pytest.mark.slow
 def test_a_tiny_grid_runs_resumes_and_refuses_other_settings(tmp_path,
                                                              capsys):
-    _need_cifar()
+    need_cifar()
     args = TINY + ["--out-dir", str(tmp_path), "--arms", "depth: stage 3"]
     rows = study_capacity.main(args)
     assert len(rows) == 1
@@ -76,16 +65,7 @@ def test_the_width_arms_match_the_depth_arms_parameters():
 
 
 def test_report_copies_the_summary_of_the_committed_csv(tmp_path, capsys):
-    if not CSV.exists():
-        pytest.skip(f"{CSV.name} is not committed yet (run the study)")
-    shutil.copy(CSV, tmp_path / CSV.name)
-    rows = study_capacity.main(["--plot-only", "--out-dir", str(tmp_path)])
-    assert rows == common.read_csv(CSV)
-    assert (tmp_path / "study_capacity.png").stat().st_size > 0
-    printed = capsys.readouterr().out.strip().splitlines()
-    report = (REPO / "docs" / "study" / "REPORT.md").read_text()
-    missing = [line for line in printed if line not in report]
-    assert not missing, missing
+    check_report_copies_summary(study_capacity, tmp_path, capsys)
 
 
 def _rows(means, n_test=2000):

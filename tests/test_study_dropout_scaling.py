@@ -2,27 +2,23 @@
 CIFAR-10 JPEGs through the study's own command line, and `--plot-only`
 redrawing the committed plot and REPORT.md's table from the committed CSV."""
 
-import shutil
 import sys
 
 import pytest
 
-from conftest import DATASETS, REPO, in_ci
+from conftest import REPO
+from study_helpers import check_report_copies_summary, need_cifar
 
 sys.path.insert(0, str(REPO))
 from experiments import common, study_dropout_scaling as study  # noqa: E402
 
-CSV = REPO / "docs" / "study" / "study_dropout_scaling.csv"
 
 
 # CI time: measured 50-69 s on the 2 shared cores (one model.fit each,
 # tracing dominates), over the 20 s budget; `make test-all` runs it.
 @pytest.mark.slow
 def test_a_tiny_grid_runs_and_resumes(tmp_path, capsys):
-    if not (DATASETS / "cifar10-jpeg.tar.gz").exists():
-        if in_ci():
-            pytest.fail(f"{DATASETS / 'cifar10-jpeg.tar.gz'} is missing")
-        pytest.skip("the CIFAR-10 JPEGs of ../shared/datasets are missing")
+    need_cifar()
     args = ["--per-class", "4", "2", "--n-train", "32", "--n-test", "20",
             "--epochs", "1", "--batch-size", "16", "--seeds", "0",
             "--sizes", "2", "--rates", "0.4", "--out-dir", str(tmp_path)]
@@ -45,16 +41,7 @@ def test_a_tiny_grid_runs_and_resumes(tmp_path, capsys):
 
 
 def test_report_copies_the_summary_of_the_committed_csv(tmp_path, capsys):
-    if not CSV.exists():
-        pytest.skip(f"{CSV.name} is not committed yet (run the study)")
-    shutil.copy(CSV, tmp_path / CSV.name)
-    rows = study.main(["--plot-only", "--out-dir", str(tmp_path)])
-    assert rows == common.read_csv(CSV)
-    assert (tmp_path / "study_dropout_scaling.png").stat().st_size > 0
-    printed = capsys.readouterr().out.strip().splitlines()
-    report = (REPO / "docs" / "study" / "REPORT.md").read_text()
-    missing = [line for line in printed if line not in report]
-    assert not missing, missing
+    check_report_copies_summary(study, tmp_path, capsys)
 
 
 def _rows(means, n_test=2000):
