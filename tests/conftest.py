@@ -110,8 +110,13 @@ class LoopbackServer:
             def log_message(self, *args):  # keep test output quiet
                 server.requests.append(self.path)
 
+        self.serve(Handler)
+
+    def serve(self, handler):
+        """Starts serving with `handler` (a request-handler class) on a
+        free loopback port; `url` is its address."""
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
+                                                     handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever,
                                        daemon=True)

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import keras
@@ -344,12 +343,7 @@ class _SlowServer(_Server):
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       daemon=True)
-        self.thread.start()
+        self.serve(Handler)
 
 
 def test_md5_table_refuses_a_wrong_f0_then_opt_out(served, tmp_path,
