@@ -23,7 +23,7 @@ from the same seeds on the same CIFAR-10 images; held-out accuracy on
 -> docs/study/study_capacity.csv (rewritten after every run; a rerun skips
 the arms already there), docs/study/study_capacity.png.
 
-    python -m experiments.study_capacity               # ~20 min on 2 cores
+    python -m experiments.study_capacity               # wall time: REPORT.md
     python -m experiments.study_capacity --arms baseline "depth: stage 3"
     python -m experiments.study_capacity --plot-only   # PNG + summary
 """
@@ -233,8 +233,8 @@ def plot(rows, out_dir=common.OUT_DIR):
 # --------------------------------------------------------------- main
 
 def main(argv=None):
-    p = common.study_parser(__doc__, seeds=(0, 1, 2), n_train=8000,
-                            epochs=3, batch_size=128, base_lr=0.4)
+    p = common.study_parser(__doc__, seeds=(0, 1, 2), n_train=5000,
+                            epochs=2, batch_size=128, base_lr=0.4)
     p.add_argument("--arms", nargs="+", default=ARMS, metavar="ARM",
                    help=f"subset of {ARMS}")
     args = p.parse_args(argv)
