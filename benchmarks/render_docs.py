@@ -194,10 +194,31 @@ def f0_profile(source="benchmarks/profile_f0.json", top=12):
     return "\n".join(lines + ["", _provenance(source)])
 
 
+def f0_first_step(source="benchmarks/results_first_step.json"):
+    """The first training step from process start, phase by phase, per
+    configuration (benchmarks/first_step.py), the defaults' phases and
+    grappler passes."""
+    from benchmarks import first_step
+    summary = _summary()
+    runs = _load(source)["runs"]
+    parts = [summary.cpu_line(runs) + ".", "", first_step.table(runs)]
+    defaults = next((r for r in runs if r["config"] == "defaults"), None)
+    if defaults is not None:
+        parts += ["", "The defaults, phase by phase:", "",
+                  first_step.phase_table(defaults)]
+        if defaults["grappler"]["pass_ms"]:
+            parts += ["", f"Grappler in the defaults run: "
+                          f"{defaults['grappler']['total_ms'] / 1000:.1f} s "
+                          f"over its passes, on a graph of "
+                          f"{defaults['grappler']['nodes_before']} nodes.", "",
+                      first_step.pass_table(defaults)]
+    return "\n".join(parts + ["", _provenance(source)])
+
+
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
           "f0_serving": f0_serving, "f0_peers": f0_peers,
           "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
-          "f0_profile": f0_profile}
+          "f0_profile": f0_profile, "f0_first_step": f0_first_step}
 
 
 def repository_slug():
