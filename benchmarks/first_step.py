@@ -116,9 +116,22 @@ PHASES = (("import_tf_s", "import tensorflow"),
           ("trace_gradient_s", "trace: autodiff (remat, custom gradients)"),
           ("trace_update_s", "trace: optimizer update and AGC"),
           ("trace_done_s", "trace: metrics, train_step left"),
-          ("grappler_start_s", "function built, to grappler's start"),
+          ("instantiate_s", "function graph handed to TF's runtime"),
+          ("grappler_start_s", "placement and pre-grappler passes"),
           ("grappler_end_s", "grappler"),
-          ("first_step_s_since_start", "first execution (after grappler)"))
+          ("graph_optimized_s", "post-grappler passes, partitioning "
+                                "(oneDNN layout rewrite)"),
+          ("instantiated_s", "executor and kernels created"),
+          ("first_step_s_since_start", "first execution"))
+# TensorFlow's own log of the train function's way to its first run
+# (process_function_library_runtime=1): the phase each line ends.
+RUNTIME_EVENTS = (("instantiate_s", "Instantiating MultiDevice function"),
+                  ("graph_optimized_s", "Finished graph optimizations for "
+                                        "MultiDevice function"),
+                  ("instantiated_s", "Instantiated MultiDevice function"))
+VMODULE = "meta_optimizer=1,process_function_library_runtime=1"
+# The name Keras' TensorFlow trainer gives the train step's tf.function.
+TRAIN_FUNCTION = "one_step_on_data"
 
 
 def process_start_time():
@@ -196,6 +209,21 @@ def parse_grappler_log(text, year=None):
     return dict(start=start, end=end, items=items, nodes_before=first_nodes,
                 pass_ms={k: round(v, 1) for k, v in sorted(
                     passes.items(), key=lambda kv: -kv[1])})
+
+
+def parse_runtime_log(text, function=TRAIN_FUNCTION, year=None):
+    """The wall time of each RUNTIME_EVENTS line of the first function
+    whose name contains `function` (its first occurrence)."""
+    out = {}
+    for line in text.splitlines():
+        match = LOG_LINE.match(line)
+        if (not match or "process_function_library_runtime" not in
+                match["src"] or function not in match["text"]):
+            continue
+        for key, start in RUNTIME_EVENTS:
+            if match["text"].startswith(start) and key not in out:
+                out[key] = log_time(match, year)
+    return out
 
 
 def top_switchable_passes(row, n):
@@ -288,19 +316,23 @@ def spawn(name, args):
            "--variant", args.variant, "--batch", str(args.batch),
            "--size", str(args.size), "--steps", str(args.steps),
            "--agc_clipping", str(args.agc_clipping)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0",
-               TF_CPP_VMODULE="meta_optimizer=1", **config.get("env", {}))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE=VMODULE,
+               **config.get("env", {}))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     row = benchmark._child_result(out, name)
     grappler = parse_grappler_log(out.stderr)
+    events = parse_runtime_log(out.stderr)
+    main = next((i for i in grappler["items"] if TRAIN_FUNCTION in
+                 i["name"]), grappler["items"][0] if grappler["items"]
+                else None)
+    if main is not None:
+        events.update(grappler_start_s=main["start"],
+                      grappler_end_s=main["end"])
     phases = row["phases_s"]
+    phases.update({k: round(t - row["process_start"], 3)
+                   for k, t in events.items()})
     phases["first_step_s_since_start"] = round(
         row["first_step_s_since_start"], 3)
-    if grappler["start"] is not None:
-        phases["grappler_start_s"] = round(
-            grappler["start"] - row["process_start"], 3)
-        phases["grappler_end_s"] = round(
-            grappler["end"] - row["process_start"], 3)
     grappler["total_ms"] = round(sum(grappler["pass_ms"].values()), 1)
     for item in grappler["items"]:
         for key in ("start", "end"):
@@ -343,26 +375,25 @@ def plan(names, top_passes):
 def table(rows):
     """Markdown: each configuration's phases, first step and steady step."""
     head = ["configuration", "imports s", "build + compile s", "trace s",
-            "to grappler s", "grappler s", "first execution s",
+            "grappler s", "other graph set-up s", "first execution s",
             "first step s (from process start)", "steady step s",
             "peak RSS GB"]
+    keys = [k for k, _ in PHASES]
+    groups = dict(imports=keys[:3], build=keys[3:6], trace=keys[6:11],
+                  setup=keys[11:-1])
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     for r in rows:
         d = r["durations_s"]
 
-        def total(*keys):
-            return sum(d.get(k, 0.0) for k in keys)
-        grappler = ("-" if "grappler_end_s" not in d
-                    else f"{d['grappler_end_s']:.1f}")
-        to_grappler = ("-" if "grappler_start_s" not in d
-                       else f"{d['grappler_start_s']:.1f}")
+        def total(group):
+            return sum(d.get(k, 0.0) for k in groups[group])
+        grappler = d.get("grappler_end_s")
+        setup = total("setup") - (grappler or 0.0)
         lines.append(
-            f"| {r['config']} | "
-            f"{total('import_tf_s', 'import_keras_s', 'import_keras_nfnets_s'):.1f} | "
-            f"{total('built_s', 'compiled_s', 'train_function_s'):.1f} | "
-            f"{total('trace_start_s', 'trace_forward_s', 'trace_gradient_s', 'trace_update_s', 'trace_done_s'):.1f} | "
-            f"{to_grappler} | {grappler} | "
-            f"{d['first_step_s_since_start']:.1f} | "
+            f"| {r['config']} | {total('imports'):.1f} | "
+            f"{total('build'):.1f} | {total('trace'):.1f} | "
+            f"{'-' if grappler is None else f'{grappler:.1f}'} | "
+            f"{setup:.1f} | {d['first_step_s_since_start']:.1f} | "
             f"{r['first_step_s_since_start']:.1f} | "
             f"{r['steady_step_median_s']:.2f} | {r['peak_rss_gb']:.2f} |")
     return "\n".join(lines)

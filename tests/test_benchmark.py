@@ -296,32 +296,56 @@ def test_first_step_configurations_are_validated():
     assert fs.process_start_time() <= fs._START + 1e-3
 
 
+RUNTIME_LOG = """\
+I0000 00:00:100.000000   1 process_function_library_runtime.cc:518] \
+Instantiating MultiDevice function "__wrapped____EagerConst_device_CPU"
+I0000 00:00:101.500000   1 process_function_library_runtime.cc:518] \
+Instantiating MultiDevice function "__inference_one_step_on_data_16406" on
+I0000 00:00:110.250000   1 process_function_library_runtime.cc:603] \
+Finished graph optimizations for MultiDevice function \
+"__inference_one_step_on_data_16406" with target device. Took 9 secs.
+I0000 00:00:111.000000   1 process_function_library_runtime.cc:835] \
+Instantiated MultiDevice function "__inference_one_step_on_data_16406" with
+I0000 00:00:119.000000   1 process_function_library_runtime.cc:835] \
+Instantiated MultiDevice function "__inference_one_step_on_data_16406" with
+"""
+
+
+def test_runtime_log_times_the_train_functions_way_to_its_first_run():
+    fs = _first_step()
+    assert fs.parse_runtime_log(RUNTIME_LOG) == dict(
+        instantiate_s=101.5, graph_optimized_s=110.25, instantiated_s=111.0)
+    assert fs.parse_runtime_log(RUNTIME_LOG, function="predict") == {}
+
+
 def test_first_step_phases_and_table():
     fs = _first_step()
     phases = dict(script_start_s=0.1, import_tf_s=7.0, import_keras_s=7.1,
                   import_keras_nfnets_s=7.2, built_s=9.0, compiled_s=9.1,
                   train_function_s=10.0, trace_start_s=10.1,
                   trace_forward_s=14.0, trace_gradient_s=24.0,
-                  trace_update_s=30.0, trace_done_s=30.5,
+                  trace_update_s=30.0, trace_done_s=30.5, instantiate_s=31.0,
                   grappler_start_s=32.0, grappler_end_s=40.0,
+                  graph_optimized_s=41.0, instantiated_s=42.0,
                   first_step_s_since_start=50.0)
     d = fs.durations(phases)
     assert list(d) == [k for k, _ in fs.PHASES]
     assert d["grappler_end_s"] == pytest.approx(8.0)
     assert sum(d.values()) == pytest.approx(50.0)
-    # Grappler off: no log, its time goes to the next phase.
+    # Grappler off: no log of it, its time goes to the next phase.
     off = fs.durations({k: v for k, v in phases.items()
                         if not k.startswith("grappler")})
-    assert off["first_step_s_since_start"] == pytest.approx(19.5)
+    assert off["graph_optimized_s"] == pytest.approx(10.0)
     row = dict(config="defaults", durations_s=d, phases_s=phases,
                first_step_s_since_start=50.0, steady_step_median_s=7.25,
                peak_rss_gb=2.7, grappler=dict(
                    total_ms=8000.0, pass_ms={"remapper": 6000.0,
                                              "memory_optimizer": 2000.0}))
     table = fs.table([row, dict(row, config="grappler_off", durations_s=off)])
-    assert ("| defaults | 7.2 | 2.8 | 20.5 | 1.5 | 8.0 | 10.0 | 50.0 | 7.25 "
+    assert ("| defaults | 7.2 | 2.8 | 20.5 | 8.0 | 3.5 | 8.0 | 50.0 | 7.25 "
             "| 2.70 |") in table
-    assert "| grappler_off | 7.2 | 2.8 | 20.5 | - | - | 19.5 | 50.0 |" in table
+    assert "| grappler_off | 7.2 | 2.8 | 20.5 | - | 11.5 | 8.0 | 50.0 |" \
+        in table
     assert "| grappler | 8.0 | 40.0 |" in fs.phase_table(row)
     passes = fs.pass_table(row)
     assert "| remapper | 6.0 | 75 % | `remapping` |" in passes
