@@ -31,7 +31,8 @@ Configurations (`--configs`, each a fresh process): `defaults`; `remat_off`
 (`tf.config.optimizer.set_experimental_options({"disable_meta_optimizer":
 True})`); `no_<option>` for each of grappler's switchable passes
 (`no_remapping`, `no_constant_folding`, ...); `onednn_off`
-(`TF_ENABLE_ONEDNN_OPTS=0`); and `top_passes`, which stands for `no_<pass>`
+(`TF_ENABLE_ONEDNN_OPTS=0`); `agc_off` (`agc_clipping=None`, a diagnostic:
+AGC's share of tracing the update); and `top_passes`, which stands for `no_<pass>`
 of the `--top_passes` passes that took the longest in the `defaults` run
 before it. Public TensorFlow / Keras switches only; no package default is
 changed.
@@ -84,6 +85,11 @@ GRAPPLER_SWITCHES = {
 }
 
 
+def pass_config_name(option):
+    """`no_remapping`, ..., `no_model_pruning` (disable_model_pruning)."""
+    return "no_" + option.removeprefix("disable_")
+
+
 def _pass_config(option):
     # disable_model_pruning is a bool that turns the pass off when True;
     # the others are toggles.
@@ -98,9 +104,13 @@ CONFIGS = {
     "grappler_off": dict(grappler={"disable_meta_optimizer": True},
                          description="grappler off "
                                      "(disable_meta_optimizer=True)"),
+    # A diagnostic, not a setting to train with: what AGC's share of the
+    # optimizer's trace is.
+    "agc_off": dict(agc_clipping=0, description="AGC off (agc_clipping=None;"
+                                                " a diagnostic)"),
     "onednn_off": dict(env={"TF_ENABLE_ONEDNN_OPTS": "0"},
                        description="TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
-    **{f"no_{option}": _pass_config(option)
+    **{pass_config_name(option): _pass_config(option)
        for option in GRAPPLER_SWITCHES.values()},
 }
 # The phases, in order: the name of the timestamp that ends each, and what
@@ -231,7 +241,7 @@ def top_switchable_passes(row, n):
     passes that took the longest in `row`."""
     names = [name for name in row["grappler"]["pass_ms"]
              if name in GRAPPLER_SWITCHES][:n]
-    return [f"no_{GRAPPLER_SWITCHES[name]}" for name in names]
+    return [pass_config_name(GRAPPLER_SWITCHES[name]) for name in names]
 
 
 def _stamp(times, key, start):
@@ -280,7 +290,8 @@ def run_child(args):
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **benchmark._agc_kwargs(args))
+        **benchmark._agc_kwargs(argparse.Namespace(
+            agc_clipping=config.get("agc_clipping", args.agc_clipping))))
     _stamp(times, "compiled_s", start)
     stamp = dict(times=times, start=start)
     _wrap(model, "train_step", "trace_start_s", "trace_done_s", **stamp)
@@ -296,7 +307,8 @@ def run_child(args):
     row = dict(config=args.child, description=config["description"],
                variant=args.variant, batch=args.batch, size=size,
                remat_arg=remat, grappler_options=config.get("grappler", {}),
-               env=config.get("env", {}), agc_clipping=args.agc_clipping,
+               env=config.get("env", {}),
+               agc_clipping=config.get("agc_clipping", args.agc_clipping),
                framework=benchmark._framework(), cpu=cpu)
     steady = peers.timed(lambda: model.train_on_batch(x, y), 1, args.steps,
                          row, start=start)
@@ -318,7 +330,8 @@ def spawn(name, args):
            "--agc_clipping", str(args.agc_clipping)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE=VMODULE,
                **config.get("env", {}))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                         timeout=args.child_timeout_s)
     row = benchmark._child_result(out, name)
     grappler = parse_grappler_log(out.stderr)
     events = parse_runtime_log(out.stderr)
@@ -431,10 +444,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2,
                    help="steps after the first (the steady-state time)")
     p.add_argument("--agc_clipping", type=float, default=0.01)
-    p.add_argument("--configs", default="defaults,grappler_off,top_passes,"
-                   "remat_off,onednn_off",
+    p.add_argument("--configs", default="defaults,remat_off,grappler_off,"
+                   "top_passes,agc_off,onednn_off",
                    help="comma-separated: " + ", ".join(
-                       ["defaults", "remat_off", "grappler_off",
+                       ["defaults", "remat_off", "grappler_off", "agc_off",
                         "onednn_off", "no_<grappler option>", "top_passes"]))
     p.add_argument("--top_passes", type=int, default=2,
                    help="top_passes: how many of the longest grappler "
@@ -442,6 +455,8 @@ def main(argv=None):
     p.add_argument("--budget_s", type=float, default=None,
                    help="start no configuration after this many seconds "
                         "if the longest one so far would not fit")
+    p.add_argument("--child_timeout_s", type=float, default=600,
+                   help="a configuration's process is stopped after this")
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, choices=sorted(CONFIGS))
     args = p.parse_args(argv)
@@ -470,8 +485,14 @@ def main(argv=None):
                   f"({elapsed:.0f} s used)", flush=True)
             break
         t = time.time()
-        row = spawn(name, args)
-        longest = max(longest, time.time() - t)
+        try:
+            row = spawn(name, args)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            # One configuration that fails (or hangs) loses only its row.
+            print(f"{name}: failed: {str(e)[-2000:]}", flush=True)
+            continue
+        finally:
+            longest = max(longest, time.time() - t)
         rows.append(row)
         print(f"{name:28s} first step {row['first_step_s_since_start']:.1f} s"
               f"  steady {row['steady_step_median_s']:.2f} s/step"

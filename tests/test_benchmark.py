@@ -273,7 +273,7 @@ def test_grappler_log_is_parsed_into_passes_and_wall_time():
     row = dict(grappler=g)
     # The longest passes with a switch: tfg_optimizer has none.
     assert fs.top_switchable_passes(row, 2) == ["no_remapping",
-                                                "no_disable_model_pruning"]
+                                                "no_model_pruning"]
     assert fs.parse_grappler_log("no log\n")["pass_ms"] == {}
 
 
@@ -289,7 +289,7 @@ def test_first_step_configurations_are_validated():
         fs.plan("defaults", -1)
     # Every grappler switch is an option tf.config.optimizer takes.
     assert fs.CONFIGS["no_remapping"]["grappler"] == {"remapping": False}
-    assert fs.CONFIGS["no_disable_model_pruning"]["grappler"] == {
+    assert fs.CONFIGS["no_model_pruning"]["grappler"] == {
         "disable_model_pruning": True}
     assert fs.CONFIGS["grappler_off"]["grappler"] == {
         "disable_meta_optimizer": True}
