@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-all test-floor demo bench bench-contended bench-profile \
-	bench-all bench-venv clean
+	bench-first-step bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,7 +100,14 @@ bench-contended: $(BENCH_STAMP)
 bench-profile: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/profile_step.py --out benchmarks/profile_f0.json
 
-bench-all: bench bench-contended bench-profile
+# The first training step from process start, phase by phase (imports,
+# build, tracing, grappler from its own log, first execution), per
+# configuration: defaults, remat off, grappler off and its longest passes
+# off one by one, oneDNN off (docs/performance.md).
+bench-first-step: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/first_step.py --out benchmarks/results_first_step.json
+
+bench-all: bench bench-contended bench-profile bench-first-step
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json

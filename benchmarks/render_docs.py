@@ -194,10 +194,56 @@ def f0_profile(source="benchmarks/profile_f0.json", top=12):
     return "\n".join(lines + ["", _provenance(source)])
 
 
+def f0_first_step(source="benchmarks/results_first_step.json"):
+    """The first training step from process start, phase by phase, per
+    configuration (benchmarks/first_step.py), the defaults' phases and
+    grappler passes, and what the fastest first step costs later."""
+    from benchmarks import first_step
+    summary = _summary()
+    runs = _load(source)["runs"]
+    parts = [summary.cpu_line(runs) + ".", "", first_step.table(runs)]
+    notes = [f"{r['config']}: {r['note']}" for r in runs if r.get("note")]
+    if notes:
+        parts += ["", "Notes: " + "; ".join(notes) + "."]
+    defaults = next((r for r in runs if r["config"] == "defaults"), None)
+    if defaults is not None:
+        base = defaults["steady_step_median_s"]
+
+        def said(r):
+            change = 100 * (r["steady_step_median_s"] / base - 1)
+            return (f"{r['config']} ({r['description']}), "
+                    f"{r['first_step_s_since_start']:.1f} s against the "
+                    f"defaults' {defaults['first_step_s_since_start']:.1f} "
+                    f"s, steady step {r['steady_step_median_s']:.2f} s "
+                    f"against {base:.2f} s ({change:+.0f} %), peak RSS "
+                    f"{r['peak_rss_gb']:.2f} GB against "
+                    f"{defaults['peak_rss_gb']:.2f} GB")
+        knobs = [r for r in runs if "diagnostic" not in r["description"]]
+        best = min(knobs, key=lambda r: r["first_step_s_since_start"])
+        lines = [f"The shortest first step: {said(best)}."]
+        level = [r for r in knobs if r["steady_step_median_s"] <= 1.02 * base
+                 and r is not defaults]
+        if level and min(level, key=lambda r: r[
+                "first_step_s_since_start"]) is not best:
+            lines.append("The shortest with no slower steady step: "
+                         + said(min(level, key=lambda r: r[
+                             "first_step_s_since_start"])) + ".")
+        parts += ["", " ".join(lines), "",
+                  "The defaults, phase by phase:", "",
+                  first_step.phase_table(defaults)]
+        if defaults["grappler"]["pass_ms"]:
+            parts += ["", f"Grappler in the defaults run: "
+                          f"{defaults['grappler']['total_ms'] / 1000:.1f} s "
+                          f"summed over its passes, on a graph of "
+                          f"{defaults['grappler']['nodes_before']} nodes.", "",
+                      first_step.pass_table(defaults)]
+    return "\n".join(parts + ["", _provenance(source)])
+
+
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
           "f0_serving": f0_serving, "f0_peers": f0_peers,
           "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
-          "f0_profile": f0_profile}
+          "f0_profile": f0_profile, "f0_first_step": f0_first_step}
 
 
 def repository_slug():

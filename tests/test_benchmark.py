@@ -229,3 +229,136 @@ def test_profile_phases(name, phase):
 def test_profile_names_are_normalized_over_instances():
     assert profile_step.normalize("nfnet_f0_1/nf_block_3/conv1_1/split_2") \
         == "nfnet_f0/nf_block/conv1/split"
+
+
+def _first_step():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module("benchmarks.first_step")
+
+
+# TensorFlow's log with TF_CPP_VMODULE=meta_optimizer=1: one item, lines
+# before absl's log is initialised (seconds since the epoch) and after it.
+GRAPPLER_LOG = """\
+I0000 00:00:1796192545.896977   21665 cudart_stub.cc:31] Could not find cuda
+I0000 00:00:1796192545.900000   21665 meta_optimizer.cc:1059] Starting \
+optimization for grappler item: __inference_one_step_on_data_16406
+I0000 00:00:1796192546.100000   21665 meta_optimizer.cc:973] model_pruner: \
+Graph size after: 90 nodes (-10), 100 edges (-5), time = 200.5ms.
+I0000 00:00:1796192547.100000   21665 meta_optimizer.cc:973] \
+tfg_optimizer{any(tfg-consolidate-attrs,tfg-toposort)}: Graph size after: \
+90 nodes (0), 100 edges (0), time = 1000ms.
+I0000 00:00:1796192548.100000   21665 meta_optimizer.cc:973] remapper: \
+Graph size after: 80 nodes (-10), 90 edges (-10), time = 999.5ms.
+I1202 06:22:28.600000   21665 meta_optimizer.cc:973] model_pruner: \
+Graph size after: 80 nodes (0), 90 edges (0), time = 0.5ms.
+W0000 00:00:1796192549.000000   21665 dump_graph.cc:162] Failed to dump
+"""
+
+
+def test_grappler_log_is_parsed_into_passes_and_wall_time():
+    fs = _first_step()
+    g = fs.parse_grappler_log(GRAPPLER_LOG, year=2026)
+    assert g["start"] == pytest.approx(1796192545.9)
+    # 2026-12-02 06:22:28.6 UTC, a dated line (the year is today's).
+    assert g["end"] - g["start"] == pytest.approx(
+        fs.log_time(fs.LOG_LINE.match(GRAPPLER_LOG.splitlines()[5]),
+                    year=2026) - 1796192545.9)
+    assert g["end"] - g["start"] == pytest.approx(2.7, abs=1e-3)
+    assert g["pass_ms"] == {"remapper": 999.5, "tfg_optimizer": 1000.0,
+                            "model_pruner": 201.0}
+    assert list(g["pass_ms"])[0] == "tfg_optimizer"  # longest first
+    assert g["nodes_before"] == 100
+    assert [(i["name"], i["ms"]) for i in g["items"]] == [
+        ("__inference_one_step_on_data_16406", 2200.5)]
+    row = dict(grappler=g)
+    # The longest passes with a switch: tfg_optimizer has none.
+    assert fs.top_switchable_passes(row, 2) == ["no_remapping",
+                                                "no_model_pruning"]
+    assert fs.parse_grappler_log("no log\n")["pass_ms"] == {}
+
+
+def test_first_step_configurations_are_validated():
+    fs = _first_step()
+    assert fs.plan("defaults,top_passes,remat_off", 2) == [
+        "defaults", "top_passes", "remat_off"]
+    with pytest.raises(SystemExit, match="unknown configuration 'fast'"):
+        fs.plan("defaults,fast", 2)
+    with pytest.raises(SystemExit, match="needs the defaults run before"):
+        fs.plan("top_passes,defaults", 2)
+    with pytest.raises(SystemExit, match="top_passes must be >= 0"):
+        fs.plan("defaults", -1)
+    # Every grappler switch is an option tf.config.optimizer takes.
+    assert fs.CONFIGS["no_remapping"]["grappler"] == {"remapping": False}
+    assert fs.CONFIGS["no_model_pruning"]["grappler"] == {
+        "disable_model_pruning": True}
+    assert fs.CONFIGS["grappler_off"]["grappler"] == {
+        "disable_meta_optimizer": True}
+    assert fs.process_start_time() <= fs._START + 1e-3
+
+
+RUNTIME_LOG = """\
+I0000 00:00:100.000000   1 process_function_library_runtime.cc:518] \
+Instantiating MultiDevice function "__wrapped____EagerConst_device_CPU"
+I0000 00:00:101.500000   1 process_function_library_runtime.cc:518] \
+Instantiating MultiDevice function "__inference_one_step_on_data_16406" on
+I0000 00:00:110.250000   1 process_function_library_runtime.cc:603] \
+Finished graph optimizations for MultiDevice function \
+"__inference_one_step_on_data_16406" with target device. Took 9 secs.
+I0000 00:00:111.000000   1 process_function_library_runtime.cc:835] \
+Instantiated MultiDevice function "__inference_one_step_on_data_16406" with
+I0000 00:00:119.000000   1 process_function_library_runtime.cc:835] \
+Instantiated MultiDevice function "__inference_one_step_on_data_16406" with
+"""
+
+
+def test_runtime_log_times_the_train_functions_way_to_its_first_run():
+    fs = _first_step()
+    assert fs.parse_runtime_log(RUNTIME_LOG) == dict(
+        instantiate_s=101.5, graph_optimized_s=110.25, instantiated_s=111.0)
+    assert fs.parse_runtime_log(RUNTIME_LOG, function="predict") == {}
+
+
+def test_first_step_phases_and_table():
+    fs = _first_step()
+    phases = dict(script_start_s=0.1, import_tf_s=7.0, import_keras_s=7.1,
+                  import_keras_nfnets_s=7.2, built_s=9.0, compiled_s=9.1,
+                  train_function_s=10.0, trace_start_s=10.1,
+                  trace_forward_s=14.0, trace_gradient_s=24.0,
+                  trace_update_s=30.0, trace_done_s=30.5, instantiate_s=31.0,
+                  grappler_start_s=32.0, grappler_end_s=40.0,
+                  graph_optimized_s=41.0, instantiated_s=42.0,
+                  first_step_s_since_start=50.0)
+    d = fs.durations(phases)
+    assert list(d) == [k for k, _ in fs.PHASES]
+    assert d["grappler_end_s"] == pytest.approx(8.0)
+    assert sum(d.values()) == pytest.approx(50.0)
+    # Grappler off: no log of it, its time goes to the next phase.
+    off = fs.durations({k: v for k, v in phases.items()
+                        if not k.startswith("grappler")})
+    assert off["graph_optimized_s"] == pytest.approx(10.0)
+    row = dict(config="defaults", durations_s=d, phases_s=phases,
+               first_step_s_since_start=50.0, steady_step_median_s=7.25,
+               peak_rss_gb=2.7, grappler=dict(
+                   total_ms=8000.0, pass_ms={"remapper": 6000.0,
+                                             "memory_optimizer": 2000.0}))
+    table = fs.table([row, dict(row, config="grappler_off", durations_s=off)])
+    assert ("| defaults | 7.2 | 2.8 | 20.5 | 8.0 | 3.5 | 8.0 | 50.0 | 7.25 "
+            "| 2.70 |") in table
+    assert "| grappler_off | 7.2 | 2.8 | 20.5 | - | 11.5 | 8.0 | 50.0 |" \
+        in table
+    assert "| grappler | 8.0 | 40.0 |" in fs.phase_table(row)
+    passes = fs.pass_table(row)
+    assert "| remapper | 6.0 | 75 % | `remapping` |" in passes
+    assert "| memory_optimizer | 2.0 | 25 % | none |" in passes
+
+
+def test_recorded_first_step_rows_name_the_cpu():
+    import json
+    data = json.loads((REPO / "benchmarks" / "results_first_step.json")
+                      .read_text())
+    assert data["runs"] and data["runs"][0]["config"] == "defaults"
+    for row in data["runs"]:
+        assert {"model", "isa", "avx2", "avx512", "amx",
+                "loadavg_1min"} <= set(row["cpu"])
+        assert row["first_step_s_since_start"] > 0
+        assert len(row["steady_step_s"]) >= 1
