@@ -17,6 +17,7 @@ import keras_nfnets
 from keras_nfnets import agc
 from conftest import (AGC_NAMES, REPO, deepmind_fixture, fixture_path,
                       relative_error)
+from training_helpers import TINY_CONFIG
 
 
 # ---------------------------------------------------------------- functions
@@ -68,6 +69,15 @@ def _tiny(include_top=True, **kwargs):
         classes=10, input_shape=(32, 32, 3), classifier_activation=None,
         include_preprocessing=False, drop_rate=0.0, stochdepth_rate=0.0,
         seed=1, **kwargs)
+
+
+def _small(**kwargs):
+    """Four single blocks (training_helpers.TINY_CONFIG) instead of six:
+    for the tests whose cost is tracing or compiling the train step."""
+    return keras_nfnets.NFNet(
+        dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
+        classifier_activation=None, include_preprocessing=False,
+        drop_rate=0.0, stochdepth_rate=0.0, seed=1, **kwargs)
 
 
 def _batch(n=4, seed=0):
@@ -180,7 +190,7 @@ def test_nonfinite_gradients_skip_the_step(in_function):
 
 
 def test_save_and_load_keep_agc(tmp_path):
-    model = _tiny()
+    model = _small()
     x, y = _batch()
     model.compile(optimizer=keras_nfnets.NFNetSGD(0.1, use_ema=True),
                   loss=keras.losses.SparseCategoricalCrossentropy(
@@ -436,7 +446,7 @@ def test_agc_train_step_compiles_with_xla():
     results = []
     for jit in (False, True):
         keras.utils.set_random_seed(5)
-        model = _tiny()
+        model = _small()
         model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True), agc_clipping=0.01,

@@ -15,10 +15,9 @@ import sys
 import pytest
 
 from conftest import fixture_path
+from training_helpers import FAST_XLA
 
 SCRIPT = pathlib.Path(__file__).with_name("backend_checks.py")
-FAST_XLA = ("--xla_backend_optimization_level=0 "
-            "--xla_llvm_disable_expensive_passes=true")
 
 
 def run_check(backend, check, **env):
@@ -27,7 +26,7 @@ def run_check(backend, check, **env):
     fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
     full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                     CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **env)
-    # Quick XLA:CPU compiles (as in test_train_jax); numerics unchanged.
+    # Quick XLA:CPU compiles; numerics unchanged.
     full_env["XLA_FLAGS"] = " ".join(filter(None, (
         full_env.get("XLA_FLAGS"), FAST_XLA)))
     out = subprocess.run([sys.executable, str(SCRIPT), check], env=full_env,

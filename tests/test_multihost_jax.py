@@ -16,16 +16,14 @@ import time
 import numpy as np
 import pytest
 
-from training_helpers import (REPO, TINY_CONFIG, env, free_ports,
-                              make_folder, model_weights, tiny_flags,
-                              train_cmd)
+from training_helpers import (FAST_XLA, REPO, TINY_CONFIG,
+                              assert_jax_model_loads_on_tensorflow, env,
+                              free_ports, make_folder, model_weights,
+                              tiny_flags, train_cmd)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed")
 
-# Quick XLA:CPU compiles; the same flags on every run.
-FAST_XLA = ("--xla_backend_optimization_level=0 "
-            "--xla_llvm_disable_expensive_passes=true")
 TIMEOUT = 1500  # per run: generous for 2 busy shared cores
 # Two stages of the tiny test config: half the program to compile.
 CONFIG = dict(TINY_CONFIG, width=[16, 32], depth=[1, 1], group_width=[8, 8],
@@ -158,6 +156,10 @@ def test_two_processes_train_as_one_process(tmp_path):
                      model_weights(str(tmp_path / "one" / "model.keras")))
     print(f"max |two processes - one process| = {diff:.3g}")
     assert diff < 1e-5, diff
+
+    # Process 0's model, trained under JAX, loads under TensorFlow and
+    # predicts what it predicts under JAX.
+    assert_jax_model_loads_on_tensorflow(run / "model.keras", tmp_path)
 
 
 @pytest.mark.slow  # the training above, killed and restarted: 2 more runs

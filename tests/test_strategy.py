@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from training import strategy as strategy_lib
-from training_helpers import (REPO, env, free_ports, make_folder,
-                              model_weights, run_train, tiny_flags,
-                              train_cmd, write_config)
+from training_helpers import (REPO, env, finish, free_ports, make_folder,
+                              model_weights, run_train, start_train,
+                              tiny_flags, train_cmd, write_config)
 
 TWO_WORKERS = json.dumps({"cluster": {"worker": ["localhost:1",
                                                  "localhost:2"]},
@@ -70,6 +70,10 @@ def test_two_workers_equal_one_process(tmp_path):
     common = dict(train_steps=3, randaugment="none", mixup_alpha=0,
                   cutmix="false", drop_rate=0, stochdepth_rate=0,
                   ema_decay=0, batch_size=8)
+    # The one-process run goes side by side with the two workers.
+    single = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "one",
+                                    strategy="default", **common),
+                         tmp_path, "one")
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -86,8 +90,7 @@ def test_two_workers_equal_one_process(tmp_path):
         assert p.returncode == 0, out[-3000:]
     assert "multi_worker strategy with 2 replica(s)" in outs[0]
 
-    single = run_train(tiny_flags(config, f"folder:{root}", tmp_path / "one",
-                                  strategy="default", **common))
+    single = finish(single)
     assert single.returncode == 0, single.stderr[-3000:]
 
     w0 = _final(tmp_path / "mw")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from training import train
-from training_helpers import (DATASETS_SCRIPT, REPO, env, make_folder,
-                              model_weights, run_train, tiny_flags,
-                              train_cmd, write_config)
+from training_helpers import (DATASETS_SCRIPT, REPO, env, finish,
+                              make_folder, model_weights, run_train,
+                              start_train, tiny_flags, train_cmd,
+                              write_config)
 
 
 # ----------------------------------------------------------- bad input
@@ -117,8 +118,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
         return tiny_flags(config, f"folder:{root}", tmp_path / name,
                           **RESUME)
 
-    straight = run_train(flags("straight"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    # The uninterrupted run goes side by side with the one that is killed.
+    straight = start_train(flags("straight"), tmp_path, "straight")
 
     # Kill the second run with SIGKILL once its backup is past step 7
     # (inside the second epoch of 5 steps), then restart it.
@@ -126,7 +127,7 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(train_cmd(flags("killed")), cwd=REPO, env=env(),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -140,6 +141,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run was not killed"
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    straight = finish(straight, timeout=480)
+    assert straight.returncode == 0, straight.stderr[-3000:]
 
     restarted = run_train(flags("killed"))
     assert restarted.returncode == 0, restarted.stderr[-3000:]

@@ -2,7 +2,6 @@
 before (or instead of) silent wrong work (issue 14, items 6-9)."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import pytest
 
 from training import data
 from training import train
-from training_helpers import (REPO, env, make_folder, run_train, tiny_flags,
-                              write_config)
+from training_helpers import (REPO, env, finish, make_folder, run_train,
+                              start_train, tiny_flags, write_config)
 
 
 # ------------------------------------------------- values that make no sense
@@ -127,15 +126,20 @@ def test_unreadable_images_are_named_or_skipped(tmp_path):
     assert str(bad_test) in str(error)
     assert "--skip_unreadable_images" in str(error)
 
-    out = run_train(tiny_flags(config, f"folder:{root}", tmp_path / "a",
-                               batch_size=4, train_steps=2), timeout=300)
+    # The two runs go side by side.
+    refused = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "a",
+                                     batch_size=4, train_steps=2),
+                          tmp_path, "a")
+    skipped = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "b",
+                                     batch_size=4, train_steps=2,
+                                     skip_unreadable_images="true"),
+                          tmp_path, "b")
+    out = finish(refused, timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
     assert str(bad_train) in out.stderr
     assert "--skip_unreadable_images" in out.stderr
 
-    out = run_train(tiny_flags(config, f"folder:{root}", tmp_path / "b",
-                               batch_size=4, train_steps=2,
-                               skip_unreadable_images="true"), timeout=300)
+    out = finish(skipped, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped 2 unreadable image(s)" in out.stdout
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())

@@ -6,18 +6,16 @@ same predictions, and 2 devices end with the weights of 1 device."""
 import importlib.util
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from training_helpers import (REPO, env, make_folder, model_weights,
-                              run_train, tiny_flags, train_cmd, write_config)
+from training_helpers import (FAST_XLA, REPO,
+                              assert_jax_model_loads_on_tensorflow, env,
+                              make_folder, model_weights, run_train,
+                              tiny_flags, train_cmd, write_config)
 
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
-# Quick XLA:CPU compiles (a third less time here; same flags on both runs).
-FAST_XLA = ("--xla_backend_optimization_level=0 "
-            "--xla_llvm_disable_expensive_passes=true")
 
 
 def _needs(backend):
@@ -36,17 +34,12 @@ def _metrics(run_dir):
         return json.load(f)
 
 
-JAX_PREDICT = """
-import json, sys
-import numpy as np
-import keras
-import keras_nfnets  # registers the NFNet classes
-model = keras.models.load_model(sys.argv[1], compile=False)
-x = np.load(sys.argv[2])
-print("RESULT " + json.dumps(np.asarray(model.predict(x, verbose=0)).tolist()))
-"""
 
 
+# Slow (about 3 minutes): test_multihost_jax's training test runs this
+# DataParallel program (one process, 2 devices) in `make test`, and checks
+# the TensorFlow load; here 2 devices are checked against 1.
+@pytest.mark.slow
 def test_jax_data_parallel_run_equals_one_device_and_loads_on_tf(tmp_path):
     _needs("jax")
     root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
@@ -77,23 +70,8 @@ def test_jax_data_parallel_run_equals_one_device_and_loads_on_tf(tmp_path):
 
     # The JAX-trained .keras loads under TensorFlow (this process) and
     # predicts what it predicts under JAX.
-    import keras  # pylint: disable=import-outside-toplevel
-    assert keras.backend.backend() == "tensorflow"
-    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3))
-    np.save(tmp_path / "x.npy", x.astype("float32"))
-    model_path = str(tmp_path / "jax2" / "model.keras")
-    out = subprocess.run(
-        [sys.executable, "-c", JAX_PREDICT, model_path,
-         str(tmp_path / "x.npy")], cwd=REPO, capture_output=True, text=True,
-        env=env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=FAST_XLA), timeout=120)
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert line, out.stderr[-3000:]
-    on_jax = np.array(json.loads(line[0][len("RESULT "):]))
-    on_tf = keras.models.load_model(model_path, compile=False).predict(
-        x.astype("float32"), verbose=0)
-    assert on_tf.shape == (4, 3)
-    np.testing.assert_allclose(on_tf, on_jax, rtol=1e-5, atol=1e-5)
+    assert_jax_model_loads_on_tensorflow(tmp_path / "jax2" / "model.keras",
+                                         tmp_path)
 
 
 def test_torch_run_finishes(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from training_helpers import make_folder, run_train, write_config
+from training_helpers import FAST_XLA, make_folder, run_train, write_config
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16",
@@ -37,9 +37,7 @@ def write_config_tmp():
 # --dataset=imagenet2012 ... --mixed_precision=bfloat16`, every other flag
 # at its default: RandAugment, MixUp + CutMix, EMA, XLA 'auto'), shrunk to a
 # tiny model and image folder, 2 steps.
-# Cheap XLA compiles on CPU (as tests/test_train_jax.py).
-FAST_XLA = ("--xla_backend_optimization_level=0 "
-            "--xla_llvm_disable_expensive_passes=true")
+# Cheap XLA compiles on CPU: training_helpers.FAST_XLA.
 
 
 @pytest.mark.parametrize("backend,precision", [

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "training" / "demo_data"
 TINY_CONFIG = {  # smaller than DeepMind's tiny config: fast on 2 cores
@@ -67,6 +69,32 @@ def run_train(args, timeout=300, **env_extra):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_train(args, log_dir, name, **env_extra):
+    """`python -m training.train` started in the background, to run side
+    by side with another run; its output goes to files in `log_dir` (a pipe
+    nobody reads could fill and block it). `finish` waits for it."""
+    log_dir = pathlib.Path(log_dir)
+    with open(log_dir / f"{name}.out", "w") as out, \
+            open(log_dir / f"{name}.err", "w") as err:
+        proc = subprocess.Popen(train_cmd(args), cwd=REPO,
+                                env=env(**env_extra), stdout=out, stderr=err)
+    proc.log_files = (log_dir / f"{name}.out", log_dir / f"{name}.err")
+    return proc
+
+
+def finish(proc, timeout=400):
+    """Waits for a `start_train` run: a CompletedProcess with its output
+    (killed, and an error, after `timeout` seconds)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    out, err = (f.read_text() for f in proc.log_files)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -83,6 +111,45 @@ def model_weights(path):
     import keras_nfnets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     model = keras.models.load_model(path, compile=False)
     return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+# Quick XLA:CPU compiles (about a third less time here); tests that compare
+# two JAX runs use the same flags on both.
+FAST_XLA = ("--xla_backend_optimization_level=0 "
+            "--xla_llvm_disable_expensive_passes=true")
+
+_JAX_PREDICT = """
+import json, sys
+import numpy as np
+import keras
+import keras_nfnets  # registers the NFNet classes
+model = keras.models.load_model(sys.argv[1], compile=False)
+x = np.load(sys.argv[2])
+print("RESULT " + json.dumps(np.asarray(model.predict(x, verbose=0)).tolist()))
+"""
+
+
+def assert_jax_model_loads_on_tensorflow(model_path, tmp_path, image_size=32):
+    """A .keras file trained under JAX loads under TensorFlow (this
+    process) and predicts what it predicts under JAX (a subprocess)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import keras_nfnets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    assert keras.backend.backend() == "tensorflow"
+    x = np.random.default_rng(0).uniform(
+        0, 255, (4, image_size, image_size, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, "-c", _JAX_PREDICT, str(model_path),
+         str(tmp_path / "x.npy")], cwd=REPO, capture_output=True, text=True,
+        env=env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA),
+        timeout=300)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert line, out.stderr[-3000:]
+    on_jax = np.array(json.loads(line[0][len("RESULT "):]))
+    on_tf = keras.models.load_model(str(model_path), compile=False).predict(
+        x, verbose=0)
+    assert on_tf.shape == on_jax.shape
+    np.testing.assert_allclose(on_tf, on_jax, rtol=1e-5, atol=1e-5)
 
 
 DATASETS_SCRIPT = pathlib.Path(os.environ.get(
