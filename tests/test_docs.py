@@ -182,3 +182,12 @@ def test_docstrings_carry_no_measured_figures():
                               MACHINE.sub("", doc))]
     assert not found, "measured numbers go stale in docstrings: " + ", ".join(
         found)
+
+
+def test_the_readme_stays_a_short_user_readme():
+    # Issue 21: at most ~250 lines, with Install, License and Citation;
+    # details belong in docs/.
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 260
+    for section in ("## Install", "## License", "## Citation"):
+        assert f"\n{section}\n" in text, section

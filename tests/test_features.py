@@ -221,9 +221,9 @@ def test_readme_fpn_head_trains_and_gradients_reach_the_backbone():
     assert len(before) == len(backbone.trainable_variables) > 50
 
 
-def test_readme_channel_table_is_pyramid_channels():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Backbone", 1)[1].split("\n## ", 1)[0]
+def test_docs_channel_table_is_pyramid_channels():
+    text = (REPO / "docs" / "models.md").read_text()
+    section = text.split("## Feature maps", 1)[1].split("\n## ", 1)[0]
     rows = {r.split("|")[1].strip(): [int(c) for c in r.split("|")[2:7]]
             for r in section.splitlines()
             if r.startswith("| NF")}
