@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor demo bench bench-contended bench-profile \
+.PHONY: venv test test-all test-floor demo bench bench-peers bench-serving bench-contended bench-profile \
 	bench-first-step bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -84,11 +84,19 @@ $(BENCH_STAMP): setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_STAMP)
 
+# `make bench`: the peer run (the README's table) and the serving run.
+bench: bench-peers bench-serving
+
 # keras_nfnets against timm (eager, channels_last) and ONNX Runtime on
 # timm's export, interleaved over rounds in one run: the README's table.
-bench: $(BENCH_STAMP)
+bench-peers: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --peers $(BENCH_PEERS) \
 	  $(BENCH_EXPERIMENTS) --rounds 2 --steps 3 --warmup 1 $(BENCH_ARGS) --out benchmarks/results_peers.json
+
+# F0 inference at batch 1 and 8: the Keras model, its folded copy and the
+# three export formats (docs/performance.md, "Inference and export").
+bench-serving: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
 
 # The same under a fixed background load: a busy loop pinned to CPU 0.
 bench-contended: $(BENCH_STAMP)
@@ -110,7 +118,6 @@ bench-first-step: $(BENCH_STAMP)
 bench-all: bench bench-contended bench-profile bench-first-step
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
-	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) $(BENCH_VENV) build *.egg-info
