@@ -34,8 +34,6 @@ def _metrics(run_dir):
         return json.load(f)
 
 
-
-
 # Slow (about 3 minutes): test_multihost_jax's training test runs this
 # DataParallel program (one process, 2 devices) in `make test`, and checks
 # the TensorFlow load; here 2 devices are checked against 1.
