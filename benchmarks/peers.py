@@ -160,12 +160,30 @@ def _timm_flops_per_image(model, size):
     return counter.get_total_flops()
 
 
+def current_rss_gb():
+    """The process's resident memory now (VmRSS), in the units of
+    `_peak_rss_gb` (the kernel's kB / 1e6); None where /proc is not
+    there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return None
+
+
 def timed(step, warmup, steps, result, start=_START):
     """Runs `step` warmup + steps times; the measured times after warm-up.
     Records in `result` the seconds from `start` (the process start) to the
-    end of the first and second step."""
+    end of the first and second step, and the resident memory just before
+    the first step (the runtime, the model and its input: what the peak
+    holds before any step's own memory)."""
     times = []
     for i in range(warmup + steps):
+        if i == 0:
+            result["rss_before_first_step_gb"] = current_rss_gb()
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)

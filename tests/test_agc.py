@@ -410,7 +410,8 @@ _DISTRIBUTED = textwrap.dedent("""
 def test_mirrored_strategy_clips_the_global_batch_gradient():
     """3 steps (global batch 8, 4 per replica) over two logical CPUs end
     where one device ends; clipping each replica's share does not.
-    Deterministic: run in float64 (the script says why).
+    Deterministic kernels; the bound on what remains (the order of float32
+    sums across the replicas) is derived at the assertion.
 
     (Graph mode: TF cannot XLA-compile a MirroredStrategy step over logical
     CPU devices even without AGC, "Trying to access resource ... located in
