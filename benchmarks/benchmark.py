@@ -51,6 +51,7 @@ export time of each artefact.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -274,8 +275,8 @@ def serving_main(args):
     results = dict(
         note=args.note, variant=args.variant, size=size,
         batches=args.batches, steps=args.steps, warmup=args.warmup,
-        command="nice -n 10 python benchmarks/benchmark.py --serving "
-                + " ".join(a for a in sys.argv[1:] if a != "--serving"),
+        command="python benchmarks/benchmark.py " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]),
         runs=[])
     for runtime in args.runtimes.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "serve",
