@@ -16,7 +16,7 @@ written to `docs/study/agc_stability*.csv`, the curves to
 `docs/study/agc_stability.png` (the selected setting) and
 `docs/study/agc_stability_grid.png` (every grid point).
 
-Run (CPU, ~20 min on 2 shared cores with the defaults):
+Run (CPU; the time it took is in docs/study/agc_stability.md):
 
     python -m experiments.agc_stability
     python -m experiments.agc_stability --batch-sizes 1024 --base-lrs 1.6

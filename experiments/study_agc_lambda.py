@@ -8,7 +8,7 @@ lambda in {0.005, 0.01, 0.02, 0.04, 0.08, 0.16} and with no clipping
 (reference). Held-out accuracy on 2,000 test images ->
 docs/study/study_agc_lambda.{csv,png}.
 
-    python -m experiments.study_agc_lambda          # ~6 min on 2 cores
+    python -m experiments.study_agc_lambda
     python -m experiments.study_agc_lambda --plot-only
 """
 

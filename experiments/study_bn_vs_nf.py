@@ -7,7 +7,7 @@ on the same 20,000 CIFAR-10 images for the same number of epochs (3) at batch 8,
 (DeepMind's scaling), no dropout / stochastic depth in either. Held-out
 accuracy on 2,000 test images -> docs/study/study_bn_vs_nf.{csv,png}.
 
-    python -m experiments.study_bn_vs_nf            # ~8 min on 2 cores
+    python -m experiments.study_bn_vs_nf
     python -m experiments.study_bn_vs_nf --plot-only
 """
 

@@ -8,8 +8,8 @@ seeds 0, 1 and 2; and the same comparison on the small NFNet of
 agc_stability (`--arch nfnet`, seeds 0 and 1). Held-out accuracy ->
 docs/study/study_final_layer_<arch>.csv, docs/study/study_final_layer.png.
 
-    python -m experiments.study_final_layer                      # ~2 min
-    python -m experiments.study_final_layer --arch nfnet --seeds 0 1  # ~5 min
+    python -m experiments.study_final_layer
+    python -m experiments.study_final_layer --arch nfnet --seeds 0 1
     python -m experiments.study_final_layer --plot-only
 """
 

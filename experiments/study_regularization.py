@@ -13,7 +13,7 @@ for the NF-ResNet (-> study_regularization_noagc.csv; see
 study_skip_gain: AGC 0.01 keeps this network's zero-initialised skip gains
 near 0 in short runs). The PNG shows every CSV present.
 
-    python -m experiments.study_regularization      # ~4 min on 2 cores
+    python -m experiments.study_regularization
     python -m experiments.study_regularization --no-agc
     python -m experiments.study_regularization --plot-only
 """

@@ -10,7 +10,7 @@ batch 256, lr 0.1, seed 0): AGC 0.01 (package default), AGC off, and AGC
 0.01 with the skip gains also excluded from clipping. Records the mean
 |skip_gain| after training -> docs/study/study_skip_gain.{csv,png}.
 
-    python -m experiments.study_skip_gain           # ~1 min on 2 cores
+    python -m experiments.study_skip_gain
     python -m experiments.study_skip_gain --plot-only
 """
 

@@ -117,7 +117,7 @@ flags.DEFINE_bool("demo", False, "Train the offline demo (a small NFNet on "
                   "the CIFAR-10 sample in training/demo_data).")
 
 # Demo: a small NFNet (the layout of DeepMind's F-series, narrower and
-# shallower) on 3,000 CIFAR-10 JPEGs at 32px; about 5 minutes on 2 cores.
+# shallower) on 3,000 CIFAR-10 JPEGs at 32px (`make demo`).
 DEMO_FLAGS = dict(
     variant=os.path.join(DEMO_DATA, "nfnet_demo.json"),
     dataset="folder:" + DEMO_DATA, model_dir="/tmp/keras_nfnets_demo",
