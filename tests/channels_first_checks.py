@@ -21,9 +21,12 @@ import keras
 
 import keras_nfnets
 
+# The folder holding the fixture's files, as tests/test_channels_first.py
+# found it (the repository's copy or ../shared's); by default ../shared's.
 FIXTURES = pathlib.Path(os.environ.get(
-    "KERAS_NFNETS_SHARED",
-    pathlib.Path(__file__).resolve().parents[2] / "shared")) / "fixtures" / "deepmind"
+    "KERAS_NFNETS_FIXTURES",
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    / "deepmind"))
 
 MODELS = {
     "nfnet_tiny": lambda **kw: keras_nfnets.NFNet(

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED, fixture_path
+from conftest import fixture_path
 
 SCRIPT = pathlib.Path(__file__).with_name("channels_first_checks.py")
 STRIDES = {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
@@ -28,10 +28,12 @@ STRIDES = {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
 def run_check(backend, fixture):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    fixture_path(f"{fixture}_haiku.npz")  # skips when ../shared is absent
+    # The repository's copy or ../shared's (skips when neither has it); the
+    # script reads the fixture's files from the folder where it was found.
+    folder = fixture_path(f"{fixture}_haiku.npz").parent
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-               KERAS_NFNETS_SHARED=str(SHARED),
+               KERAS_NFNETS_FIXTURES=str(folder),
                PYTHONPATH=os.pathsep.join(
                    [str(SCRIPT.parents[1])]
                    + [p for p in [os.environ.get("PYTHONPATH")] if p]))
