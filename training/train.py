@@ -26,6 +26,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from .errors import UsageError  # noqa: F401 (re-exported: train.UsageError)
+from .finetune import load_finetune_weights, weights_exist as _weights_exist  # noqa: F401
+
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA = os.path.join(HERE, "demo_data")
@@ -126,10 +129,6 @@ DEMO_FLAGS = dict(
     image_size=32, eval_image_size=32, eval_crop_padding=0,
     randaugment="205", mixup_alpha=0.0, cutmix=False, crop_area_min=0.25,
     stochdepth_rate=0.0, drop_rate=0.1, checkpoint_steps=100)
-
-
-class UsageError(ValueError):
-    """Bad flags: reported before any work starts."""
 
 
 def apply_demo_defaults():
@@ -333,84 +332,6 @@ def build_model(plan, num_classes, seed):
         load_finetune_weights(model, FLAGS.weights, plan.variant_name,
                               num_classes)
     return model
-
-
-def load_finetune_weights(model, weights, variant, num_classes):
-    """Pretrained weights for fine-tuning; the classifier is kept only when
-    its shape matches (same number of classes)."""
-    import keras  # pylint: disable=import-outside-toplevel
-    from keras_nfnets import weights as nf_weights  # pylint: disable=import-outside-toplevel
-    from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
-    skip = () if num_classes == 1000 else ("linear",)
-    if weights == "imagenet":
-        pretrained.load_imagenet_weights(model, variant, skip_layers=skip)
-        return
-    source_name, weights = weights, _local_copy(weights)
-    if str(weights).endswith(".keras"):
-        source = keras.models.load_model(weights, compile=False)
-        copied, skipped = _copy_matching_layers(model, source)
-        print(f"fine-tuning from {source_name}: copied {len(copied)} of "
-              f"{len(copied) + len(skipped)} layers with weights"
-              + (f"; skipped {len(skipped)}: " + "; ".join(skipped)
-                 if skipped else ""), flush=True)
-        if not copied:
-            raise UsageError(
-                f"--weights={source_name}: no layer of the model matches a "
-                f"layer of that .keras file by name and weight shapes "
-                f"(skipped: {'; '.join(skipped[:8])}); is it another "
-                "architecture?")
-    else:
-        nf_weights.load_weights(model, weights, skip_layers=skip)
-
-
-def _weights_exist(path):
-    """--weights exists: a local path, or a gs:// (any tf.io.gfile) URL."""
-    if "://" not in str(path):
-        return os.path.exists(path)
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    try:
-        return tf.io.gfile.exists(path)
-    except tf.errors.OpError as e:
-        raise UsageError(f"--weights={path!r}: cannot be read ({e.message})"
-                         ) from e
-
-
-def _local_copy(path):
-    """A gs:// (tf.io.gfile) weights file copied to a local temporary file
-    with the same name (the loaders read local files); local paths as is."""
-    if "://" not in str(path):
-        return path
-    import tempfile  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    local = os.path.join(tempfile.mkdtemp(prefix="nfnet_weights_"),
-                         os.path.basename(str(path).rstrip("/")))
-    tf.io.gfile.copy(path, local, overwrite=True)
-    return local
-
-
-def _copy_matching_layers(model, source):
-    """Copies each layer's weights from `source` (a loaded .keras model)
-    when a layer of the same name has the same weight shapes. Returns the
-    copied layer names and a description of each skipped layer."""
-    copied, skipped = [], []
-    for layer in model.layers:
-        mine = layer.get_weights()
-        if not mine:
-            continue
-        try:
-            src = source.get_layer(layer.name).get_weights()
-        except ValueError:
-            skipped.append(f"{layer.name} (not in the file)")
-            continue
-        shapes = [tuple(w.shape) for w in src]
-        wanted = [tuple(w.shape) for w in mine]
-        if shapes != wanted:
-            skipped.append(f"{layer.name} (shapes {shapes} in the file, "
-                           f"{wanted} in the model)")
-            continue
-        layer.set_weights(src)
-        copied.append(layer.name)
-    return copied, skipped
 
 
 def compile_model(model, steps_per_epoch, total_steps, jit_compile):
