@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor demo bench bench-peers bench-serving bench-contended bench-profile \
+.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-contended bench-profile \
 	bench-first-step bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -59,6 +59,33 @@ test-floor: $(FLOOR_STAMP)
 	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_agc.py::,$(FLOOR_DESELECT)) \
 	  $(addprefix --deselect tests/test_applications.py::,$(FLOOR_DESELECT_APPS)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The JAX and PyTorch user's install: the package with [jax,torch] and the
+# test-portable extra, no TensorFlow (asserted), in a venv of its own; the
+# backend-portable tests (tests/test_no_tensorflow.py) on each backend.
+NOTF_VENV := .venv-notf
+NOTF_PY := $(NOTF_VENV)/bin/python
+NOTF_STAMP := $(NOTF_VENV)/.installed
+NOTF_TESTS := tests/test_no_tensorflow.py
+# Quick XLA:CPU compiles for the JAX run (numerics unchanged), as the
+# suite's JAX subprocesses use (tests/training_helpers.py FAST_XLA).
+FAST_XLA := --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
+
+$(NOTF_STAMP): setup.cfg pyproject.toml
+	test -x $(NOTF_PY) || $(PYTHON) -m venv $(NOTF_VENV)
+	$(NOTF_PY) -m pip install -q --upgrade pip
+	$(NOTF_PY) -m pip install -q ".[jax,torch,test-portable]"
+	touch $(NOTF_STAMP)
+
+test-notf: $(NOTF_STAMP)
+	cd tests && ../$(NOTF_PY) -c "import importlib.util as u, sys; \
+	  u.find_spec('tensorflow') and sys.exit('tensorflow is installed in $(NOTF_VENV)'); \
+	  print('$(NOTF_VENV): tensorflow is not installed')"
+	@for backend in jax torch; do \
+	  echo "no TensorFlow, KERAS_BACKEND=$$backend:"; \
+	  (cd tests && KERAS_BACKEND=$$backend JAX_PLATFORMS=cpu XLA_FLAGS="$(FAST_XLA)" ../$(NOTF_PY) -m pytest -q -p no:cacheprovider \
+	    --rootdir=.. -c ../setup.cfg $(addprefix ../,$(NOTF_TESTS))) || exit $$?; \
+	done
 
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m training.train --demo
@@ -120,4 +147,4 @@ bench-all: bench bench-contended bench-profile bench-first-step
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) $(BENCH_VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) $(NOTF_VENV) $(BENCH_VENV) build *.egg-info

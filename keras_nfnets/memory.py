@@ -17,6 +17,8 @@ import ctypes.util
 import os
 import warnings
 
+from keras_nfnets import optional
+
 # glibc mallopt() parameters (malloc.h).
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -57,6 +59,8 @@ def use_lean_cpu_allocator(mmap_threshold=128 * 1024, arena_max=2):
 
     Raises:
         RuntimeError: TensorFlow's runtime has already started.
+        MissingDependencyError: TensorFlow is not installed (an
+            `ImportError` naming the `[tensorflow]` extra).
 
     Example:
     ```python
@@ -65,6 +69,7 @@ def use_lean_cpu_allocator(mmap_threshold=128 * 1024, arena_max=2):
     model = keras_nfnets.NFNetF0(weights=None)
     ```
     """
+    optional.require("tensorflow", "use_lean_cpu_allocator()")
     if _tensorflow_started():
         raise RuntimeError(
             "use_lean_cpu_allocator() must be called before TensorFlow "

@@ -46,12 +46,16 @@ def test_training_modules_import_each_other_relatively():
 def test_model_package_needs_no_training_dependencies():
     cfg = _setup_cfg()
     requires = " ".join(_lines(cfg["options"]["install_requires"]))
-    for name in ("tensorflow-datasets", "absl", "tensorboard"):
+    for name in ("tensorflow", "absl", "tensorboard"):  # no TF in the core
         assert name not in requires
     extras = {k: _lines(v) for k, v in cfg["options.extras_require"].items()}
-    assert {"train", "jax", "torch", "test"} <= set(extras)
-    assert {"tensorflow-datasets", "absl-py", "tensorboard"} <= set(
-        extras["train"])
+    assert {"tensorflow", "train", "jax", "torch", "test",
+            "test-portable"} <= set(extras)
+    assert {"tensorflow>=2.20", "tensorflow-datasets", "absl-py",
+            "tensorboard"} <= set(extras["train"])
+    assert extras["tensorflow"] == ["tensorflow>=2.20"]
+    for extra in ("jax", "torch", "test-portable"):
+        assert not any(r.startswith("tensorflow") for r in extras[extra])
     assert "torch==2.14.1" in extras["torch"]
     packages = _lines(cfg["options"]["packages"])
     assert packages == ["keras_nfnets", "keras_nfnets.training"]
@@ -97,6 +101,19 @@ def test_wheel_installs_only_keras_nfnets_with_the_demo(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry[0]).decode()
     assert "keras-nfnets-train = keras_nfnets.train:main" in text
     assert any(n.endswith("/LICENSE") for n in names)
+    # Issue 28: the wheel asks for TensorFlow only through its extras.
+    meta = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [l[len("Requires-Dist: "):] for l in zipfile.ZipFile(
+        wheel).read(meta[0]).decode().splitlines()
+        if l.startswith("Requires-Dist: ")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert not [r for r in core if r.startswith("tensorflow")], core
+    assert any(r.startswith("keras>=3.10") for r in core), core
+    tf_extras = {r.split("extra ==")[1].strip().strip("'\"")
+                 for r in requires
+                 if r.startswith("tensorflow>=") and "extra ==" in r}
+    assert {"tensorflow", "train"} <= tf_extras
+    assert not tf_extras & {"jax", "torch", "test-portable"}, tf_extras
 
 
 def test_entry_point_finds_the_clone_demo_data():
