@@ -36,9 +36,12 @@ def natural_image(height, width, seed):
     return data, tf.io.decode_jpeg(data, channels=3).numpy()
 
 
-# DeepMind's nfnets/dataset.py evaluation paths, in TensorFlow ops.
-def deepmind_resize_then_crop(image_bytes, size, crop_pct=32):
-    image = tf.image.decode_jpeg(image_bytes, channels=3)
+# DeepMind's nfnets/dataset.py evaluation paths, in TensorFlow ops, on
+# decoded uint8 images (dataset.py's `get_shape` and `crop` take either
+# JPEG bytes or a decoded image; decoded, so that JPEG's cropped decoding,
+# which upsamples chroma differently at the crop's edge, is not compared).
+def deepmind_resize_then_crop(image, size, crop_pct=32):
+    image = tf.convert_to_tensor(image)
     scale_size = int(size + crop_pct)  # crop_pct > 1: pad pixels
     image = tf.image.resize(image, (scale_size, scale_size),
                             tf.image.ResizeMethod.BICUBIC)
@@ -46,16 +49,17 @@ def deepmind_resize_then_crop(image_bytes, size, crop_pct=32):
     return tf.image.crop_to_bounding_box(image, offset, offset, size, size)
 
 
-def deepmind_center_crop_then_resize(image_bytes, size):
-    shape = tf.image.extract_jpeg_shape(image_bytes)
+def deepmind_center_crop_then_resize(image, size):
+    image = tf.convert_to_tensor(image)
+    assert image.dtype == tf.uint8
+    shape = tf.shape(image)
     height, width = shape[0], shape[1]
     scale = tf.minimum(tf.cast(height, tf.float32) / (size + 32),
                        tf.cast(width, tf.float32) / (size + 32))
     crop = tf.cast(scale * size, tf.int32)
     top = ((height - crop) + 1) // 2
     left = ((width - crop) + 1) // 2
-    image = tf.image.decode_and_crop_jpeg(
-        image_bytes, tf.stack([top, left, crop, crop]), channels=3)
+    image = tf.image.crop_to_bounding_box(image, top, left, crop, crop)
     return tf.image.resize(image, (size, size), tf.image.ResizeMethod.BICUBIC)
 
 
@@ -70,7 +74,7 @@ def images():
 def test_deepmind_modes_match_deepmind_dataset_code(variant, reference):
     layer = default_preprocessing(variant)
     for data, decoded in images():
-        expected = reference(data, layer.size).numpy()
+        expected = reference(decoded, layer.size).numpy()
         got = np.asarray(layer(decoded))
         assert got.shape == expected.shape == (layer.size, layer.size, 3)
         assert np.abs(got - expected).max() <= 0.5, variant
@@ -84,8 +88,8 @@ def test_nfnets_use_resize_crop_not_crop_resize():
     """Issue 27: F0 is evaluated on the squashed whole image; the old crop
     looked at another part of a non-square image."""
     data, decoded = natural_image(375, 500, 0)
-    expected = deepmind_resize_then_crop(data, 256).numpy()
-    old = deepmind_center_crop_then_resize(data, 256).numpy()
+    expected = deepmind_resize_then_crop(decoded, 256).numpy()
+    old = deepmind_center_crop_then_resize(decoded, 256).numpy()
     assert np.abs(old - expected).max() > 50
     got = np.asarray(keras_nfnets.preprocess_for_eval(decoded, "F0"))
     assert np.abs(got - expected).max() <= 0.5
@@ -122,7 +126,6 @@ def test_other_backends_follow_deepmind_within_their_kernels(
     """Runs the layer under JAX / PyTorch in a subprocess (about 20 s per
     backend: a fresh interpreter importing that backend)."""
     decoded = {f"i{i}": d for i, (_, d) in enumerate(images())}
-    datas = {f"i{i}": b for i, (b, _) in enumerate(images())}
     np.savez(tmp_path / "in.npz", **decoded)
     env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
@@ -133,7 +136,7 @@ def test_other_backends_follow_deepmind_within_their_kernels(
         pytest.skip(f"{backend} is not installed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
-    for key, data in datas.items():
+    for key, data in decoded.items():
         for variant, reference in (("F0", deepmind_resize_then_crop),
                                    ("ResNet50",
                                     deepmind_center_crop_then_resize)):
