@@ -152,7 +152,7 @@ class NFNetImagePreprocessing(keras.layers.Layer):
 
     Example:
     >>> layer = NFNetImagePreprocessing(256, mode="resize_crop")
-    >>> layer(np.zeros((375, 500, 3), "uint8")).shape
+    >>> tuple(layer(np.zeros((375, 500, 3), "uint8")).shape)
     (256, 256, 3)
     >>> NFNetImagePreprocessing.from_config(layer.get_config()).mode
     'resize_crop'
