@@ -42,8 +42,9 @@ TIMM_DEFAULT_CROP_PCT = 0.875
 
 
 def _crop_window(mode, height, width, size, crop_padding, crop_pct):
-    """`(resize_to, top, left)` or `(None, top, left, crop_h, crop_w)`
-    in integer pixels, computed as the authors' code computes them."""
+    """`(resize_to, (top, left, crop_h, crop_w))` in integer pixels, as
+    the authors' code computes them; `resize_to` is the size resized to
+    before the crop (None for `"crop_resize"`, which crops first)."""
     if mode == "resize_crop":
         # dataset.py: crop_pct > 1 is a number of pad pixels.
         scale = (int(size + crop_padding) if crop_pct is None
