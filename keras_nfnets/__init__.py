@@ -36,6 +36,7 @@ from keras_nfnets.timm_weights import load_timm_weights
 from keras_nfnets.variants import NUMERICS, Numerics
 from keras_nfnets.imagenet import (decode_predictions, preprocess_for_eval,
                                    preprocess_input)
+from keras_nfnets.preprocessing import NFNetImagePreprocessing, default_preprocessing
 
 __version__ = "0.1.0"
 

@@ -149,15 +149,55 @@ def center_crop_and_resize(images, size, crop_padding=CROP_PADDING,
     return x[0] if single else x
 
 
-def preprocess_for_eval(images, variant="F0", size=None):
-    """Resize and crop images for evaluating `variant` as its trainer did
-    (`size` defaults to the variant's test resolution: 256 for F0).
+def preprocessing_for(model_or_variant, size=None):
+    """The `NFNetImagePreprocessing` for a model or a variant.
 
-    DeepMind's models (F0-F6, ...): the centred `size / (size + 32)` crop.
-    timm's (`"L0"`, `"ECA-L0"` ... `"ECA-L3"`, `"ResNet50-timm"`,
-    `"B1-timm"`, or their constructor or timm names): timm's
-    `pretrained_cfg` test crop, 1.0 for the L-family (the whole shorter
-    side; 288 px for ECA-L0), bicubic (see `keras_nfnets.presets`).
+    A model carries it as `model.preprocessing` (an
+    `NFNetImagePreprocessing`, or its config dict); otherwise its
+    `config` attribute (a variant config) or its `variant` attribute
+    names the family. Strings and configs go to `default_preprocessing`.
+    """
+    from keras_nfnets import preprocessing  # pylint: disable=import-outside-toplevel
+    layer = getattr(model_or_variant, "preprocessing", None)
+    if isinstance(layer, dict):
+        layer = preprocessing.NFNetImagePreprocessing.from_config(layer)
+    if isinstance(layer, preprocessing.NFNetImagePreprocessing):
+        if size is not None and size != layer.size:
+            config = dict(layer.get_config(), size=size)
+            config.pop("name", None)
+            layer = preprocessing.NFNetImagePreprocessing.from_config(config)
+        return layer
+    if hasattr(model_or_variant, "layers"):  # a model without its own
+        for attribute in ("config", "variant"):
+            found = getattr(model_or_variant, attribute, None)
+            if found is not None:
+                return preprocessing.default_preprocessing(found, size)
+        raise ValueError(
+            f"Model {getattr(model_or_variant, 'name', model_or_variant)!r} "
+            "carries no `preprocessing` and no variant `config`; pass the "
+            "variant name instead, e.g. preprocess_for_eval(images, 'F0').")
+    return preprocessing.default_preprocessing(model_or_variant, size)
+
+
+def preprocess_for_eval(images, model_or_variant="F0", size=None):
+    """Resizes and crops images for evaluating a model as its weights'
+    authors did (`size` defaults to the variant's test resolution: 256 for
+    F0).
+
+    DeepMind's NFNets (F0-F7, `+`): DeepMind's `resize_crop_32` (the whole
+    image squashed to `size + 32` squared, then the centred `size`).
+    DeepMind's NF-ResNets and NF-RegNets: the centred `size / (size + 32)`
+    crop, resized. timm's (`"L0"`, `"ECA-L0"` ... `"ECA-L3"`,
+    `"ResNet50-timm"`, `"B1-timm"`, or their constructor or timm names):
+    timm's eval transform (shorter side to `size / crop_pct`, centre crop).
+    See `keras_nfnets.preprocessing` for the inputs accepted: uint8 or
+    float 0-255 RGB, grayscale, RGBA, one image, a batch or a list.
+
+    Args:
+        images: one image, a batch, or a list of images.
+        model_or_variant: a model carrying `preprocessing` (or a variant
+            `config`), or a variant, constructor or timm name.
+        size: override the evaluation size.
 
     Returns float32 RGB in [0, 255]-ish range (bicubic can overshoot),
     ready for a model built with `include_preprocessing=True`.
@@ -165,8 +205,4 @@ def preprocess_for_eval(images, variant="F0", size=None):
     Example:
     >>> x = preprocess_for_eval(images, "ECA-L0")  # (N, 288, 288, 3)
     """
-    preset = timm_eval_settings(variant)
-    if preset is not None:
-        return center_crop_and_resize(images, size or preset["test_size"],
-                                      crop_fraction=preset["test_crop_pct"])
-    return center_crop_and_resize(images, size or eval_image_size(variant))
+    return preprocessing_for(model_or_variant, size)(images)
