@@ -1,4 +1,5 @@
-"""AGC inside training (keras_nfnets.optim.agc) (NFNetModel.compile, the AGC wrapper around a
+"""AGC inside training (keras_nfnets.optim.agc): NFNetModel.compile, the AGC
+wrapper around a
 user-built model, non-finite steps, mixed precision, saving, and
 MirroredStrategy over two logical CPU devices)."""
 
