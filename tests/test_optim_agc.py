@@ -1,7 +1,6 @@
 """AGC inside training (keras_nfnets.optim.agc): NFNetModel.compile, the AGC
-wrapper around a
-user-built model, non-finite steps, mixed precision, saving, and
-MirroredStrategy over two logical CPU devices)."""
+wrapper around a user-built model (the user's optimizer kept), mixed
+precision, saving, and MirroredStrategy over two logical CPU devices."""
 
 import json
 import os
@@ -15,7 +14,7 @@ import pytest
 
 import keras_nfnets
 from keras_nfnets import agc
-from conftest import (AGC_NAMES, REPO, deepmind_fixture, fixture_path,
+from conftest import (REPO, fixture_path,
                       relative_error)
 from training_helpers import TINY_CONFIG
 

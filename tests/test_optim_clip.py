@@ -1,22 +1,12 @@
 """The unit-wise clip (keras_nfnets.optim.clip): the pure functions
 against DeepMind's numbers and the rule by hand."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
-import keras
 import numpy as np
 import pytest
 
 import keras_nfnets
-from keras_nfnets import agc
-from conftest import (AGC_NAMES, REPO, deepmind_fixture, fixture_path,
-                      relative_error)
-from training_helpers import TINY_CONFIG
-
+from keras_nfnets.optim import clip
+from conftest import AGC_NAMES, deepmind_fixture, relative_error
 
 
 # ---------------------------------------------------------------- functions
@@ -61,4 +51,21 @@ def test_clip_rule_by_hand():
     np.testing.assert_allclose(out, [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-6)
 
 
-# ------------------------------------------------------------ training step
+def test_exclusion_patterns():
+    assert clip.normalize_exclude(None) == ()
+    assert clip.normalize_exclude("head") == ("head",)
+    assert clip.normalize_exclude(["a", "b"]) == ("a", "b")
+    assert clip.matches("linear/kernel", ("linear",))
+    assert clip.matches("linear/kernel", ("linear/",))
+    assert clip.matches("linear/kernel", ("linear/kernel",))
+    assert not clip.matches("linear_1/kernel", ("linear",))
+    assert not clip.matches("linear/bias", ("linear/kernel",))
+
+
+def test_clip_gradient_keeps_16_bit_dtype():
+    w = np.array([[3.0, 0.0], [4.0, 0.0]], "float32")
+    g = np.array([[0.3, 0.0], [0.0, 1.0]], "float16")
+    out = clip.clip_gradient(g, w, 0.1, 1e-3)
+    assert str(np.asarray(out).dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(out, "float32"),
+                               [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-3)
