@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from keras_nfnets import agc
-from conftest import (REPO, fixture_path,
-                      relative_error)
+from keras_nfnets.optim import agc
+from conftest import REPO, fixture_path, relative_error
 from training_helpers import TINY_CONFIG
 
 
