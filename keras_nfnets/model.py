@@ -58,12 +58,15 @@ class NFNetModel(keras.Model):
             if agc_clipping == agc.DEFAULT_CLIPPING:
                 agc_clipping = agc.DEFAULT_CLIPPING  # the SGD-tuned value
         optimizer = keras.optimizers.get(optimizer)
-        if agc_clipping and not isinstance(optimizer, agc.AGC):
+        # (a skip-counting LossScaleOptimizer around an AGC: a recompile)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if agc_clipping and not isinstance(inner, agc.AGC):
             if agc_exclude is None:
                 agc_exclude = default_agc_exclude(self)
             optimizer = agc.AGC(optimizer, clipping=agc_clipping, eps=agc_eps,
                                 exclude=agc_exclude)
         if (isinstance(optimizer, agc.AGC)
+                and kwargs.get("auto_scale_loss", True)
                 and self.dtype_policy.name == "mixed_float16"):
             # Keras would wrap a plain LossScaleOptimizer, whose skipped
             # steps no one counts.

@@ -87,3 +87,24 @@ def test_compile_without_agc_keeps_keras_loss_scaling():
     model = _tiny_nfnet_model("mixed_float16")
     model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
     assert type(model.optimizer) is keras.optimizers.LossScaleOptimizer
+
+
+def test_mixed_float16_compiled_model_saves_and_loads(tmp_path):
+    """The skip-counting optimizer goes through `.keras` and recompiles."""
+    model = _tiny_nfnet_model("mixed_float16")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse",
+                  agc_clipping=0.01)
+    model.fit(np.ones((2, 4)), np.zeros((2, 2)), verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, skip.SkipCountingLossScaleOptimizer)
+    assert isinstance(loaded.optimizer.inner_optimizer, keras_nfnets.AGC)
+    assert loaded.optimizer.inner_optimizer.clipping == 0.01
+
+
+def test_auto_scale_loss_false_is_respected():
+    model = _tiny_nfnet_model("mixed_float16")
+    model.compile(optimizer="sgd", loss="mse", agc_clipping=0.01,
+                  auto_scale_loss=False)
+    assert isinstance(model.optimizer, keras_nfnets.AGC)
