@@ -33,8 +33,9 @@ FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS := "tensorflow==2.20.*" "keras==3.10.*"
-FLOOR_TESTS := tests/test_layers.py tests/test_agc.py tests/test_agc_canary.py \
-	tests/test_weights.py tests/test_applications.py tests/test_optimizers.py
+FLOOR_TESTS := tests/test_layers.py tests/test_optim_clip.py tests/test_optim_agc.py \
+	tests/test_optim_skip.py tests/test_agc_canary.py tests/test_weights.py \
+	tests/test_applications.py tests/test_optim_recipe.py
 # CI time: the heavy fit-based AGC tests run on the latest Keras in `test`; on
 # the floor the canary (every backend and strategy it has, mixed_float16)
 # shows that AGC clips inside fit.
@@ -56,7 +57,7 @@ $(FLOOR_STAMP): setup.cfg pyproject.toml
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -c "import keras, tensorflow as tf; print('floor: keras', keras.__version__, 'tensorflow', tf.__version__)"
 	TF_CPP_MIN_LOG_LEVEL=2 $(FLOOR_PY) -m pytest -q -m "not slow" --durations=10 \
-	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_agc.py::,$(FLOOR_DESELECT)) \
+	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_optim_agc.py::,$(FLOOR_DESELECT)) \
 	  $(addprefix --deselect tests/test_applications.py::,$(FLOOR_DESELECT_APPS)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

@@ -20,14 +20,14 @@ from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  set_grouped_conv_mode)
 from keras_nfnets.layers import (EfficientChannelAttention,
                                  SymmetricMaxPooling2D)
-from keras_nfnets.agc import (AGC, AdaptiveOptimizerWarning, adaptive_clip_grads,
-                              unitwise_norm)
+from keras_nfnets.optim import (AGC, AdaptiveOptimizerWarning,
+                                adaptive_clip_grads, unitwise_norm)
 from keras_nfnets.memory import use_lean_cpu_allocator
 from keras_nfnets.export import fold_weight_standardization
 from keras_nfnets.features import pyramid_channels
 from keras_nfnets.model import NFNetModel
-from keras_nfnets.optimizers import (NFNetSGD, WarmupCosineDecay,
-                                     nfnet_optimizer)
+from keras_nfnets.optim import (NFNetSGD, WarmupCosineDecay,
+                                nfnet_optimizer)
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)

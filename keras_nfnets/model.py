@@ -12,10 +12,11 @@ class NFNetModel(keras.Model):
     """
 
     #: `compile()`'s AGC threshold when `agc_clipping` is not given; the
-    #: constructors set it per family (`keras_nfnets.agc.FAMILY_DEFAULTS`).
+    #: constructors set it per family
+    #: (`keras_nfnets.optim.agc.FAMILY_DEFAULTS`).
     default_agc_clipping = 0.01
 
-    # -- adaptive gradient clipping (keras_nfnets.agc) -------------------
+    # -- adaptive gradient clipping (keras_nfnets.optim) -----------------
     def compile(self, optimizer="rmsprop", *args, agc_clipping="default",
                 agc_eps=1e-3, agc_exclude=None, **kwargs):
         """`keras.Model.compile`, plus adaptive gradient clipping.
@@ -24,7 +25,10 @@ class NFNetModel(keras.Model):
         the classifier weight, to the reduced (cross-replica mean) gradient,
         inside the optimizer's `update_step`, by making the optimizer a
         `keras_nfnets.AGC` (not done if it already is one, e.g.
-        `nfnet_optimizer(...)`).
+        `nfnet_optimizer(...)`). Under the `mixed_float16` policy the
+        optimizer goes inside a `SkipCountingLossScaleOptimizer` (Keras's
+        `LossScaleOptimizer`, counting the non-finite steps it skips in the
+        AGC's `skipped_steps`).
 
         Args:
             agc_clipping: the AGC threshold; `None` turns AGC off (the
@@ -47,17 +51,26 @@ class NFNetModel(keras.Model):
                       agc_clipping=0.01)
         ```
         """
-        from keras_nfnets import agc  # pylint: disable=import-outside-toplevel
+        # pylint: disable-next=import-outside-toplevel
+        from keras_nfnets.optim import agc, skip
         if agc_clipping == "default":
             agc_clipping = self.default_agc_clipping
             if agc_clipping == agc.DEFAULT_CLIPPING:
                 agc_clipping = agc.DEFAULT_CLIPPING  # the SGD-tuned value
         optimizer = keras.optimizers.get(optimizer)
-        if agc_clipping and not isinstance(optimizer, agc.AGC):
+        # (a skip-counting LossScaleOptimizer around an AGC: a recompile)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if agc_clipping and not isinstance(inner, agc.AGC):
             if agc_exclude is None:
                 agc_exclude = default_agc_exclude(self)
             optimizer = agc.AGC(optimizer, clipping=agc_clipping, eps=agc_eps,
                                 exclude=agc_exclude)
+        if (isinstance(optimizer, agc.AGC)
+                and kwargs.get("auto_scale_loss", True)
+                and self.dtype_policy.name == "mixed_float16"):
+            # Keras would wrap a plain LossScaleOptimizer, whose skipped
+            # steps no one counts.
+            optimizer = skip.SkipCountingLossScaleOptimizer(optimizer)
         super().compile(optimizer, *args, **kwargs)
         self._agc_compile_args = {
             "agc_clipping": None if not agc_clipping else float(agc_clipping),
@@ -66,8 +79,8 @@ class NFNetModel(keras.Model):
     def make_train_function(self, force=False):
         # Without a tf.distribute strategy, Keras builds the optimizer inside
         # the first trace of the train step; creating its variables there
-        # makes tf.function trace the whole step a second time (~10 s more
-        # before the first step on NFNet-F0). Build it first, as Keras does
+        # makes tf.function trace the whole step a second time. Build it
+        # first, as Keras does
         # itself under a strategy.
         optimizer = getattr(self, "optimizer", None)
         if (keras.backend.backend() == "tensorflow" and self.built

@@ -82,7 +82,7 @@ def test_the_canary_fails_when_the_clip_is_bypassed(monkeypatch):
 
 def test_canary_tensorflow_mixed_float16():
     result = canary_lib.canary("mixed_float16")
-    assert result["optimizer"] == "LossScaleOptimizer"
+    assert result["optimizer"] == "SkipCountingLossScaleOptimizer"  # counts skips
     # float16 forward/backward: unit roundoff 2^-11 ~ 5e-4 per op, a few ops
     check_clipped(result, 1e-2)
 

@@ -1,7 +1,6 @@
-"""Adaptive gradient clipping: the pure functions against DeepMind's numbers,
-and AGC inside training (NFNetModel.compile, the AGC wrapper around a
-user-built model, non-finite steps, mixed precision, saving, and
-MirroredStrategy over two logical CPU devices)."""
+"""AGC inside training (keras_nfnets.optim.agc): NFNetModel.compile, the AGC
+wrapper around a user-built model (the user's optimizer kept), mixed
+precision, saving, and MirroredStrategy over two logical CPU devices."""
 
 import json
 import os
@@ -14,55 +13,11 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from keras_nfnets import agc
-from conftest import (AGC_NAMES, REPO, deepmind_fixture, fixture_path,
-                      relative_error)
+from keras_nfnets.optim import agc
+from conftest import REPO, fixture_path, relative_error
 from training_helpers import TINY_CONFIG
 
 
-# ---------------------------------------------------------------- functions
-def test_unitwise_norm_axes():
-    x = np.random.default_rng(0).normal(size=(3, 3, 8, 16)).astype("float32")
-    np.testing.assert_allclose(
-        keras_nfnets.unitwise_norm(x),
-        np.sqrt((x ** 2).sum(axis=(0, 1, 2), keepdims=True)), rtol=1e-6)
-    d = x[0, 0]  # dense kernel (in=8, out=16): norm over the inputs
-    np.testing.assert_allclose(keras_nfnets.unitwise_norm(d),
-                               np.sqrt((d ** 2).sum(0, keepdims=True)),
-                               rtol=1e-6)
-    for v in (x[0, 0, 0], np.float32(-3.0), x[:1, :1, :1, :]):
-        # vectors, scalars, and anything that squeezes to a vector: whole
-        np.testing.assert_allclose(keras_nfnets.unitwise_norm(v),
-                                   np.sqrt((np.asarray(v) ** 2).sum()),
-                                   rtol=1e-6)
-    with pytest.raises(ValueError):
-        keras_nfnets.unitwise_norm(np.ones((2, 2, 2, 2, 2)))
-
-
-def test_adaptive_clip_grads_matches_deepmind():
-    ref = deepmind_fixture("agc_reference.npz")
-    clipped = keras_nfnets.adaptive_clip_grads(
-        [ref["grad:" + n] for n in AGC_NAMES], [ref["param:" + n] for n in AGC_NAMES],
-        clipping=0.01, eps=1e-3)
-    for name, c in zip(AGC_NAMES, clipped):
-        err = relative_error(np.asarray(c), ref["clipped:" + name])
-        assert err < 1e-5, (name, err)
-    # The fixture exercises both branches and the eps floor.
-    assert not np.allclose(ref["grad:conv/bias"], ref["clipped:conv/bias"])
-    assert np.allclose(ref["grad:conv/w"], ref["clipped:conv/w"])
-    assert keras_nfnets.adaptive_clip_grads([None], [ref["param:se/w"]]) == [
-        None]
-
-
-def test_clip_rule_by_hand():
-    w = np.array([[3.0, 0.0], [4.0, 0.0]], "float32")  # unit norms 5, 0
-    g = np.array([[0.3, 0.0], [0.0, 1.0]], "float32")  # unit norms .3, 1
-    out = np.asarray(keras_nfnets.adaptive_clip_grads([g], [w], 0.1, 1e-3)[0])
-    # unit 0: 0.3 <= 0.1 * 5, untouched; unit 1: 1 > 0.1 * max(0, 1e-3)
-    np.testing.assert_allclose(out, [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-6)
-
-
-# ------------------------------------------------------------ training step
 def _tiny(include_top=True, **kwargs):
     return keras_nfnets.NFNet(
         str(fixture_path("nfnet_tiny_config.json")), include_top=include_top,
@@ -158,35 +113,6 @@ def test_agc_off_leaves_the_optimizer_alone():
     model = _tiny()
     model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
     assert isinstance(model.optimizer, keras.optimizers.SGD)
-
-
-@pytest.mark.parametrize("in_function", [False, True])
-def test_nonfinite_gradients_skip_the_step(in_function):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    w = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
-    b = keras.Variable(np.ones((2,), "float32"), name="bias")
-    opt = keras_nfnets.AGC(
-        keras_nfnets.NFNetSGD(0.1, use_ema=True), exclude=())
-
-    def step(gw, gb):
-        opt.apply_gradients([(gw, w), (gb, b)])
-
-    if in_function:
-        step = tf.function(step)
-    good = np.full((3, 2), 0.1, "float32"), np.full((2,), 0.1, "float32")
-    step(*good)
-    state = [v.numpy() for v in [w, b] + opt.variables]
-    for bad in (np.inf, np.nan):
-        gw = good[0].copy()
-        gw[1, 1] = bad
-        step(gw, good[1])
-        assert all(np.array_equal(s, v.numpy(), equal_nan=True) for s, v in
-                   zip(state[:2], [w, b]))
-    assert int(opt.skipped_steps.numpy()) == 2
-    assert int(opt.iterations.numpy()) == 1
-    step(*good)
-    assert int(opt.iterations.numpy()) == 2 and not np.array_equal(
-        state[0], w.numpy())
 
 
 def test_save_and_load_keep_agc(tmp_path):
@@ -457,3 +383,29 @@ def test_agc_train_step_compiles_with_xla():
         results.append(model.get_weights())
     worst = max(relative_error(a, b) for a, b in zip(*results))
     assert worst < 1e-4, worst
+
+
+def test_agc_keeps_the_optimizer_instance():
+    """`AGC(opt)` is `opt` itself: after `fit`, `opt.iterations` has moved
+    and its slots are the ones the step used."""
+    sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    wrapped = keras_nfnets.AGC(sgd, clipping=0.01, exclude=())
+    assert wrapped is sgd and isinstance(sgd, keras_nfnets.AGC)
+    assert isinstance(sgd, keras.optimizers.SGD)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=wrapped, loss="mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), batch_size=2, verbose=0)
+    assert model.optimizer is sgd
+    assert int(sgd.iterations.numpy()) == 2
+    assert any(np.abs(v.numpy()).sum() > 0 for v in sgd.momentums)
+
+
+def test_agc_refuses_bad_arguments_before_touching_the_optimizer():
+    sgd = keras.optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match="clipping"):
+        keras_nfnets.AGC(sgd, clipping=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        keras_nfnets.AGC(sgd, learning_rate=0.1)
+    assert type(sgd) is keras.optimizers.SGD
+    with pytest.raises(ValueError, match="already clips"):
+        keras_nfnets.AGC(keras_nfnets.AGC(keras.optimizers.SGD(0.1)))

@@ -1,0 +1,71 @@
+"""The unit-wise clip (keras_nfnets.optim.clip): the pure functions
+against DeepMind's numbers and the rule by hand."""
+
+import numpy as np
+import pytest
+
+import keras_nfnets
+from keras_nfnets.optim import clip
+from conftest import AGC_NAMES, deepmind_fixture, relative_error
+
+
+# ---------------------------------------------------------------- functions
+def test_unitwise_norm_axes():
+    x = np.random.default_rng(0).normal(size=(3, 3, 8, 16)).astype("float32")
+    np.testing.assert_allclose(
+        keras_nfnets.unitwise_norm(x),
+        np.sqrt((x ** 2).sum(axis=(0, 1, 2), keepdims=True)), rtol=1e-6)
+    d = x[0, 0]  # dense kernel (in=8, out=16): norm over the inputs
+    np.testing.assert_allclose(keras_nfnets.unitwise_norm(d),
+                               np.sqrt((d ** 2).sum(0, keepdims=True)),
+                               rtol=1e-6)
+    for v in (x[0, 0, 0], np.float32(-3.0), x[:1, :1, :1, :]):
+        # vectors, scalars, and anything that squeezes to a vector: whole
+        np.testing.assert_allclose(keras_nfnets.unitwise_norm(v),
+                                   np.sqrt((np.asarray(v) ** 2).sum()),
+                                   rtol=1e-6)
+    with pytest.raises(ValueError):
+        keras_nfnets.unitwise_norm(np.ones((2, 2, 2, 2, 2)))
+
+
+def test_adaptive_clip_grads_matches_deepmind():
+    ref = deepmind_fixture("agc_reference.npz")
+    clipped = keras_nfnets.adaptive_clip_grads(
+        [ref["grad:" + n] for n in AGC_NAMES], [ref["param:" + n] for n in AGC_NAMES],
+        clipping=0.01, eps=1e-3)
+    for name, c in zip(AGC_NAMES, clipped):
+        err = relative_error(np.asarray(c), ref["clipped:" + name])
+        assert err < 1e-5, (name, err)
+    # The fixture exercises both branches and the eps floor.
+    assert not np.allclose(ref["grad:conv/bias"], ref["clipped:conv/bias"])
+    assert np.allclose(ref["grad:conv/w"], ref["clipped:conv/w"])
+    assert keras_nfnets.adaptive_clip_grads([None], [ref["param:se/w"]]) == [
+        None]
+
+
+def test_clip_rule_by_hand():
+    w = np.array([[3.0, 0.0], [4.0, 0.0]], "float32")  # unit norms 5, 0
+    g = np.array([[0.3, 0.0], [0.0, 1.0]], "float32")  # unit norms .3, 1
+    out = np.asarray(keras_nfnets.adaptive_clip_grads([g], [w], 0.1, 1e-3)[0])
+    # unit 0: 0.3 <= 0.1 * 5, untouched; unit 1: 1 > 0.1 * max(0, 1e-3)
+    np.testing.assert_allclose(out, [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-6)
+
+
+def test_exclusion_patterns():
+    assert clip.normalize_exclude(None) == ()
+    assert clip.normalize_exclude("head") == ("head",)
+    assert clip.normalize_exclude(["a", "b"]) == ("a", "b")
+    assert clip.matches("linear/kernel", ("linear",))
+    assert clip.matches("linear/kernel", ("linear/",))
+    assert clip.matches("linear/kernel", ("linear/kernel",))
+    assert not clip.matches("linear_1/kernel", ("linear",))
+    assert not clip.matches("linear/bias", ("linear/kernel",))
+
+
+def test_clip_gradient_keeps_16_bit_dtype():
+    w = np.array([[3.0, 0.0], [4.0, 0.0]], "float32")
+    g = np.array([[0.3, 0.0], [0.0, 1.0]], "float16")
+    out = clip.clip_gradient(g, w, 0.1, 1e-3)
+    assert str(np.asarray(out).dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(out, "float32"),
+                               [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-3)

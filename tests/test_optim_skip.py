@@ -1,0 +1,110 @@
+"""The non-finite-step skip (keras_nfnets.optim.skip): a skipped step moves
+nothing and is counted once in `skipped_steps`, by AGC itself and by Keras's
+`LossScaleOptimizer` under mixed_float16 when compiled through
+`NFNetModel.compile` (no training program)."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_nfnets
+from keras_nfnets.optim import skip
+
+
+def test_nonfinite_flag():
+    ones = keras.ops.ones((2, 2))
+    assert int(skip.nonfinite_flag([ones, None])) == 0
+    assert int(skip.nonfinite_flag([ones, ones * np.inf])) == 1
+    assert int(skip.nonfinite_flag([None])) == 0
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_nonfinite_gradients_skip_the_step(in_function):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    w = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
+    b = keras.Variable(np.ones((2,), "float32"), name="bias")
+    opt = keras_nfnets.AGC(
+        keras_nfnets.NFNetSGD(0.1, use_ema=True), exclude=())
+
+    def step(gw, gb):
+        opt.apply_gradients([(gw, w), (gb, b)])
+
+    if in_function:
+        step = tf.function(step)
+    good = np.full((3, 2), 0.1, "float32"), np.full((2,), 0.1, "float32")
+    step(*good)
+    state = [v.numpy() for v in [w, b] + opt.variables]
+    for bad in (np.inf, np.nan):
+        gw = good[0].copy()
+        gw[1, 1] = bad
+        step(gw, good[1])
+        assert all(np.array_equal(s, v.numpy(), equal_nan=True) for s, v in
+                   zip(state[:2], [w, b]))
+    assert int(opt.skipped_steps.numpy()) == 2
+    assert int(opt.iterations.numpy()) == 1
+    step(*good)
+    assert int(opt.iterations.numpy()) == 2 and not np.array_equal(
+        state[0], w.numpy())
+
+def _tiny_nfnet_model(policy):
+    """A two-layer `NFNetModel` built under `policy`."""
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(3, name="hidden")(inputs)
+        outputs = keras.layers.Dense(2, name="linear")(hidden)
+        return keras_nfnets.NFNetModel(inputs, outputs)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_mixed_float16_skip_through_compile_is_counted(run_eagerly):
+    """`fit` with a batch whose (scaled) gradients overflow: Keras's loss
+    scaling skips it without calling AGC; compile's optimizer counts it."""
+    model = _tiny_nfnet_model("mixed_float16")
+    sgd = keras.optimizers.SGD(0.1)
+    model.compile(optimizer=sgd, loss="mse", agc_clipping=0.01,
+                  run_eagerly=run_eagerly)
+    assert isinstance(model.optimizer, skip.SkipCountingLossScaleOptimizer)
+    assert model.optimizer.inner_optimizer is sgd  # the user's, kept
+    x = np.ones((4, 4), "float32")
+    x[:2] = 6e4  # the first batch overflows float16: inf/nan gradients
+    y = np.zeros((4, 2), "float32")
+    before = [v.numpy() for v in model.trainable_variables]
+    model.fit(x[:2], y[:2], batch_size=2, shuffle=False, verbose=0)
+    assert int(sgd.skipped_steps.numpy()) == 1
+    assert int(sgd.iterations.numpy()) == 0
+    assert all(np.array_equal(b, v.numpy())
+               for b, v in zip(before, model.trainable_variables))
+    model.fit(x[2:], y[2:], batch_size=2, shuffle=False, verbose=0)
+    assert int(sgd.skipped_steps.numpy()) == 1
+    assert int(sgd.iterations.numpy()) == 1
+
+
+def test_compile_without_agc_keeps_keras_loss_scaling():
+    model = _tiny_nfnet_model("mixed_float16")
+    model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
+    assert type(model.optimizer) is keras.optimizers.LossScaleOptimizer
+
+
+def test_mixed_float16_compiled_model_saves_and_loads(tmp_path):
+    """The skip-counting optimizer goes through `.keras` and recompiles."""
+    model = _tiny_nfnet_model("mixed_float16")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse",
+                  agc_clipping=0.01)
+    model.fit(np.ones((2, 4)), np.zeros((2, 2)), verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, skip.SkipCountingLossScaleOptimizer)
+    assert isinstance(loaded.optimizer.inner_optimizer, keras_nfnets.AGC)
+    assert loaded.optimizer.inner_optimizer.clipping == 0.01
+
+
+def test_auto_scale_loss_false_is_respected():
+    model = _tiny_nfnet_model("mixed_float16")
+    model.compile(optimizer="sgd", loss="mse", agc_clipping=0.01,
+                  auto_scale_loss=False)
+    assert isinstance(model.optimizer, keras_nfnets.AGC)
