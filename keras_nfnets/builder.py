@@ -9,19 +9,29 @@ DeepMind's haiku module names (`stem_conv0` or `initial_conv`, `nf_block`,
 makes the checkpoint mapping a rule.
 """
 
+import dataclasses
+import warnings
+
 import keras
 
 from keras_nfnets import features as nf_features
 from keras_nfnets import layers as nf_layers
+from keras_nfnets import runtime
 from keras_nfnets import variants
 from keras_nfnets.model import NFNetModel
 
+# Every layer computes in channels_last, whatever
+# `keras.config.image_data_format()` says (a channels_first model transposes
+# at its boundary: `features.data_format_boundary`).
+NHWC = "channels_last"
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def block_schedule(config, stochdepth_rate):
-    """Per-block arguments: channels, stride, beta and stochastic depth.
+    """An NFNet's per-block placement: channels, stride, beta, stochastic
+    depth, and the per-stage spec fields (expansion, group width, big
+    width) under `spec_fields`.
 
     beta is 1 / expected_std of the block's input: the expected std is reset
     to 1 after each stage's first block (its shortcut is a fresh projection)
@@ -35,9 +45,11 @@ def block_schedule(config, stochdepth_rate):
 
 def stage_schedule(in_channels, widths, depths, strides, alpha,
                    stochdepth_rate, **per_stage):
-    """The block schedule of any family: one dict of `NFBlock` arguments per
-    block (plus its `stage`). `per_stage` maps extra block arguments to one
-    value per stage."""
+    """The block schedule of any family: one dict per block with its
+    placement (`in_channels`, `out_channels`, `strides`, `beta`,
+    `stochdepth_rate`), its `stage`, and `spec_fields`: the `BlockSpec`
+    fields that vary per stage (`per_stage` maps each to one value per
+    stage)."""
     blocks = []
     expected_std = 1.0
     ch = in_channels
@@ -48,11 +60,11 @@ def stage_schedule(in_channels, widths, depths, strides, alpha,
         for block_index in range(depth):
             blocks.append(dict(
                 in_channels=ch, out_channels=int(width),
-                **{k: v[stage] for k, v in per_stage.items()},
                 strides=stride if block_index == 0 else 1,
                 beta=1.0 / expected_std,
                 stochdepth_rate=stochdepth_rate * index / num_blocks,
-                stage=stage))
+                stage=stage,
+                spec_fields={k: v[stage] for k, v in per_stage.items()}))
             ch = int(width)
             index += 1
             if block_index == 0:
@@ -79,80 +91,103 @@ def numerics_options(config, activation):
     return conv, act
 
 
+def block_spec(config, activation=None):
+    """The `BlockSpec` of a config's blocks (NFNet, NF-ResNet, NF-RegNet;
+    DeepMind's or timm's numerics): the family switches, `alpha`, the
+    activation (default: the config's) and the numerics. Fields that vary
+    per stage come from `architecture(...)["blocks"]`.
+
+    Example:
+    >>> spec = block_spec(keras_nfnets.get_config("F0"))
+    >>> spec.group_width, spec.attention
+    (128, 'se')
+    """
+    activation = activation or config.activation
+    conv, act = numerics_options(config, activation)
+    common = dict(alpha=config.alpha, activation=activation,
+                  skip_gain=config.skip_gain, conv_options=conv,
+                  activation_options=act)
+    if isinstance(config, variants.NFResNetConfig):
+        return nf_layers.BlockSpec(
+            expansion=config.bottleneck_ratio, group_width=None,
+            use_two_convs=False, strided_shortcut=config.strided_shortcut,
+            se_position="output" if config.use_se else None,
+            se_ratio=config.se_ratio, **common)
+    if isinstance(config, variants.NFRegNetConfig):
+        return nf_layers.BlockSpec(
+            expansion=config.expansion, big_width=False,
+            group_width=config.group_size, use_two_convs=False,
+            se_position="bottleneck", se_ratio=config.se_ratio,
+            width_divisor=config.ch_div, se_divisor=config.ch_div, **common)
+    return nf_layers.BlockSpec(
+        se_ratio=config.se_ratio, use_two_convs=config.use_two_convs,
+        attention=config.attention, se_divisor=config.se_divisor,
+        width_divisor=config.ch_div, **common)
+
+
 def _fc_init(stddev):
     return (keras.initializers.RandomNormal(0.0, stddev) if stddev
             else keras.initializers.Zeros())
 
 
-def architecture(config, stochdepth_rate):
+def architecture(config, stochdepth_rate, activation=None):
     """A family's layout: `stem` (a list of `("conv", name, filters, kernel,
     stride)`, `("act", name)` or `("max_pool", name, size, stride)`),
-    `blocks` (from `stage_schedule`), `block_kwargs` (the block switches
-    shared by all blocks), `block_prefix`, `final_conv` channels (or None)
-    and `fc_stddev` (0: zero-initialised classifier)."""
+    `blocks` (from `stage_schedule`, each with its `spec`: `block_spec`
+    with the block's per-stage fields), `block_prefix`, `final_conv`
+    channels (or None) and `fc_stddev` (0: zero-initialised classifier)."""
+    spec = block_spec(config, activation)
     if isinstance(config, variants.NFResNetConfig):
         ch = int(16 * config.width)
-        return dict(
+        arch = dict(
             stem=[("conv", "initial_conv", ch, 7, 2),
                   ("max_pool", "stem_pool", 3, 2)],
             blocks=stage_schedule(ch, config.stage_widths, config.depth,
                                   config.strides, config.alpha,
                                   stochdepth_rate),
-            block_kwargs=dict(
-                expansion=config.bottleneck_ratio, group_width=None,
-                use_two_convs=False,
-                strided_shortcut=config.strided_shortcut,
-                se_position="output" if config.use_se else None,
-                se_ratio=config.se_ratio, skip_gain=config.skip_gain),
             block_prefix="nf_res_block", final_conv=None, fc_stddev=0.01)
-    if isinstance(config, variants.NFRegNetConfig):
+    elif isinstance(config, variants.NFRegNetConfig):
         widths = config.stage_widths
         blocks = stage_schedule(widths[0], widths, config.depth,
                                 (2,) * len(widths), config.alpha,
                                 stochdepth_rate)
-        blocks[0]["expansion"] = 1  # EfficientNet-style first block
-        return dict(
+        blocks[0]["spec_fields"]["expansion"] = 1  # EfficientNet-style
+        arch = dict(
             stem=[("conv", "initial_conv", widths[0], 3, 2)],
-            blocks=blocks,
-            block_kwargs=dict(
-                expansion=config.expansion, big_width=False,
-                group_width=config.group_size, use_two_convs=False,
-                se_position="bottleneck", se_ratio=config.se_ratio,
-                width_divisor=config.ch_div, se_divisor=config.ch_div,
-                skip_gain=config.skip_gain),
-            block_prefix="nf_block",
+            blocks=blocks, block_prefix="nf_block",
             final_conv=config.final_conv_width, fc_stddev=0.0)
-    stem_ch = [(16, 2), (32, 1), (64, 1), (config.width[0] // 2, 2)]
-    if config.stem_width:  # timm's "deep_quad" stem
-        w = config.stem_width
-        stem_ch = [(w // 8, 2), (w // 4, 1), (w // 2, 1), (w, 2)]
-    stem = []
-    for i, (filters, stride) in enumerate(stem_ch):
-        stem.append(("conv", f"stem_conv{i}", filters, 3, stride))
-        if i < len(stem_ch) - 1:
-            stem.append(("act", f"stem_act{i}"))
-    blocks = block_schedule(config, stochdepth_rate)
-    if config.stem_width:
-        blocks[0]["in_channels"] = config.stem_width
-    return dict(
-        stem=stem, blocks=blocks,
-        block_kwargs=dict(se_ratio=config.se_ratio,
-                          use_two_convs=config.use_two_convs,
-                          attention=config.attention,
-                          se_divisor=config.se_divisor,
-                          width_divisor=config.ch_div,
-                          skip_gain=config.skip_gain),
-        block_prefix="nf_block",
-        final_conv=(int(config.final_conv_mult * config.width[-1])
-                    if config.final_conv_mult is not None else
-                    config.final_conv_ch),
-        fc_stddev=0.01)
+    else:
+        stem_ch = [(16, 2), (32, 1), (64, 1), (config.width[0] // 2, 2)]
+        if config.stem_width:  # timm's "deep_quad" stem
+            w = config.stem_width
+            stem_ch = [(w // 8, 2), (w // 4, 1), (w // 2, 1), (w, 2)]
+        stem = []
+        for i, (filters, stride) in enumerate(stem_ch):
+            stem.append(("conv", f"stem_conv{i}", filters, 3, stride))
+            if i < len(stem_ch) - 1:
+                stem.append(("act", f"stem_act{i}"))
+        blocks = block_schedule(config, stochdepth_rate)
+        if config.stem_width:
+            blocks[0]["in_channels"] = config.stem_width
+        arch = dict(
+            stem=stem, blocks=blocks, block_prefix="nf_block",
+            final_conv=(int(config.final_conv_mult * config.width[-1])
+                        if config.final_conv_mult is not None else
+                        config.final_conv_ch),
+            fc_stddev=0.01)
+    arch["spec"] = spec
+    for block in arch["blocks"]:
+        block["spec"] = (dataclasses.replace(spec, **block["spec_fields"])
+                         if block["spec_fields"] else spec)
+    return arch
 
 
 def resolve_remat(remat):
-    """Kept for callers of the builder: see `layers.resolve_remat` (the
-    model stores `remat` as given and resolves `"auto"` at trace time)."""
-    return nf_layers.resolve_remat(remat)
+    """Deprecated: use `keras_nfnets.runtime.resolve_remat`."""
+    warnings.warn("keras_nfnets.builder.resolve_remat is deprecated; use "
+                  "keras_nfnets.runtime.resolve_remat.", DeprecationWarning,
+                  stacklevel=2)
+    return runtime.resolve_remat(remat)
 
 
 def _preprocessing(channels):
@@ -187,7 +222,7 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
     """
     activation = activation or config.activation
     nf_layers.check_activation(activation)
-    remat = nf_layers.check_remat(remat)  # "auto" resolves at trace time
+    remat = runtime.check_remat(remat)  # "auto" resolves at trace time
     drop_rate = config.drop_rate if drop_rate is None else drop_rate
     stochdepth_rate = (config.stochdepth_rate if stochdepth_rate is None
                        else stochdepth_rate)
@@ -203,19 +238,22 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
     if include_preprocessing:
         x = _preprocessing(inputs.shape[-1])(x)
 
-    conv_options, act_options = numerics_options(config, activation)
+    arch = architecture(config, stochdepth_rate, activation)
+    # The stem and head take the blocks' numerics.
+    conv_options = arch["spec"].conv_options
+    act_options = arch["spec"].activation_options
 
     def act(name):
         return nf_layers.ScaledActivation(activation, name=name,
                                           **act_options)
 
-    arch = architecture(config, stochdepth_rate)
     pyramid = nf_features.Pyramid()
     for kind, layer_name, *args in arch["stem"]:
         if kind == "conv":
             filters, kernel, stride = args
             x = nf_layers.WSConv2D(filters, kernel, strides=stride,
-                                   name=layer_name, **conv_options)(x)
+                                   data_format=NHWC, name=layer_name,
+                                   **conv_options)(x)
         elif kind == "act":
             x = act(layer_name)(x)
         elif conv_options["padding"] == "symmetric":  # PyTorch's max pool
@@ -225,29 +263,30 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
         else:
             size, stride = args
             x = keras.layers.MaxPooling2D(size, strides=stride,
-                                          padding="same", name=layer_name)(x)
+                                          padding="same", data_format=NHWC,
+                                          name=layer_name)(x)
         pyramid.add(x, nf_features.stem_stride(kind, args))
 
     for i, block in enumerate(arch["blocks"]):
-        block.pop("stage")
         x = nf_layers.NFBlock(
-            **{**arch["block_kwargs"], **block}, alpha=config.alpha,
-            activation=activation, conv_options=conv_options,
-            activation_options=act_options,
+            block["in_channels"], block["out_channels"], block["spec"],
+            strides=block["strides"], beta=block["beta"],
+            stochdepth_rate=block["stochdepth_rate"],
             seed=None if seed is None else seed + i,
             remat=remat, name=block_name(i, arch["block_prefix"]))(x)
         pyramid.add(x, block["strides"])
 
     if arch["final_conv"] is not None:
-        x = nf_layers.WSConv2D(arch["final_conv"], 1, name="final_conv",
-                               **conv_options)(x)
+        x = nf_layers.WSConv2D(arch["final_conv"], 1, data_format=NHWC,
+                               name="final_conv", **conv_options)(x)
     x = act("final_act")(x)
     pyramid.add(x)
 
     if feature_extractor:
         x = pyramid.outputs
     elif include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=NHWC,
+                                                name="avg_pool")(x)
         if drop_rate > 0:
             x = keras.layers.Dropout(drop_rate, seed=seed,
                                      name="top_dropout")(x)
@@ -258,9 +297,11 @@ def build_nfnet(config, *, include_top=True, input_tensor=None,
             # (top-k and losses need it), as in Keras applications.
             dtype=_head_dtype(), name="linear")(x)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=NHWC,
+                                                name="avg_pool")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(data_format=NHWC,
+                                            name="max_pool")(x)
 
     if input_tensor is not None:
         model_inputs = keras.utils.get_source_inputs(input_tensor)

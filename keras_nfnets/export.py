@@ -24,6 +24,8 @@ serving.export("nfnet_f0.tflite", format="litert")
 ```
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
@@ -65,6 +67,37 @@ class InputNormalization(keras.layers.Layer):
                 "variance": self.variance}
 
 
+def _folded_conv_options(options):
+    """A `WSConv2D`'s keyword arguments for its folded copy: the kernel is
+    the standardized kernel, standardized with the plain (DeepMind) form so
+    that a copy reloaded by code that ignores `folded` computes the same
+    numbers (see `_fold_conv`)."""
+    return {**options, "folded": True, "eps_mode": "floor", "gamma": 1.0}
+
+
+def _folded_config(layer):
+    """The config of `layer`'s inference copy, or None to copy it as is.
+
+    Everything the fold changes is in the config (nothing is written into
+    a built layer): each `WSConv2D` is marked `folded`, activations take
+    their plain (not custom-gradient) form with the model's own numerics
+    (gamma and GELU form: DeepMind's or timm's), and blocks do not
+    rematerialize."""
+    config = layer.get_config()
+    if isinstance(layer, nf_layers.WSConv2D):
+        return _folded_conv_options(config)
+    if isinstance(layer, nf_layers.ScaledActivation):
+        return {**config, "lean_gradient": False}
+    if isinstance(layer, nf_layers.NFBlock):
+        spec = layer.spec
+        spec = dataclasses.replace(
+            spec, conv_options=_folded_conv_options(spec.conv_options),
+            activation_options={**spec.activation_options,
+                                "lean_gradient": False})
+        return {**config, "spec": spec, "remat": False}
+    return None
+
+
 def _clone_layer(layer):
     if isinstance(layer, keras.layers.Normalization):
         config = layer.get_config()
@@ -76,50 +109,67 @@ def _clone_layer(layer):
                 np.asarray(config["variance"], "float64"), mean.shape)
             return InputNormalization(mean, variance, name=layer.name,
                                       dtype=layer.dtype_policy)
-    return layer.__class__.from_config(layer.get_config())
+    config = _folded_config(layer)
+    return layer.__class__.from_config(
+        layer.get_config() if config is None else config)
 
 
-def _sublayers(model):
-    seen, stack, out = set(), list(model.layers), []
-    while stack:
-        layer = stack.pop(0)
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        out.append(layer)
+def _named_layers(model, prefix=""):
+    """`(path, layer)` for every layer of `model`, nested models and
+    blocks' sub-layers included (paths by layer name)."""
+    for layer in model.layers:
+        path = prefix + layer.name
+        yield path, layer
         if isinstance(layer, nf_layers.NFBlock):
-            stack.extend(layer.named_sublayers().values())
+            for name, sub in layer.named_sublayers().items():
+                yield f"{path}/{name}", sub
         elif isinstance(layer, keras.Model):
-            stack.extend(layer.layers)
-    return out
+            yield from _named_layers(layer, path + "/")
+
+
+def _fold_conv(original, copy):
+    """`copy.kernel = w_hat` of `original` (its own numerics: DeepMind's or
+    timm's), and `copy.gain` the per-channel norm for which standardizing
+    `w_hat` (floor form) gives `w_hat` back."""
+    w_hat = original.standardized_kernel()
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(w_hat), axis=(0, 1, 2)),
+                                copy.eps))
+    copy.kernel.assign(ops.cast(w_hat, copy.kernel.dtype))
+    copy.gain.assign(ops.cast(norm, copy.gain.dtype))
 
 
 def fold_weight_standardization(model):
     """Returns an inference copy of `model` with the standardized kernels
     folded into plain convolution kernels.
 
-    Each `WSConv2D` of the copy holds `w_hat = (w - mean) * rsqrt(max(N var,
-    eps)) * gain` as its kernel and skips the standardization; its `gain`
-    is set to the per-channel norm `sqrt(max(||w_hat||^2, eps))`, for which
-    standardizing `w_hat` gives `w_hat` back, so even a reload of a saved
-    copy (where the fold flag is not kept) computes the same numbers.
-    Activations use their plain (not custom-gradient) form and blocks do
-    not rematerialize. The input normalization (`include_preprocessing`)
-    becomes an `InputNormalization` layer with the same formula, whose
-    statistics are graph constants (ONNX export needs that). `model`
-    itself is not changed.
+    Each `WSConv2D` of the copy holds `w_hat` (the kernel its original
+    standardizes to, with the model's own numerics: DeepMind's
+    `(w - mean) * rsqrt(max(N var, eps)) * gain` or timm's) and is marked
+    `folded` (kept in its config, so a saved copy reloads folded); its
+    `gain` is set to the per-channel norm `sqrt(max(||w_hat||^2, eps))`,
+    for which standardizing `w_hat` gives `w_hat` back. Activations use
+    their plain (not custom-gradient) form with the model's gamma and GELU
+    form, and blocks do not rematerialize. The input normalization
+    (`include_preprocessing`) becomes an `InputNormalization` layer with
+    the same formula, whose statistics are graph constants (ONNX export
+    needs that). `model` itself is not changed.
 
     The copy is for inference and export: its outputs equal `model`'s to
-    float rounding (same kernels, same convolutions). Do not train it (the
-    gain no longer acts as in training).
+    float rounding (same kernels, same convolutions). It refuses to run in
+    training (`fit`, or a call with `training=True`, raises
+    `RuntimeError`): the gains no longer act as in training.
 
     Args:
-        model: a model built by keras_nfnets (any family, with or without
-            the top, `feature_extractor=True` included), or any functional
-            model containing `WSConv2D`/`NFBlock` layers.
+        model: a model built by keras_nfnets (any family and numerics, with
+            or without the top, `feature_extractor=True` included), or any
+            functional model containing `WSConv2D`/`NFBlock` layers.
 
     Returns:
         A new `keras.Model` (same class, layers and layer names).
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`.
+        ValueError: `model` is already folded.
 
     Example:
     ```python
@@ -132,25 +182,23 @@ def fold_weight_standardization(model):
         raise TypeError(
             f"fold_weight_standardization expects a keras.Model, got "
             f"{type(model).__name__}.")
-    folded = keras.models.clone_model(model, clone_function=_clone_layer)
+    originals = dict(_named_layers(model))
+    already = [path for path, layer in originals.items()
+               if isinstance(layer, nf_layers.WSConv2D) and layer.folded]
+    if already:
+        raise ValueError(
+            f"Model {model.name!r} is already folded (its WSConv2D "
+            f"{already[0]!r} holds a standardized kernel); folding it again "
+            "would standardize twice. Fold the original model once.")
+    folded = keras.models.clone_model(model, clone_function=_clone_layer,
+                                      recursive=True)
     for layer in model.layers:
         if layer.weights:
             folded.get_layer(layer.name).set_weights(layer.get_weights())
-    for layer in _sublayers(folded):
-        if isinstance(layer, nf_layers.WSConv2D) and not layer.folded:
-            w_hat = layer.standardized_kernel()
-            norm = ops.sqrt(ops.maximum(
-                ops.sum(ops.square(w_hat), axis=(0, 1, 2)), layer.eps))
-            layer.kernel.assign(ops.cast(w_hat, layer.kernel.dtype))
-            layer.gain.assign(ops.cast(norm, layer.gain.dtype))
-            layer.folded = True
-        if isinstance(layer, nf_layers.NFBlock):
-            layer.remat = False
-            layer._act = nf_layers.scaled_activation(  # pylint: disable=protected-access
-                layer.activation, lean_gradient=False)
-        if isinstance(layer, nf_layers.ScaledActivation):
-            layer._fn = nf_layers.scaled_activation(  # pylint: disable=protected-access
-                layer.activation, lean_gradient=False)
+    copies = dict(_named_layers(folded))
+    for path, layer in originals.items():
+        if isinstance(layer, nf_layers.WSConv2D):
+            _fold_conv(layer, copies[path])
     # One call on a small batch: exporters expect a model that has run
     # (and it checks the folded graph end to end).
     folded(_probe_inputs(folded), training=False)

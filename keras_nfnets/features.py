@@ -116,7 +116,9 @@ def data_format_boundary(build):
     Under `"channels_first"` the model takes `(channels, height, width)`
     images and returns NCHW feature maps (pooled and classifier outputs are
     2D either way); inside, one `Permute` on the way in and one per 4D
-    output on the way out, and every layer computes in channels_last, so
+    output on the way out, and every layer computes in channels_last (the
+    builder passes `data_format="channels_last"` to each: the global
+    setting is read, never changed), so
     the numbers (and the weights) are exactly those of the channels_last
     model. Keras's own backends do the same per convolution where their
     native layout differs.
@@ -136,12 +138,9 @@ def data_format_boundary(build):
             inputs = input_tensor
         nhwc = keras.layers.Permute((2, 3, 1), name="to_channels_last")(
             inputs)
-        keras.config.set_image_data_format("channels_last")
-        try:
-            inner = build(config, input_tensor=nhwc, input_shape=None,
-                          **kwargs)
-        finally:
-            keras.config.set_image_data_format(data_format)
+        # The builder gives every layer `data_format="channels_last"`, so
+        # nothing here changes the global setting.
+        inner = build(config, input_tensor=nhwc, input_shape=None, **kwargs)
 
         def to_nchw(path, x):
             if len(x.shape) != 4:
