@@ -34,7 +34,7 @@ FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS := "tensorflow==2.20.*" "keras==3.10.*"
 FLOOR_TESTS := tests/test_layers.py tests/test_agc.py tests/test_agc_canary.py \
-	tests/test_weights.py tests/test_applications.py tests/test_optimizers.py
+	tests/test_weights_deepmind.py tests/test_applications.py tests/test_optimizers.py
 # CI time: the heavy fit-based AGC tests run on the latest Keras in `test`; on
 # the floor the canary (every backend and strategy it has, mixed_float16)
 # shows that AGC clips inside fit.
