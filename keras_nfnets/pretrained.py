@@ -8,8 +8,9 @@ import warnings
 from keras_nfnets import presets
 from keras_nfnets.weights import download as _download
 from keras_nfnets.weights import load as _load
-from keras_nfnets.weights.deepmind import (load_deepmind_checkpoint,
-                                           variant_for_module_count)
+from keras_nfnets.weights.deepmind import (  # noqa: F401
+    load_deepmind_checkpoint,
+    variant_for_module_count)
 from keras_nfnets.weights.errors import (WeightsHashError,  # noqa: F401
                                          WrongVariantError)
 from keras_nfnets.weights.keras_files import save_weights_safely  # noqa: F401

@@ -66,5 +66,5 @@ def keras_state(model):
             value = value.transpose(2, 1, 0)
         elif value.ndim == 2:  # Dense (in, out) -> (out, in[, 1, 1])
             value = value.T
-        state[key] = np.ascontiguousarray(value.reshape(shape), "float32")
+        state[key] = np.array(value.reshape(shape), "float32", order="C")
     return state

@@ -34,3 +34,14 @@ from keras_nfnets.weights.timm import is_safetensors, read_safetensors
 from keras_nfnets.weights.walk import LoadStats
 from keras_nfnets.weights.load import (check_available, fetch_and_load,
                                        load_timm_weights, load_weights)
+
+__all__ = [
+    "CheckpointError", "CorruptCheckpointError", "DownloadError",
+    "LoadStats", "MissingTensorError", "NonFiniteWeightsError",
+    "TensorShapeError", "TruncatedCheckpointError", "UnexpectedTensorError",
+    "WeightsHashError", "WrongArchitectureError", "WrongVariantError",
+    "assign_deepmind_weights", "check_available", "fetch_and_load",
+    "haiku_module_name", "is_deepmind_checkpoint", "is_safetensors",
+    "keras_to_deepmind", "load_deepmind_checkpoint", "load_timm_weights",
+    "load_weights", "named_modules", "own_weights", "read_safetensors",
+]
