@@ -34,7 +34,7 @@ FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS := "tensorflow==2.20.*" "keras==3.10.*"
 FLOOR_TESTS := tests/test_layers.py tests/test_optim_clip.py tests/test_optim_agc.py \
-	tests/test_optim_skip.py tests/test_agc_canary.py tests/test_weights.py \
+	tests/test_optim_skip.py tests/test_agc_canary.py tests/test_weights_deepmind.py \
 	tests/test_applications.py tests/test_optim_recipe.py
 # CI time: the heavy fit-based AGC tests run on the latest Keras in `test`; on
 # the floor the canary (every backend and strategy it has, mixed_float16)
@@ -51,7 +51,7 @@ $(FLOOR_STAMP): setup.cfg pyproject.toml
 	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
 	$(FLOOR_PY) -m pip install -q $(FLOOR_PINS) pytest
-	$(FLOOR_PY) -m pip install -q -e . $(FLOOR_PINS)
+	$(FLOOR_PY) -m pip install -q -e ".[tensorflow]" $(FLOOR_PINS)
 	touch $(FLOOR_STAMP)
 
 test-floor: $(FLOOR_STAMP)

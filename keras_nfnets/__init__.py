@@ -31,8 +31,8 @@ from keras_nfnets.optim import (NFNetSGD, WarmupCosineDecay,
 from keras_nfnets.variants import NFNET_VARIANTS, NFNetConfig, get_config
 from keras_nfnets.variants import (NF_REGNET_VARIANTS, NF_RESNET_VARIANTS,
                                    NFRegNetConfig, NFResNetConfig)
-from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
-from keras_nfnets.timm_weights import load_timm_weights
+from keras_nfnets.weights import (CheckpointError, load_deepmind_checkpoint,
+                                  load_timm_weights, load_weights)
 from keras_nfnets.variants import NUMERICS, Numerics
 from keras_nfnets.imagenet import (decode_predictions, preprocess_for_eval,
                                    preprocess_input)

@@ -15,9 +15,8 @@ from keras_nfnets import agc
 from keras_nfnets import builder
 from keras_nfnets import features
 from keras_nfnets import presets
-from keras_nfnets import timm_weights
 from keras_nfnets import variants
-from keras_nfnets import weights as nf_weights
+from keras_nfnets.weights import load as weights_load
 
 BASE_DOCSTRING = """Instantiates the {name} architecture.
 
@@ -204,16 +203,8 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
                 f"pooling={pooling!r}")
         include_top = False
     _validate(weights, include_top, classes, classifier_activation, pooling)
-    timm_imagenet = weights == "imagenet" and variant in presets.TIMM_IMAGENET
-    if weights == "imagenet" and not timm_imagenet:
-        if not isinstance(cfg, variants.NFNetConfig):
-            raise ValueError(
-                f"No ImageNet weights are available for {name}: "
-                "weights='imagenet' exists for NFNets only (and timm's "
-                "layouts NFResNet50Timm, NFRegNetB1Timm). Use weights=None "
-                "or the path to a weights file.")
-        from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
-        pretrained.check_available(variant)
+    if weights == "imagenet":  # before the build: a quick, clear error
+        weights_load.check_available(variant, name)
     if input_tensor is None or input_shape is not None:
         input_shape = _input_shape(input_shape, cfg.test_imsize, include_top)
     model = builder.build_nfnet(
@@ -223,16 +214,10 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         include_preprocessing=include_preprocessing, name=name,
         **nfnet_kwargs)
     model.default_agc_clipping = agc.default_clipping_for(cfg)
-    skip = () if include_top else ("linear",)
-    if timm_imagenet:
-        timm_weights.load_imagenet_weights(model, variant, skip_layers=skip)
-    elif weights == "imagenet":
-        from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
-        pretrained.load_imagenet_weights(model, variant, skip_layers=skip)
-    elif timm_weights.is_safetensors(weights):
-        timm_weights.load_timm_weights(model, weights, skip_layers=skip)
-    elif weights is not None:
-        nf_weights.load_weights(model, weights, skip_layers=skip)
+    if weights is not None:
+        weights_load.load_weights(
+            model, weights, variant=variant,
+            skip_layers=() if include_top else ("linear",))
     return model
 
 

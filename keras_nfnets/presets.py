@@ -1,67 +1,114 @@
-"""Published weights, as data: where each file lives and how its model was
-trained and evaluated. No code: `timm_weights`, `applications` and
-`imagenet` read these tables.
+"""Published weights, as data: one row per published weight file.
 
-timm's files are its Hugging Face hub repositories' `model.safetensors`
-(`https://huggingface.co/<hub_id>/resolve/main/model.safetensors`). The
-sizes, crops and interpolation are timm 1.0.31's `pretrained_cfg` of each
-tag (`timm.models.get_pretrained_cfg(...)`): `input_size` is the training
-size, `test_input_size` the evaluation size, `test_crop_pct` (or
-`crop_pct` where timm gives no test crop) the evaluation crop. `top1` is
-timm's published ImageNet-1k top-1 (%) at the test size, where it is
-recorded here (the L-family's, as stated in the issue that added them);
-None where this package has no source for it.
+`PRESETS[variant]` says where the file lives and how its model was trained
+and evaluated. No code reads a fact about a published model anywhere else;
+the architecture itself is `variants.py`'s.
+
+Fields of a row:
+
+* `source`: `"deepmind"` or `"timm"`; `constructor`: the Keras constructor.
+* `path`: the file below the source's base URL (`BASE_URLS`, or the mirror
+  named by the environment variable in `URL_ENVS`); `file`: its name in the
+  cache (`$KERAS_HOME/models/`).
+* `md5`, `size`, `sha256`: what is known of the file (None where unknown).
+  DeepMind publishes no checksums: the md5s are those listed by the
+  third-party JAX loader ethanluoyc/jam
+  (`src/jam/models/nfnet/checkpoints.py`), F0's size is the one DeepMind's
+  demo Colab logs. Never guess one.
+* `train_size`, `test_size`: training and evaluation image sizes.
+* `crop`: the evaluation crop. `"resize_crop_32"` (DeepMind's NFNets):
+  squash-resize to `test_size + 32`, then a centre crop of `test_size`;
+  `"crop_resize"` (DeepMind's NF-RegNets and NF-ResNets): a centre crop of
+  `crop_fraction` of the shorter side, resized to `test_size`; `"center"`
+  (timm): a centre crop of `crop_fraction` (timm's `test_crop_pct`, else
+  `crop_pct`) of the shorter side, resized to `test_size`.
+* `crop_fraction`, `crop_pct` / `test_crop_pct` (timm's own numbers),
+  `interpolation`.
+* `top1`: the published ImageNet-1k top-1 (%), None where this package has
+  no source for it; `license`.
+
+timm's rows are timm 1.0.31's `pretrained_cfg` of each tag
+(`timm.models.get_pretrained_cfg(...)`), its files the Hugging Face hub's
+`https://huggingface.co/<hub_id>/resolve/main/model.safetensors`.
+
+Example:
+>>> PRESETS["F0"]["test_size"], PRESETS["ECA-L0"]["source"]
+(256, 'timm')
 """
 
-#: Hugging Face hub; `<hub_id>/resolve/main/model.safetensors` is appended.
-TIMM_BASE_URL = "https://huggingface.co/"
-#: Environment variable naming a mirror of TIMM_BASE_URL (same layout).
-TIMM_URL_ENV = "KERAS_NFNETS_TIMM_WEIGHTS_URL"
-TIMM_FILE = "model.safetensors"
+#: Where each source's files live; `path` is appended.
+BASE_URLS = {"deepmind": "https://storage.googleapis.com/dm-nfnets/",
+             "timm": "https://huggingface.co/"}
+#: Environment variables naming a mirror of each base URL (same layout).
+URL_ENVS = {"deepmind": "KERAS_NFNETS_WEIGHTS_URL",
+            "timm": "KERAS_NFNETS_TIMM_WEIGHTS_URL"}
+#: Environment variable: the sha256 of a download to accept although it
+#: does not match the row's md5 / size (the deliberate opt-out).
+ACCEPT_ENV = "KERAS_NFNETS_ACCEPT_SHA256"
 
-#: `weights="imagenet"` from timm, by keras_nfnets variant name.
-TIMM_IMAGENET = {
-    "L0": dict(
-        constructor="NFNetL0", timm_name="nfnet_l0",
-        hub_id="timm/nfnet_l0.ra2_in1k", top1=82.8,
-        train_size=224, test_size=288, crop_pct=0.9, test_crop_pct=1.0,
-        interpolation="bicubic"),
-    "ECA-L0": dict(
-        constructor="ECANFNetL0", timm_name="eca_nfnet_l0",
-        hub_id="timm/eca_nfnet_l0.ra2_in1k", top1=82.6,
-        train_size=224, test_size=288, crop_pct=0.9, test_crop_pct=1.0,
-        interpolation="bicubic"),
-    "ECA-L1": dict(
-        constructor="ECANFNetL1", timm_name="eca_nfnet_l1",
-        hub_id="timm/eca_nfnet_l1.ra2_in1k", top1=84.1,
-        train_size=256, test_size=320, crop_pct=0.9, test_crop_pct=1.0,
-        interpolation="bicubic"),
-    "ECA-L2": dict(
-        constructor="ECANFNetL2", timm_name="eca_nfnet_l2",
-        hub_id="timm/eca_nfnet_l2.ra3_in1k", top1=84.7,
-        train_size=320, test_size=384, crop_pct=0.9, test_crop_pct=1.0,
-        interpolation="bicubic"),
-    "ResNet50-timm": dict(
-        constructor="NFResNet50Timm", timm_name="nf_resnet50",
-        hub_id="timm/nf_resnet50.ra2_in1k", top1=None,
-        train_size=256, test_size=288, crop_pct=0.94, test_crop_pct=0.94,
-        interpolation="bicubic"),
-    "B1-timm": dict(
-        constructor="NFRegNetB1Timm", timm_name="nf_regnet_b1",
-        hub_id="timm/nf_regnet_b1.ra2_in1k", top1=None,
-        train_size=256, test_size=288, crop_pct=0.9, test_crop_pct=0.9,
-        interpolation="bicubic"),
+_DM_LICENSE = "Apache-2.0 (deepmind-research)"
+_TIMM_LICENSE = "Apache-2.0 (timm model card)"
+
+
+def _deepmind(n, md5, top1, train, test, size=None):
+    return dict(
+        source="deepmind", constructor=f"NFNetF{n}",
+        path=f"F{n}_haiku.npz", file=f"F{n}_haiku.npz", md5=md5,
+        size=size, sha256=None, train_size=train, test_size=test,
+        crop="resize_crop_32", crop_fraction=test / (test + 32),
+        interpolation="bicubic", top1=top1, license=_DM_LICENSE)
+
+
+def _timm(constructor, timm_name, tag, top1, train, test, crop_pct,
+          test_crop_pct):
+    hub_id = f"timm/{timm_name}.{tag}"
+    return dict(
+        source="timm", constructor=constructor, timm_name=timm_name,
+        hub_id=hub_id, path=f"{hub_id}/resolve/main/model.safetensors",
+        file=f"{timm_name}.{tag}.safetensors", md5=None, size=None,
+        sha256=None, train_size=train, test_size=test, crop="center",
+        crop_pct=crop_pct, test_crop_pct=test_crop_pct,
+        crop_fraction=test_crop_pct, interpolation="bicubic", top1=top1,
+        license=_TIMM_LICENSE)
+
+
+#: One row per published weight file, by keras_nfnets variant name.
+PRESETS = {
+    "F0": _deepmind(0, "0a41039da1cb43adf47f1b7d86ddfe0f", 83.6, 192, 256,
+                    size=285976842),
+    "F1": _deepmind(1, "c9126bbfaf855f9ddb7ff3b902558781", 84.7, 224, 320),
+    "F2": _deepmind(2, "7a018d8d1498020e2f5a8719a1e7f53f", 85.1, 256, 352),
+    "F3": _deepmind(3, "d8e1e78d26db659c486150dbaccbe78a", 85.7, 320, 416),
+    "F4": _deepmind(4, "f5974a7e3388aa81b91a9f1403e759a4", 85.9, 384, 512),
+    "F5": _deepmind(5, "8639e925de951030651ac775b9f915c3", 86.0, 416, 544),
+    "F6": _deepmind(6, "b16cca40ac1ecec2bd5e3273866da0c1", 86.5, 448, 576),
+    "L0": _timm("NFNetL0", "nfnet_l0", "ra2_in1k", 82.8, 224, 288, 0.9, 1.0),
+    "ECA-L0": _timm("ECANFNetL0", "eca_nfnet_l0", "ra2_in1k", 82.6, 224,
+                    288, 0.9, 1.0),
+    "ECA-L1": _timm("ECANFNetL1", "eca_nfnet_l1", "ra2_in1k", 84.1, 256,
+                    320, 0.9, 1.0),
+    "ECA-L2": _timm("ECANFNetL2", "eca_nfnet_l2", "ra3_in1k", 84.7, 320,
+                    384, 0.9, 1.0),
+    "ResNet50-timm": _timm("NFResNet50Timm", "nf_resnet50", "ra2_in1k",
+                           None, 256, 288, 0.94, 0.94),
+    "B1-timm": _timm("NFRegNetB1Timm", "nf_regnet_b1", "ra2_in1k", None,
+                     256, 288, 0.9, 0.9),
 }
 
-#: Architectures without published timm weights (constructor only):
-#: `eca_nfnet_l3` has no pretrained tag in timm 1.0.31. Its evaluation
-#: settings are timm's default cfg.
-TIMM_UNPUBLISHED = {
+#: Evaluation settings of architectures without a published file
+#: (`eca_nfnet_l3` has no pretrained tag in timm 1.0.31: timm's default
+#: cfg).
+UNPUBLISHED = {
     "ECA-L3": dict(
-        constructor="ECANFNetL3", timm_name="eca_nfnet_l3",
-        train_size=352, test_size=448, crop_pct=0.9, test_crop_pct=1.0,
-        interpolation="bicubic"),
+        source="timm", constructor="ECANFNetL3", timm_name="eca_nfnet_l3",
+        train_size=352, test_size=448, crop="center", crop_pct=0.9,
+        test_crop_pct=1.0, crop_fraction=1.0, interpolation="bicubic"),
 }
+
+#: DeepMind's evaluation crop by family (its NF-RegNets and NF-ResNets
+#: have no published file here, but their evaluation is DeepMind's).
+DEEPMIND_EVAL_CROP = {"NFNet": "resize_crop_32", "NFRegNet": "crop_resize",
+                      "NFResNet": "crop_resize"}
 
 #: timm state-dict layouts `weights=<path>.safetensors` accepts, with the
 #: constructor each loads into and the layout's signature (blocks per
@@ -84,3 +131,11 @@ TIMM_ARCHITECTURES = {
     "nf_resnet50": ("NFResNet50Timm", (3, 4, 6, 3), None, False, "single"),
     "nf_regnet_b1": ("NFRegNetB1Timm", (2, 4, 7, 7), "se", False, "single"),
 }
+
+# Views kept for the readers of the former tables (imagenet.py,
+# applications.py): the same rows, not copies of their facts.
+TIMM_IMAGENET = {k: v for k, v in PRESETS.items() if v["source"] == "timm"}
+TIMM_UNPUBLISHED = UNPUBLISHED
+TIMM_BASE_URL = BASE_URLS["timm"]
+TIMM_URL_ENV = URL_ENVS["timm"]
+TIMM_FILE = "model.safetensors"

@@ -50,3 +50,21 @@ def timm_pretrained_cfgs(names, timeout=600):
                           check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def keras_state(model):
+    """`model`'s weights as a timm state dict (`{timm key: array}` in
+    PyTorch layout): the inverse of the name rule's transposes, to write
+    test files in timm's format."""
+    from keras_nfnets.weights import timm  # pylint: disable=import-outside-toplevel
+    state = {}
+    for key, (_, var, shape) in timm.timm_targets(model).items():
+        value = np.asarray(var)
+        if value.ndim == 4:  # HWIO -> OIHW
+            value = value.transpose(3, 2, 0, 1)
+        elif value.ndim == 3:  # ECA (k, 1, 1) -> (1, 1, k)
+            value = value.transpose(2, 1, 0)
+        elif value.ndim == 2:  # Dense (in, out) -> (out, in[, 1, 1])
+            value = value.T
+        state[key] = np.array(value.reshape(shape), "float32", order="C")
+    return state

@@ -7,31 +7,32 @@ from .errors import UsageError
 
 
 def load_finetune_weights(model, weights, variant, num_classes):
-    """Pretrained weights for fine-tuning; the classifier is kept only when
-    its shape matches (same number of classes)."""
-    import keras  # pylint: disable=import-outside-toplevel
+    """--weights into the training program's model, through the one
+    dispatcher (`keras_nfnets.weights.load_weights`): "imagenet" (the
+    variant's published file, DeepMind's or timm's), a DeepMind checkpoint,
+    a timm `.safetensors`, a `.weights.h5` or a `.keras` file. The
+    classifier is kept only when its shape matches (same number of
+    classes); otherwise the model keeps its new one."""
+    del num_classes  # the classifier's shape decides ("auto")
     from keras_nfnets import weights as nf_weights  # pylint: disable=import-outside-toplevel
-    from keras_nfnets import pretrained  # pylint: disable=import-outside-toplevel
-    skip = () if num_classes == 1000 else ("linear",)
-    if weights == "imagenet":
-        pretrained.load_imagenet_weights(model, variant, skip_layers=skip)
-        return
-    source_name, weights = weights, _local_copy(weights)
-    if str(weights).endswith(".keras"):
-        source = keras.models.load_model(weights, compile=False)
-        copied, skipped = _copy_matching_layers(model, source)
-        print(f"fine-tuning from {source_name}: copied {len(copied)} of "
-              f"{len(copied) + len(skipped)} layers with weights"
-              + (f"; skipped {len(skipped)}: " + "; ".join(skipped)
-                 if skipped else ""), flush=True)
-        if not copied:
-            raise UsageError(
-                f"--weights={source_name}: no layer of the model matches a "
-                f"layer of that .keras file by name and weight shapes "
-                f"(skipped: {'; '.join(skipped[:8])}); is it another "
-                "architecture?")
+    local = weights if weights == "imagenet" else _local_copy(weights)
+    try:
+        stats = nf_weights.load_weights(model, local, variant=variant,
+                                        skip_classifier="auto")
+    except ValueError as e:  # CheckpointError or no published file
+        raise UsageError(f"--weights={weights}: {e}") from e
+    if str(local).endswith(".keras"):
+        n = len(stats.assigned) + len(stats.skipped)
+        print(f"fine-tuning from {weights}: copied {len(stats.assigned)} of "
+              f"{n} layers with weights"
+              + (f"; skipped {len(stats.skipped)}: "
+                 + "; ".join(stats.skipped) if stats.skipped else ""),
+              flush=True)
     else:
-        nf_weights.load_weights(model, weights, skip_layers=skip)
+        print(f"fine-tuning from {weights}: loaded {len(stats.assigned)} "
+              "weights" + (f"; kept the model's own {', '.join(stats.skipped)}"
+                           if stats.skipped else ""), flush=True)
+    return stats
 
 
 def weights_exist(path):
@@ -57,28 +58,3 @@ def _local_copy(path):
                          os.path.basename(str(path).rstrip("/")))
     tf.io.gfile.copy(path, local, overwrite=True)
     return local
-
-
-def _copy_matching_layers(model, source):
-    """Copies each layer's weights from `source` (a loaded .keras model)
-    when a layer of the same name has the same weight shapes. Returns the
-    copied layer names and a description of each skipped layer."""
-    copied, skipped = [], []
-    for layer in model.layers:
-        mine = layer.get_weights()
-        if not mine:
-            continue
-        try:
-            src = source.get_layer(layer.name).get_weights()
-        except ValueError:
-            skipped.append(f"{layer.name} (not in the file)")
-            continue
-        shapes = [tuple(w.shape) for w in src]
-        wanted = [tuple(w.shape) for w in mine]
-        if shapes != wanted:
-            skipped.append(f"{layer.name} (shapes {shapes} in the file, "
-                           f"{wanted} in the model)")
-            continue
-        layer.set_weights(src)
-        copied.append(layer.name)
-    return copied, skipped

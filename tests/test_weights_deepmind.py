@@ -1,4 +1,5 @@
-"""The restricted DeepMind checkpoint loader: safe, strict, clear errors."""
+"""`keras_nfnets.weights.deepmind`: the restricted reader (safe, strict,
+clear errors), the name rule and the module counts."""
 
 import os
 import pickle
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+from keras_nfnets.weights import (CheckpointError, NonFiniteWeightsError,
+                                  deepmind, load_deepmind_checkpoint)
 
 
 class _SystemPayload:
@@ -83,3 +85,32 @@ def test_non_array_values_are_refused(tmp_path):
         pickle.dump({"NFNet/~/linear": {"w": "not an array"}}, f)
     with pytest.raises(CheckpointError, match="not a float array"):
         load_deepmind_checkpoint(path)
+
+
+def test_non_finite_values_are_refused(tmp_path):
+    path = tmp_path / "nan.npz"
+    w = np.ones((2, 2), "float32")
+    w[1, 0] = np.nan
+    with open(path, "wb") as f:
+        pickle.dump({"NFNet/~/linear": {"w": w}}, f)
+    with pytest.raises(NonFiniteWeightsError, match="1 NaN or infinite"):
+        load_deepmind_checkpoint(path)
+
+
+def test_module_counts_come_from_the_variant_table():
+    """DeepMind's F-n files: 94 modules for F0, 178 for F1, 598 for F6
+    (the published files' counts), derived from the variant table."""
+    assert [deepmind.module_count(f"F{n}") for n in (0, 1, 6)] == [
+        94, 178, 598]
+    assert deepmind.module_count("F0+") == 94
+    assert deepmind.module_count(fixture_path("nfnet_tiny_config.json")) \
+        == len(load_deepmind_checkpoint(fixture_path("nfnet_tiny_haiku.npz")))
+    assert deepmind.variant_for_module_count(178) == "F1"
+    assert deepmind.variant_for_module_count(100) is None
+
+
+def test_name_rule():
+    assert deepmind.keras_path("NFNet/~/nf_block_3/~/conv1b") == \
+        "nf_block_3/conv1b"
+    assert deepmind.haiku_module_name("nf_block_3/conv1b", "NFNet") == \
+        "NFNet/~/nf_block_3/~/conv1b"

@@ -1,4 +1,4 @@
-"""DeepMind checkpoints: safe loading, name mapping and assignment.
+"""DeepMind checkpoints: the restricted reader, the name rule, the check.
 
 DeepMind publishes its NFNet weights (`F0_haiku.npz` ...) as *dill pickles*
 of `{module_name: {param_name: ndarray}}`, despite the `.npz` suffix. A pickle
@@ -20,13 +20,15 @@ import pickletools
 
 import numpy as np
 
+from keras_nfnets import variants
+from keras_nfnets.weights import walk
+from keras_nfnets.weights.errors import (CheckpointError,
+                                         NonFiniteWeightsError,
+                                         WrongVariantError, first_n)
+
 _PICKLE_MAGIC = b"\x80"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unsafe, corrupt or does not fit the model."""
 
 
 # The restricted unpickler never hands numpy an untrusted state: arrays and
@@ -337,7 +339,7 @@ def _validate_structure(params, path):
                     "array.")
             bad = value.size - int(np.count_nonzero(np.isfinite(value)))
             if bad:
-                raise CheckpointError(
+                raise NonFiniteWeightsError(
                     f"Checkpoint {path}: {module}/{name} holds {bad} NaN or "
                     f"infinite value(s) of {value.size}; refusing weights "
                     "that are not finite.")
@@ -346,7 +348,8 @@ def _validate_structure(params, path):
 
 
 # ---------------------------------------------------------------------------
-# Name mapping between haiku modules and Keras layers.
+# The name rule: haiku `NFNet/~/nf_block_3/~/conv1b` `w` is the Keras layer
+# `nf_block_3/conv1b` weight `kernel`.
 
 def _param_name(layer, keras_name):
     """haiku's name for a Keras weight: WSConv2D has `w`, `gain`, `bias`;
@@ -359,174 +362,199 @@ def _param_name(layer, keras_name):
 
 
 def named_modules(model):
-    """Yields `(keras_path, layer)` for every layer that owns weights.
-
-    Paths are '/'-joined layer names (`nf_block_3/conv1b`) and follow the
-    haiku module tree.
-    """
-    def walk(layer, prefix):
-        path = f"{prefix}/{layer.name}" if prefix else layer.name
-        subs = getattr(layer, "named_sublayers", None)
-        own = [w for w in layer.weights if not _owned_by_sublayer(layer, w)]
-        if own or not subs:
-            if layer.weights:
-                yield path, layer
-        if subs:
-            for sub in subs().values():
-                yield from walk(sub, path)
-
-    for layer in model.layers:
-        yield from walk(layer, "")
-
-
-def _owned_by_sublayer(layer, weight):
-    subs = getattr(layer, "named_sublayers", None)
-    if not subs:
-        return False
-    return any(weight is w for s in subs().values() for w in s.weights)
+    """Yields `(keras_path, layer)` for every layer that owns weights
+    (paths follow the haiku module tree)."""
+    for path, layer, _ in walk.walk(model):
+        yield path, layer
 
 
 def own_weights(layer):
     """The weights a layer holds itself (not through its sub-layers)."""
-    return [w for w in layer.weights if not _owned_by_sublayer(layer, w)]
-
-
-def _weight_name(variable):
-    return variable.name.split("/")[-1]
+    subs = getattr(layer, "named_sublayers", None)
+    inner = {id(w) for s in (subs().values() if subs else ())
+             for w in s.weights}
+    return [w for w in layer.weights if id(w) not in inner]
 
 
 def haiku_module_name(keras_path, root):
     return "/~/".join([root] + keras_path.split("/"))
 
 
-def keras_to_deepmind(model, root="NFNet"):
-    """Returns `{haiku_module: {param: variable}}` for every model weight."""
+def keras_path(module):
+    """The Keras layer path of haiku module `NFNet/~/nf_block/~/conv0`."""
+    return module.split("/~/", 1)[-1].replace("/~/", "/")
+
+
+def keras_to_deepmind(model, root="NFNet", skip_layers=(), stats=None):
+    """`{haiku_module: {param: variable}}` for every model weight outside
+    `skip_layers` (one walk of the model)."""
     mapping = {}
-    for path, layer in named_modules(model):
+    for path, layer, own in walk.walk(model, skip_layers, stats):
         module = haiku_module_name(path, root)
-        for w in own_weights(layer):
-            name = _weight_name(w)
-            mapping.setdefault(module, {})[_param_name(layer, name)] = w
+        for w in own:
+            mapping.setdefault(module, {})[
+                _param_name(layer, walk.weight_name(w))] = w
     return mapping
 
 
-def assign_deepmind_weights(model, params, root=None, skip_layers=(),
-                            source="checkpoint"):
-    """Assigns DeepMind params to `model`, checking every name and shape.
+# ---------------------------------------------------------------------------
+# Module counts, from the variant table (the only place that knows them).
 
-    Args:
-        model: a model built by keras_nfnets.
-        params: `{module: {param: array}}` (see `load_deepmind_checkpoint`).
-        root: the haiku root module name (`"NFNet"`); inferred if None.
-        skip_layers: Keras layer paths (e.g. `"linear"`) present in `params`
-            that the model deliberately lacks (the classifier when
-            include_top=False).
-        source: how to name the params in error messages.
+def module_count(config):
+    """Modules in a DeepMind NFNet checkpoint of `config` (an
+    `NFNetConfig` or a variant name): per block conv0, conv1, conv1b (with
+    two convs), conv2, the two SE linears, the block's skip_gain; one
+    shortcut conv per stage; the four stem convs, final_conv and the
+    classifier.
+
+    Example:
+    >>> module_count("F0")
+    94
+    """
+    cfg = variants.get_config(config)
+    per_block = (3 + int(cfg.use_two_convs)
+                 + (2 if cfg.attention == "se" else 1 if cfg.attention else 0)
+                 + int(cfg.skip_gain))
+    return (per_block * sum(cfg.depth) + len(cfg.depth) + 4
+            + int(bool(cfg.final_conv_mult or cfg.final_conv_ch)) + 1)
+
+
+def published_variants():
+    """DeepMind's F-series in the variant table (`F0` ... `F7`, no '+')."""
+    return [name for name in variants.NFNET_VARIANTS
+            if name.startswith("F") and not name.endswith("+")]
+
+
+def variant_for_module_count(count):
+    """'F{n}' (base or '+') whose checkpoint has `count` modules, or None."""
+    for name in published_variants():
+        if module_count(name) == count:
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The structure check: once per load, before anything is assigned.
+
+def root_of(params, source="checkpoint"):
+    roots = {m.split("/~/")[0] for m in params}
+    if len(roots) != 1:
+        raise WrongVariantError(
+            f"{source}: expected one root module, found {sorted(roots)}.")
+    return roots.pop()
+
+
+def match(params, model, *, skip_layers=(), classes=None, label=None,
+          source="checkpoint", stats=None):
+    """Checks DeepMind `params` against `model` (one walk of the model,
+    one check per tensor) and returns `[(variable, value)]` to assign.
+
+    Layers under `skip_layers` keep their values and the file's tensors for
+    them are not loaded; with `classes`, a skipped classifier `linear` is
+    still checked to have `classes` outputs.
 
     Raises:
-        CheckpointError: naming every missing, unexpected or mis-shaped
-            tensor, before any weight is changed.
+        WrongVariantError: the module count is another variant's, or a
+            tensor is missing, unexpected or of another shape (all named,
+            the first 8 of each kind).
     """
-    if root is None:
-        roots = {m.split("/~/")[0] for m in params}
-        if len(roots) != 1:
-            raise CheckpointError(
-                f"{source}: expected one root module, found {sorted(roots)}.")
-        root = roots.pop()
-    targets = keras_to_deepmind(model, root)
-    missing, unexpected, mismatched = [], [], []
-    for module, group in params.items():
-        if module.split("/~/", 1)[-1].replace("/~/", "/") in skip_layers:
-            continue
-        if module not in targets:
-            unexpected.extend(f"{module}/{p}" for p in group)
-            continue
-        for p, value in group.items():
-            var = targets[module].get(p)
-            if var is None:
-                unexpected.append(f"{module}/{p}")
-            elif tuple(var.shape) != tuple(np.shape(value)):
+    root = root_of(params, source)
+    skip_layers = tuple(str(p).strip("/") for p in skip_layers)
+    targets = keras_to_deepmind(model, root, skip_layers, stats)
+    skipped = [m for m in params if walk.under(
+        keras_path(m), skip_layers)]
+    expected = len(targets) + len(skipped)
+    if len(params) != expected:
+        found = variant_for_module_count(len(params))
+        like = (f"; {len(params)} modules is the layout of DeepMind's "
+                f"NFNet-{found} (or {found}+)" if found else "")
+        raise WrongVariantError(
+            f"{source} is not a {label or 'DeepMind'} checkpoint for this "
+            f"model ('{model.name}'): it has {len(params)} modules where "
+            f"the model needs {expected} (DeepMind's NFNet-F0 file has "
+            f"{module_count('F0')}, F1's {module_count('F1')}){like}. "
+            "Wrong variant?")
+    linear = f"{root}/~/linear"
+    if classes is not None and linear in skipped:
+        _check_classifier(params[linear], model, linear, classes, source)
+    missing, unexpected, mismatched, pairs = [], [], [], []
+    for module, group in targets.items():
+        for p, var in group.items():
+            value = params.get(module, {}).get(p)
+            if stats is not None:
+                stats.checks[f"{module}/{p}"] += 1
+            if value is None:
+                missing.append(f"{module}/{p}")
+            elif tuple(np.shape(value)) != tuple(var.shape):
                 mismatched.append(
                     f"{module}/{p}: checkpoint {tuple(np.shape(value))} vs "
                     f"model {tuple(var.shape)}")
-    for module, group in targets.items():
-        for p in group:
-            if p not in params.get(module, {}):
-                missing.append(f"{module}/{p}")
+            else:
+                pairs.append((var, value))
+    for module, group in params.items():
+        if module in skipped:
+            continue
+        unexpected.extend(f"{module}/{p}" for p in group
+                          if p not in targets.get(module, {}))
     if missing or unexpected or mismatched:
-        n_ckpt = len(params)
         lines = [f"{source} does not fit model '{model.name}' "
-                 f"({n_ckpt} modules in the checkpoint, {len(targets)} in "
+                 f"({len(params)} modules in the checkpoint, {expected} in "
                  "the model; is it a different variant?)"]
         for title, items in (("missing from the checkpoint", missing),
                              ("not in the model", unexpected),
                              ("wrong shape", mismatched)):
             if items:
-                shown = ", ".join(items[:8])
-                more = f" and {len(items) - 8} more" if len(items) > 8 else ""
-                lines.append(f"  {title} ({len(items)}): {shown}{more}")
-        raise CheckpointError("\n".join(lines))
-    for module, group in targets.items():
-        for p, var in group.items():
-            var.assign(np.asarray(params[module][p], dtype=var.dtype))
+                lines.append(f"  {title} ({len(items)}): {first_n(items)}")
+        raise WrongVariantError("\n".join(lines))
+    return pairs
 
 
-def load_weights(model, weights, skip_layers=()):
-    """Loads `weights` (a DeepMind checkpoint or a Keras `.weights.h5` file)
-    into `model`. Used by the constructors' `weights=` argument.
+def _check_classifier(group, model, module, classes, source):
+    final = model.get_layer("final_conv").filters
+    want = {"w": (final, classes), "b": (classes,)}
+    got = {k: tuple(np.shape(v)) for k, v in group.items()}
+    if got != want:
+        raise WrongVariantError(
+            f"{source}: classifier '{module}' has {got}, expected "
+            f"{want} ({classes} classes on {final} features).")
 
-    `skip_layers`: Keras layer paths (`"linear"`, `"nf_block_3/conv1b"`)
-    not to load, in either format: the checkpoint's tensors for them are
-    ignored and the model keeps its own values (e.g. a new classifier with
-    another number of classes). Every other weight must fit.
+
+def classifier_fits(params, model):
+    """True when the file's classifier has the shapes of the model's
+    `linear` layer (False when either has none)."""
+    try:
+        layer = model.get_layer("linear")
+    except ValueError:
+        return False
+    group = params.get(f"{root_of(params)}/~/linear", {})
+    return {k: tuple(np.shape(v)) for k, v in group.items()} == {
+        _param_name(layer, walk.weight_name(w)): tuple(w.shape)
+        for w in layer.weights}
+
+
+def assign_deepmind_weights(model, params, root=None, skip_layers=(),
+                            source="checkpoint"):
+    """Checks then assigns DeepMind `params` to `model` (see `match`).
 
     Example:
-    >>> model = keras_nfnets.NFNetF0(weights=None, classes=10)
-    >>> load_weights(model, "f0_imagenet.weights.h5", skip_layers=["linear"])
+    >>> assign_deepmind_weights(model, load_deepmind_checkpoint("F0_haiku.npz"))
     """
-    path = os.fspath(weights)
-    if not os.path.exists(path):
-        raise ValueError(
-            f"The `weights` argument should be None, 'imagenet' or the path "
-            f"to a weights file; {path!r} does not exist.")
-    if is_deepmind_checkpoint(path):
-        assign_deepmind_weights(model, load_deepmind_checkpoint(path),
-                                skip_layers=skip_layers, source=path)
-        return
-    skipped = _layers_under(model, skip_layers)
-    # A skipped layer (and its sub-layers) loads nothing: its public
-    # `load_own_variables` hook is replaced on the instance while Keras
-    # reads the file, then restored. The other layers load as usual, with
-    # Keras's own checks of names and shapes.
-    for layer in skipped:
-        object.__setattr__(layer, "load_own_variables", _load_nothing)
-    try:
-        model.load_weights(path)
-    finally:
-        for layer in skipped:
-            object.__delattr__(layer, "load_own_variables")
+    del root  # inferred from the file
+    for var, value in match(params, model, skip_layers=skip_layers,
+                            source=source):
+        var.assign(np.asarray(value, dtype=var.dtype))
 
 
-def _load_nothing(store):  # pylint: disable=unused-argument
-    return None
-
-
-def _layers_under(model, paths):
-    """The layers at the given '/'-joined layer paths and all their
-    sub-layers (paths as in `named_modules`)."""
-    paths = [str(p).strip("/") for p in paths]
-    found, seen = [], set()
-
-    def walk(layer, prefix, inside):
-        path = f"{prefix}/{layer.name}" if prefix else layer.name
-        inside = inside or path in paths
-        if inside and id(layer) not in seen:
-            seen.add(id(layer))
-            found.append(layer)
-        subs = getattr(layer, "named_sublayers", None)
-        for sub in (subs().values() if subs else ()):
-            walk(sub, path, inside)
-
-    for layer in model.layers:
-        walk(layer, "", False)
-    return found
+def to_params(model, root="NFNet"):
+    """`model`'s weights as DeepMind's `{module: {param: ndarray}}`,
+    refusing non-finite values."""
+    params = {}
+    for module, group in keras_to_deepmind(model, root).items():
+        for p, v in group.items():
+            value = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+            if not np.all(np.isfinite(value)):
+                raise NonFiniteWeightsError(
+                    f"{module}/{p} holds NaN or infinite values; refusing "
+                    "to write them.")
+            params.setdefault(module, {})[p] = value
+    return params

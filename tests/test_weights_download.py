@@ -1,4 +1,5 @@
-"""`weights="imagenet"`: download, verification, conversion and cache.
+"""`keras_nfnets.weights.download`: fetch, lock, verify, cache, for every
+source, through `weights.load.fetch_and_load` (what "imagenet" does).
 
 Every test serves files from a real HTTP server on 127.0.0.1 (nothing is
 ever fetched from outside) and uses a temporary KERAS_HOME.
@@ -21,13 +22,21 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from keras_nfnets import convert, pretrained, variants
-from keras_nfnets.weights import CheckpointError, load_deepmind_checkpoint
+from keras_nfnets import presets, variants
+from keras_nfnets.weights import (CheckpointError, DownloadError,
+                                  WeightsHashError, WrongVariantError,
+                                  deepmind, download, load,
+                                  load_deepmind_checkpoint)
+from keras_nfnets.weights.__main__ import save_deepmind_checkpoint
 from conftest import REPO as REPO_ROOT
 from conftest import LoopbackServer as _Server
 from conftest import deepmind_fixture, fixture_path, relative_error
 
 TINY = "nfnet_tiny_haiku.npz"
+URL_ENV = presets.URL_ENVS["deepmind"]
+ACCEPT_ENV = presets.ACCEPT_ENV
+HASH_RECORD = download.HASH_RECORD
+F0 = presets.PRESETS["F0"]
 # A small NFNet with the F-series block layout (F0 depths, tiny widths).
 TINY_WIDTHS = dict(width=(32, 64, 96, 128), group_width=(16, 16, 16, 16),
                    train_imsize=32, test_imsize=40)
@@ -43,7 +52,7 @@ def served(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     server = _Server(folder)
-    monkeypatch.setenv(pretrained.URL_ENV, server.url)
+    monkeypatch.setenv(URL_ENV, server.url)
     yield folder, server
     if server.thread.is_alive():
         server.stop()
@@ -58,6 +67,26 @@ def _tiny_model(**kwargs):
     return keras_nfnets.NFNet(
         config=str(fixture_path("nfnet_tiny_config.json")), classes=10,
         classifier_activation=None, include_preprocessing=False, **kwargs)
+
+
+def _load(model, name=TINY, **kwargs):
+    """The tiny DeepMind file from the served folder: `fetch_and_load`;
+    returns the cached file's path."""
+    kwargs.setdefault("classes", 10)
+    return load.fetch_and_load(model, name, **kwargs).path
+
+
+def _fetch(name, **kwargs):
+    """`download.fetch` of a DeepMind-format file from the mirror."""
+    base = kwargs.pop("base_url", None) or load.base_url("deepmind")
+    return download.fetch(base + name, name,
+                          reader=load_deepmind_checkpoint,
+                          mirror_env=URL_ENV, publisher="DeepMind", **kwargs)
+
+
+def _fetch_f0(**kwargs):
+    """F0's row: its published md5 and size are checked."""
+    return _fetch("F0_haiku.npz", md5=F0["md5"], size=F0["size"], **kwargs)
 
 
 def _run(model, x):
@@ -79,50 +108,31 @@ def _f_layout_checkpoint(path, depth, seed=0):
     keras.utils.set_random_seed(seed)
     model = keras_nfnets.NFNet(config=config, classes=1000,
                                input_shape=(40, 40, 3))
-    convert.save_deepmind_checkpoint(model, path)
+    save_deepmind_checkpoint(model, path)
     return model
 
 
-def test_tiny_download_verify_convert_then_cache_with_server_stopped(
+def test_tiny_download_verify_then_cache_with_server_stopped(
         served, tmp_path):
     folder, server = served
     _serve_tiny(folder)
     reference = deepmind_fixture("nfnet_tiny_reference.npz")
 
     model = _tiny_model()
-    converted = pretrained.load_pretrained(model, TINY, classes=10)
+    cached = _load(model)
     logits = _run(model, reference["inputs"])
     assert relative_error(logits, reference["logits"]) < 1e-4
     cache = _cache(tmp_path)
-    assert (cache / TINY).exists() and pathlib.Path(converted).exists()
-    assert pathlib.Path(converted).parent == cache
-    assert converted.endswith(".weights.h5")
-    record = json.loads((cache / pretrained.HASH_RECORD).read_text())
-    assert record[TINY] == _sha(fixture_path(TINY))  # trust on first use
-    assert record[os.path.basename(converted)] == _sha(converted)
+    assert pathlib.Path(cached) == cache / TINY
+    record = json.loads((cache / HASH_RECORD).read_text())
+    assert record == {TINY: _sha(fixture_path(TINY))}  # trust on first use
     assert server.requests == ["/" + TINY]
 
-    server.stop()
-    (cache / TINY).unlink()  # the second load needs only the converted file
+    server.stop()  # the second load reads the verified cached file
     again = _tiny_model()
-    assert pretrained.load_pretrained(again, TINY, classes=10) == converted
+    assert _load(again) == cached
     np.testing.assert_allclose(_run(again, reference["inputs"]),
                                logits, rtol=0, atol=0)
-
-
-def test_altered_converted_file_is_rebuilt_from_the_cached_download(
-        served, tmp_path):
-    folder, server = served
-    _serve_tiny(folder)
-    reference = deepmind_fixture("nfnet_tiny_reference.npz")
-    converted = pathlib.Path(
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10))
-    server.stop()
-    converted.write_bytes(converted.read_bytes()[:-64] + b"\0" * 64)
-    model = _tiny_model()
-    pretrained.load_pretrained(model, TINY, classes=10)
-    assert relative_error(_run(model, reference["inputs"]),
-                          reference["logits"]) < 1e-4
 
 
 def test_include_top_false_uses_its_own_cache_and_any_input_size(
@@ -130,21 +140,19 @@ def test_include_top_false_uses_its_own_cache_and_any_input_size(
     folder, _ = served
     _serve_tiny(folder)
     full = _tiny_model()
-    pretrained.load_pretrained(full, TINY, classes=10)
+    _load(full, TINY, classes=10)
     features = keras.Model(full.input, full.get_layer("final_act").output)
     x = deepmind_fixture("nfnet_tiny_reference.npz")["inputs"]
 
     notop = _tiny_model(include_top=False, input_shape=(None, None, 3))
-    path = pretrained.load_pretrained(notop, TINY, classes=10,
-                                      skip_layers=("linear",))
-    assert "notop" in path
+    _load(notop, skip_layers=("linear",))
     np.testing.assert_allclose(_run(notop, x),
                                _run(features, x), atol=1e-6)
     assert _run(notop, np.zeros((1, 72, 56, 3))).shape == (
         1, 3, 2, 256)
     # The classifier is still verified when skipped.
-    with pytest.raises(pretrained.WrongVariantError, match="classifier"):
-        pretrained.load_pretrained(
+    with pytest.raises(WrongVariantError, match="classifier"):
+        _load(
             _tiny_model(include_top=False, input_shape=(None, None, 3),
                         name="other"), TINY, classes=1000,
             skip_layers=("linear",), cache_dir=str(tmp_path / "other"))
@@ -159,9 +167,9 @@ def test_weights_imagenet_goes_through_the_same_path(served, tmp_path,
     monkeypatch.setitem(variants.NFNET_VARIANTS, "F0", tiny_f0)
     source = _f_layout_checkpoint(folder / "F0_haiku.npz", (1, 2, 6, 3))
     # Not DeepMind's file (md5 table): accepted deliberately by its sha256.
-    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
+    monkeypatch.setenv(ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
     params = load_deepmind_checkpoint(folder / "F0_haiku.npz")
-    assert len(params) == pretrained.deepmind_module_count(0) == 94
+    assert len(params) == deepmind.module_count("F0") == 94
 
     model = keras_nfnets.NFNetF0(weights="imagenet", input_shape=(40, 40, 3))
     for a, b in zip(model.weights, source.weights):
@@ -188,8 +196,8 @@ def test_wrong_variant_real_f0(served, tmp_path, monkeypatch):
     the wrong variant and drops it."""
     folder, _ = served
     _f_layout_checkpoint(folder / "F0_haiku.npz", (2, 4, 12, 6))
-    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
-    with pytest.raises(pretrained.WrongVariantError,
+    monkeypatch.setenv(ACCEPT_ENV, _sha(folder / "F0_haiku.npz"))
+    with pytest.raises(WrongVariantError,
                        match=r"178 modules.*needs 94.*NFNet-F1"):
         keras_nfnets.NFNetF0(weights="imagenet", include_top=False)
     assert not (_cache(tmp_path) / "F0_haiku.npz").exists()
@@ -198,47 +206,48 @@ def test_wrong_variant_real_f0(served, tmp_path, monkeypatch):
 def test_hash_mismatch_on_download_removes_the_file(served, tmp_path):
     folder, server = served
     _serve_tiny(folder)
-    with pytest.raises(pretrained.WeightsHashError,
+    with pytest.raises(WeightsHashError,
                        match="does not match the published hash"):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10,
+        _load(_tiny_model(), TINY, classes=10,
                                    file_hash="0" * 64)
     assert not (_cache(tmp_path) / TINY).exists()
     # Not a stuck cache: the next call downloads again and succeeds.
-    pretrained.load_pretrained(_tiny_model(), TINY, classes=10,
+    _load(_tiny_model(), TINY, classes=10,
                                file_hash=_sha(fixture_path(TINY)))
     assert server.requests == ["/" + TINY] * 2
 
 
 def test_known_hash_table_is_enforced(served, tmp_path, monkeypatch):
+    """A sha256 in the presets row is enforced for weights="imagenet"."""
     folder, _ = served
-    _serve_tiny(folder)
-    monkeypatch.setitem(pretrained.KNOWN_SHA256, TINY, "f" * 64)
-    with pytest.raises(pretrained.WeightsHashError, match="published hash"):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
-    assert not (_cache(tmp_path) / TINY).exists()
+    monkeypatch.setitem(variants.NFNET_VARIANTS, "F0", variants.NFNetConfig(
+        depth=(1, 2, 6, 3), **TINY_WIDTHS))
+    _f_layout_checkpoint(folder / "F0_haiku.npz", (1, 2, 6, 3))
+    monkeypatch.setitem(presets.PRESETS, "F0", {**F0, "sha256": "f" * 64})
+    with pytest.raises(WeightsHashError, match="published hash"):
+        keras_nfnets.NFNetF0(weights="imagenet", input_shape=(40, 40, 3))
+    assert not (_cache(tmp_path) / "F0_haiku.npz").exists()
 
 
 def test_recorded_hash_is_enforced_and_bad_cache_redownloaded(served,
                                                               tmp_path):
     folder, server = served
     served_file = _serve_tiny(folder)
-    converted = pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
-    os.remove(converted)
+    _load(_tiny_model())
     cached = _cache(tmp_path) / TINY
     # A damaged cached copy is replaced by a fresh download ...
     cached.write_bytes(cached.read_bytes()[:1000])
-    pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+    _load(_tiny_model())
     assert len(server.requests) == 2 and _sha(cached) == _sha(served_file)
     # ... and a changed upstream file is refused against the recorded hash.
-    os.remove(converted)
     params = load_deepmind_checkpoint(served_file)
     params["NFNet/~/linear"]["b"] = params["NFNet/~/linear"]["b"] + 1
     with open(served_file, "wb") as f:
         pickle.dump(params, f, protocol=4)
     cached.write_bytes(b"damaged")
-    with pytest.raises(pretrained.WeightsHashError,
+    with pytest.raises(WeightsHashError,
                        match="recorded when it was first downloaded"):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
     assert not cached.exists()
 
 
@@ -247,12 +256,12 @@ def test_truncated_download(served, tmp_path):
     data = fixture_path(TINY).read_bytes()
     (folder / TINY).write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match="ends early") as err:
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
     assert "removed from the cache" in str(err.value)
     assert not (_cache(tmp_path) / TINY).exists()
-    assert not (_cache(tmp_path) / pretrained.HASH_RECORD).exists()
+    assert not (_cache(tmp_path) / HASH_RECORD).exists()
     (folder / TINY).write_bytes(data)  # the next call downloads again
-    pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+    _load(_tiny_model())
 
 
 @pytest.mark.parametrize("content,message", [
@@ -263,7 +272,7 @@ def test_corrupt_download(served, tmp_path, content, message):
     folder, _ = served
     (folder / TINY).write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
     assert not (_cache(tmp_path) / TINY).exists()
 
 
@@ -281,43 +290,23 @@ def test_malicious_download_is_refused_and_never_runs(served, tmp_path):
     with open(folder / TINY, "wb") as f:
         pickle.dump({"NFNet/~/linear": {"w": _Payload(marker)}}, f)
     with pytest.raises(CheckpointError, match=r"global '(posix|nt)\.system'"):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
     assert not marker.exists()
     assert not (_cache(tmp_path) / TINY).exists()
 
 
 def test_unreachable_server_says_how_to_fix(served):
-    with pytest.raises(OSError, match=pretrained.URL_ENV):
-        pretrained.load_pretrained(_tiny_model(), "missing.npz", classes=10)
-
-
-def test_module_count_rule():
-    assert [pretrained.deepmind_module_count(n) for n in (0, 1, 6)] == [
-        94, 178, 598]
-    assert pretrained.variant_for_module_count(178) == "F1"
-    assert pretrained.variant_for_module_count(100) is None
-    assert set(pretrained.IMAGENET_TOP1) == set(pretrained.PUBLISHED)
-
-
-@pytest.mark.parametrize("ctor", ["NFNetF7", "NFNetF0Plus", "NFNetF6Plus"])
-def test_unpublished_variants_have_no_imagenet_weights(ctor):
-    with pytest.raises(ValueError, match="No ImageNet weights are published"):
-        getattr(keras_nfnets, ctor)(weights="imagenet")
-
-
-def test_imagenet_argument_rules():
-    with pytest.raises(ValueError, match="classes` should be 1000"):
-        keras_nfnets.NFNetF0(weights="imagenet", classes=10)
-    with pytest.raises(ValueError, match="classifier_activation"):
-        keras_nfnets.NFNetF0(weights="imagenet", classifier_activation="relu")
+    with pytest.raises(DownloadError, match=URL_ENV) as err:
+        _load(_tiny_model(), "missing.npz", classes=10)
+    assert isinstance(err.value, OSError)  # as before the hierarchy
 
 
 # ----------------------------------------------- issue 14 / issue 17 (md5)
 
 class _SlowServer(_Server):
-    """Serves its folder in 64 KiB chunks, `delay` seconds apart."""
+    """Serves its folder in `chunk`-byte pieces, `delay` seconds apart."""
 
-    def __init__(self, folder, delay):
+    def __init__(self, folder, delay, chunk=1 << 16):
         self.requests = []
         server = self
 
@@ -333,8 +322,8 @@ class _SlowServer(_Server):
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
-                    for i in range(0, len(data), 1 << 16):
-                        self.wfile.write(data[i:i + (1 << 16)])
+                    for i in range(0, len(data), chunk):
+                        self.wfile.write(data[i:i + chunk])
                         self.wfile.flush()
                         time.sleep(delay)
                 except (BrokenPipeError, ConnectionResetError):
@@ -346,6 +335,32 @@ class _SlowServer(_Server):
         self.serve(Handler)
 
 
+def test_a_server_dripping_bytes_hits_the_read_timeout(tmp_path,
+                                                      monkeypatch):
+    """One byte every 20 s: each read returns within any per-read socket
+    timeout above 20 s, so only the stall rule (fewer than MIN_BYTES in
+    the timeout window) ends it. Takes about 40 s: the window (25 s) is
+    checked when the second byte arrives, at 40 s; a window below 20 s
+    would test the plain socket timeout instead."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    _serve_tiny(folder)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv(download.TIMEOUT_ENV, "25")
+    server = _SlowServer(folder, delay=20, chunk=1)
+    try:
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match="stalled.*read timeout"):
+            _fetch(TINY, base_url=server.url)
+        assert time.monotonic() - start < 60
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()  # the handler thread is a daemon
+    cache = _cache(tmp_path)
+    assert [f for f in os.listdir(cache) if f.endswith(".part")] == []
+    assert not (cache / TINY).exists()
+
+
 def test_md5_table_refuses_a_wrong_f0_then_opt_out(served, tmp_path,
                                                    monkeypatch):
     """A DeepMind-named file whose md5/size do not match the published
@@ -353,50 +368,47 @@ def test_md5_table_refuses_a_wrong_f0_then_opt_out(served, tmp_path,
     folder, server = served
     wrong = _serve_tiny(folder, "F0_haiku.npz")
     cache = _cache(tmp_path)
-    with pytest.raises(pretrained.WeightsHashError) as err:
-        pretrained.fetch_checkpoint("F0_haiku.npz", label="NFNet-F0")
+    with pytest.raises(WeightsHashError) as err:
+        _fetch_f0(label="NFNet-F0")
     message = str(err.value)
     for part in ("not the file DeepMind published",
                  "where DeepMind's file has 285,976,842",
                  "where the published list has "
                  "0a41039da1cb43adf47f1b7d86ddfe0f",
                  f"file_hash='{_sha(wrong)}'",
-                 f"{pretrained.ACCEPT_ENV}={_sha(wrong)}"):
+                 f"{ACCEPT_ENV}={_sha(wrong)}"):
         assert part in message, message
     assert sorted(os.listdir(cache)) == [".F0_haiku.npz.lock"]
 
     # The deliberate opt-out: exactly this file, by its sha256.
-    path, params = pretrained.fetch_checkpoint("F0_haiku.npz",
-                                               file_hash=_sha(wrong))
+    path, params = _fetch_f0(file_hash=_sha(wrong))
     assert _sha(path) == _sha(wrong) and "NFNet/~/linear" in params
-    record = json.loads((cache / pretrained.HASH_RECORD).read_text())
+    record = json.loads((cache / HASH_RECORD).read_text())
     assert record["F0_haiku.npz"] == _sha(wrong)
     os.remove(path)
-    monkeypatch.setenv(pretrained.ACCEPT_ENV, _sha(wrong))
-    pretrained.fetch_checkpoint("F0_haiku.npz")
+    monkeypatch.setenv(ACCEPT_ENV, _sha(wrong))
+    _fetch_f0()
     assert len(server.requests) == 3
 
 
 def test_matching_md5_and_size_are_accepted(served, tmp_path, monkeypatch):
     folder, _ = served
     data = _serve_tiny(folder).read_bytes()
-    monkeypatch.setitem(pretrained.KNOWN_MD5, TINY,
-                        hashlib.md5(data).hexdigest())
-    monkeypatch.setitem(pretrained.KNOWN_SIZE, TINY, len(data))
-    path, _ = pretrained.fetch_checkpoint(TINY)
-    record = json.loads((_cache(tmp_path) / pretrained.HASH_RECORD)
+    md5 = hashlib.md5(data).hexdigest()
+    path, _ = _fetch(TINY, md5=md5, size=len(data))
+    record = json.loads((_cache(tmp_path) / HASH_RECORD)
                         .read_text())
     assert record[TINY] == hashlib.sha256(data).hexdigest() == _sha(path)
-    monkeypatch.setitem(pretrained.KNOWN_SIZE, TINY, len(data) + 1)
     os.remove(path)
-    with pytest.raises(pretrained.WeightsHashError, match="bytes where"):
-        pretrained.fetch_checkpoint(TINY)
+    with pytest.raises(WeightsHashError, match="bytes where"):
+        _fetch(TINY, md5=md5, size=len(data) + 1)
 
 
 _FETCH = """
 import sys
-from keras_nfnets import pretrained
-path, params = pretrained.fetch_checkpoint(sys.argv[1], base_url=sys.argv[2])
+from keras_nfnets.weights import download, load_deepmind_checkpoint
+path, params = download.fetch(sys.argv[2] + sys.argv[1], sys.argv[1],
+                              reader=load_deepmind_checkpoint)
 print("fetched", path, len(params))
 """
 
@@ -450,34 +462,30 @@ def test_kill_mid_download_leaves_no_partial_file(tmp_path, monkeypatch):
     fast = _Server(folder)
     try:
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-        path, _ = pretrained.fetch_checkpoint(TINY, base_url=fast.url)
+        path, _ = _fetch(TINY, base_url=fast.url)
     finally:
         fast.stop()
     assert _sha(path) == _sha(fixture_path(TINY))
     assert [f for f in os.listdir(cache) if f.endswith(".part")] == []
 
 
-def test_file_failing_the_loader_is_removed_with_its_conversion(served,
-                                                                tmp_path):
-    """A cached download that the loader refuses goes, with its converted
-    .weights.h5, even though its sha256 was recorded: the next call
-    downloads it again."""
+def test_file_failing_the_reader_is_removed(served, tmp_path):
+    """A cached download that the reader refuses goes, even though its
+    sha256 was recorded: the next call downloads it again."""
     folder, server = served
     _serve_tiny(folder)
-    converted = pathlib.Path(
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10))
+    _load(_tiny_model())
     cache = _cache(tmp_path)
     broken = bytearray((cache / TINY).read_bytes())
     broken[191] = ord("b")  # NONE -> BUILD: crashed numpy before
     (cache / TINY).write_bytes(bytes(broken))
-    record = json.loads((cache / pretrained.HASH_RECORD).read_text())
+    record = json.loads((cache / HASH_RECORD).read_text())
     record[TINY] = _sha(cache / TINY)  # as if accepted on first use
-    record.pop(converted.name)  # and the conversion not trusted
-    (cache / pretrained.HASH_RECORD).write_text(json.dumps(record))
+    (cache / HASH_RECORD).write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="removed from the cache"):
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
-    assert not (cache / TINY).exists() and not converted.exists()
-    pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
+    assert not (cache / TINY).exists()
+    _load(_tiny_model())
     assert len(server.requests) == 2
 
 
@@ -503,36 +511,12 @@ def test_read_only_cache_with_verified_files_is_used(served, tmp_path,
     try:
         monkeypatch.setenv("KERAS_HOME", str(home))
         reference = deepmind_fixture("nfnet_tiny_reference.npz")
-        pretrained.load_pretrained(_tiny_model(), TINY, classes=10)
+        _load(_tiny_model())
         subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
         server.stop()
-        for converted in (True, False):
-            if not converted:  # only the verified download: converted now
-                subprocess.run(["mount", "-o", "remount,rw", str(home)],
-                               check=True)
-                for f in (home / "models").glob("*.weights.h5"):
-                    f.unlink()
-                subprocess.run(["mount", "-o", "remount,ro", str(home)],
-                               check=True)
-            model = _tiny_model()
-            pretrained.load_pretrained(model, TINY, classes=10)
-            assert relative_error(_run(model, reference["inputs"]),
-                                  reference["logits"]) < 1e-4
+        model = _tiny_model()
+        _load(model)
+        assert relative_error(_run(model, reference["inputs"]),
+                              reference["logits"]) < 1e-4
     finally:
         _umount(home)
-
-
-def test_full_disk_while_saving_the_conversion_is_an_error(tmp_path):
-    """The converter's output on a (real) full file system: a clear
-    OSError before writing, no partial file, no crash."""
-    small = _mount_tmpfs(tmp_path / "small", "256k")
-    try:
-        dst = small / "tiny.weights.h5"
-        with pytest.raises(OSError, match="Not enough free disk space"):
-            convert.deepmind_to_keras(
-                fixture_path(TINY), dst,
-                config=str(fixture_path("nfnet_tiny_config.json")),
-                include_preprocessing=False)
-        assert os.listdir(small) == []
-    finally:
-        _umount(small)
