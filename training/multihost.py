@@ -34,7 +34,7 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   (`MultiProcessDistribution.writing()`): those objects are then local, and
   the model's own variables (replicated on every process) are only read.
 
-No heavy imports at module level: `training.train` imports this before
+No heavy imports at module level: `training.flags` imports this before
 keras picks its backend.
 """
 
