@@ -1,5 +1,7 @@
-"""The training program end to end: bad input, the real tfds path, resume
-after SIGKILL, a finished run not re-run, training.evaluate agreeing."""
+"""The training program end to end: a batch the replicas cannot split, the
+real tfds path, unreadable images named or skipped, resume after SIGKILL,
+a finished run not re-run, training.evaluate agreeing. (Bad flags:
+test_training_flags.py; the fit's segments: test_training_fitting.py.)"""
 
 import json
 import os
@@ -12,35 +14,16 @@ import types
 import numpy as np
 import pytest
 
+from training import data
 from training import train
 from training_helpers import (DATASETS_SCRIPT, REPO, env, finish,
-                              make_folder, model_weights, run_train,
+                              make_folder, model_weights, run_in_process,
+                              run_train,
                               start_train, tiny_flags, train_cmd,
                               write_config)
 
 
-# ----------------------------------------------------------- bad input
-
-def _usage_error(tmp_path, *args):
-    out = run_train([f"--model_dir={tmp_path}/run", *args], timeout=120)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert not os.path.exists(f"{tmp_path}/run"), "work started"
-    return out.stderr.strip().splitlines()[-1]
-
-
-def test_bad_inputs_each_have_their_own_message(tmp_path):
-    messages = {
-        "variant": _usage_error(tmp_path, "--variant=F9"),
-        "imagenet": _usage_error(tmp_path, "--dataset=imagenet2012",
-                                 f"--data_dir={tmp_path}/tfds"),
-        "tpu": _usage_error(tmp_path, "--tpu=local"),
-    }
-    assert "Unknown NFNet variant 'F9'" in messages["variant"]
-    assert "ILSVRC2012_img_train.tar" in messages["imagenet"]
-    assert f"{tmp_path}/tfds/downloads/manual" in messages["imagenet"]
-    assert "must be a gs:// bucket path" in messages["tpu"]
-    assert len(set(messages.values())) == len(messages)
-
+# ------------------------------------------------ before any work
 
 def test_batch_size_not_divisible_by_replicas():
     fake = types.SimpleNamespace(num_replicas_in_sync=8)
@@ -110,7 +93,8 @@ RESUME = dict(batch_size=8, train_steps=14, steps_per_epoch=5,
               ema_decay=0.9)
 
 
-def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path,
+                                                              capsys):
     root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
     config = write_config(tmp_path / "c.json")
 
@@ -158,8 +142,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
         with open(tmp_path / run / "metrics.json") as f:
             assert json.load(f)["steps"] == RESUME["train_steps"]
 
-    # A finished run is not re-run.
-    again = run_train(flags("killed"))
+    # A finished run is not re-run (in this process: no work to isolate).
+    again = run_in_process(flags("killed"), capsys)
     assert again.returncode == 0
     assert "holds a finished run" in again.stdout
     assert "top-1 accuracy:" in again.stdout
@@ -175,3 +159,55 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
     trained = [l for l in straight.stdout.splitlines()
                if "top-1 accuracy" in l][0]
     assert line.split("(")[0] == trained.split("(")[0]
+
+
+# ------------------------------------------------ unreadable images
+
+def _corrupt(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[:200] + b"\x00garbage" * 64)
+
+
+def test_unreadable_images_are_named_or_skipped(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=2, train=4, test=2)
+    bad_train = sorted((root / "train" / "automobile").iterdir())[1]
+    bad_test = sorted((root / "test" / "airplane").iterdir())[0]
+    _corrupt(bad_train)
+    _corrupt(bad_test)
+    config = write_config(tmp_path / "c.json")
+
+    source = data.folder_source(str(root))
+    assert data.find_unreadable(p for p, _ in source.files["train"]) == [
+        str(bad_train)]
+    error = data.unreadable_error(source, "test")
+    assert str(bad_test) in str(error)
+    assert "--skip_unreadable_images" in str(error)
+
+    # The two runs go side by side.
+    refused = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "a",
+                                     batch_size=4, train_steps=2),
+                          tmp_path, "a")
+    skipped = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "b",
+                                     batch_size=4, train_steps=2,
+                                     skip_unreadable_images="true"),
+                          tmp_path, "b")
+    out = finish(refused, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert str(bad_train) in out.stderr
+    assert "--skip_unreadable_images" in out.stderr
+
+    out = finish(skipped, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped 2 unreadable image(s)" in out.stdout
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["eval_examples"] == 3
+
+
+# ---------------------------------------------------------- empty batch
+
+def test_a_batch_of_size_zero_gives_an_empty_output(tmp_path):
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    model = keras_nfnets.NFNet(config=str(write_config(tmp_path / "c.json")),
+                               classes=3, input_shape=(16, 16, 3))
+    out = np.asarray(model(np.zeros((0, 16, 16, 3), "float32")))
+    assert out.shape == (0, 3)

@@ -214,6 +214,11 @@ def check_flags():
             + ("keras.distribution.DataParallel over every device JAX sees "
                "(on a TPU VM: pip install 'jax[tpu]', no --tpu needed)."
                if backend == "jax" else "one device."))
+    if backend == "jax" or multihost.wanted(FLAGS):
+        try:
+            multihost.check_flags(FLAGS, backend)
+        except multihost.SetupError as e:
+            raise UsageError(str(e)) from e
     uses_tpu = backend == "tensorflow" and (FLAGS.strategy == "tpu" or (
         FLAGS.strategy == "auto" and FLAGS.tpu))
     if uses_tpu and not str(FLAGS.model_dir or "").startswith("gs://"):
