@@ -42,6 +42,10 @@ def test_metrics_mark_a_finished_run(tmp_path, capsys):
                    "32px, EMA weights)",
                    f"model: {tmp_path}/model.keras; metrics: "
                    f"{tmp_path}/metrics.json"]
+    assert run_dir.report_finished(tmp_path) == metrics
+    out = capsys.readouterr().out
+    assert f"{tmp_path} holds a finished run" in out
+    assert "top-1 accuracy: 25.0%" in out
 
 
 def test_resume_with_changed_training_flags_is_refused(tmp_path, capsys):

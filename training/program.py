@@ -43,11 +43,7 @@ def run(argv=None):
     prepare_process(plan)
     model_dir = FLAGS.model_dir
     if run_dir.is_finished(model_dir):
-        metrics = run_dir.read_metrics(model_dir)
-        print(f"{model_dir} holds a finished run (metrics.json); not "
-              "training again. Use a new --model_dir to train again.")
-        run_dir.report(metrics)
-        return metrics
+        return run_dir.report_finished(model_dir)
     flag_values = flags.resolved_flags(plan)
     changed = run_dir.check_resume_flags(model_dir, flag_values,
                                          FLAGS.allow_changed_flags)

@@ -72,3 +72,13 @@ def report(metrics, model_dir=None):
     if model_dir:
         print(f"model: {model_dir}/model.keras; metrics: "
               f"{model_dir}/metrics.json", flush=True)
+
+
+def report_finished(model_dir):
+    """Says that `model_dir` holds a finished run, reports its metrics and
+    returns them (nothing is trained again)."""
+    metrics = read_metrics(model_dir)
+    print(f"{model_dir} holds a finished run (metrics.json); not "
+          "training again. Use a new --model_dir to train again.")
+    report(metrics)
+    return metrics
