@@ -63,7 +63,6 @@ import sys
 sys.path.insert(0, sys.argv[2])
 import numpy as np
 import keras
-import keras_nfnets
 from training import checkpoint
 inputs = keras.Input((64,))
 # ~16 MB of weights: a write takes long enough to be interrupted.

@@ -1,6 +1,10 @@
-"""Input pipeline: folder and tfds sources, the dataset functions with an
+"""Input pipeline: folder and tfds sources (a split missing a class under
+any hash seed, empty class folders), the dataset functions with an
 InputContext of several pipelines, augmentation, determinism, resume skip."""
 
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ import tensorflow as tf
 
 from training import augment
 from training import data
-from training_helpers import make_folder
+from training_helpers import REPO, env, make_folder
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +189,45 @@ def test_unprepared_tfds_dataset_names_the_fix(tmp_path):
     assert f"{tmp_path}/downloads/manual" in str(e.value)
 
 
+# ------------------------------------- class folders and PYTHONHASHSEED
+
+_SOURCE = """
+import sys
+from training import data
+try:
+    s = data.folder_source(sys.argv[1])
+    print("accepted", s.class_names, s.files[s.eval_split][0][1])
+except data.DatasetError as e:
+    print("refused:", e)
+"""
+
+
+def test_split_missing_a_class_is_refused_under_any_hash_seed(tmp_path):
+    """One fresh process per PYTHONHASHSEED (3, 6: the train split is
+    listed first), side by side."""
+    root = make_folder(tmp_path / "imgs", classes=3, train=1, test=1)
+    shutil.rmtree(root / "test" / "airplane")
+    procs = {seed: subprocess.Popen(
+        [sys.executable, "-c", _SOURCE, str(root)], cwd=REPO,
+        env=env(PYTHONHASHSEED=seed), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for seed in ("0", "3", "6")}
+    try:
+        outs = {seed: p.communicate(timeout=300) for seed, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for seed, (out, err) in outs.items():
+        assert procs[seed].returncode == 0, (seed, err[-2000:])
+        assert "refused:" in out, (seed, out)
+        assert "missing ['airplane']" in out
+
+
+def test_empty_class_folder_in_a_split_is_fine(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=3, train=1, test=1)
+    for f in (root / "test" / "airplane").iterdir():
+        f.unlink()
+    source = data.folder_source(str(root))
+    assert source.class_names == ("airplane", "automobile", "bird")
+    assert [label for _, label in source.files["test"]] == [1, 2]

@@ -1,6 +1,6 @@
 """Reported accuracy equals a hand count when the evaluation set does not
-divide by the batch: metrics.json, training.evaluate, 1 and 2 replicas
-(issue 14, item 2)."""
+divide by the batch: metrics.json, training.evaluate (which scores a model
+from training as training did), 1 and 2 replicas (issue 14, item 2)."""
 
 import json
 import subprocess
@@ -76,6 +76,10 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert (f"top-1 accuracy: {100 * top1:.1f}%  (top-5 {100 * top5:.1f}%, "
             f"{n} test images") in ev.stdout, ev.stdout
+    # ... as training scored it (its size and crop from metrics.json).
+    line = [l for l in ev.stdout.splitlines() if "top-1 accuracy" in l][0]
+    trained = [l for l in out.stdout.splitlines() if "top-1 accuracy" in l][0]
+    assert line.split("(")[0] == trained.split("(")[0]
 
     two = subprocess.run(
         [sys.executable, "-c", _TWO_REPLICAS, str(run / "model.keras"),

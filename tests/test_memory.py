@@ -37,19 +37,31 @@ print("RESULT " + json.dumps(dict(
 """
 
 
-def _run(mode):
+def _start(mode):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                KERAS_BACKEND="tensorflow")
     env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
-    out = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=_ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, out.stderr[-3000:]
+    return subprocess.Popen([sys.executable, "-c", _CHILD, mode], cwd=_ROOT,
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc):
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    assert lines, err[-3000:]
     return json.loads(lines[0][len("RESULT "):])
 
 
 def test_lean_allocator_trains_to_the_same_numbers():
-    default, lean = _run("default"), _run("lean")
+    # The two fresh processes run side by side.
+    procs = _start("default"), _start("lean")
+    default, lean = (_result(p) for p in procs)
     assert lean["applied"] == {"tensorflow": True,
                                "glibc": sys.platform.startswith("linux")}
     assert lean["env"] == "1" and default["env"] is None

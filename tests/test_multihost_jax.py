@@ -204,36 +204,39 @@ def _errors(outs):
 
 
 def test_bad_setups_stop_at_once_with_a_clear_error(tmp_path):
+    """Four bad set-ups, started side by side (each on its own port)."""
     root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
-    # A coordinator nobody runs: process 1 gives up after the timeout.
-    port = free_ports(1)[0]
+    nobody_port, alone_port = free_ports(2)
     start = time.monotonic()
-    (rc, out, err), = _finish([_start(_flags(tmp_path, root, "nobody") + [
-        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-        "--process_id=1", "--distributed_timeout=3"])], timeout=300)
+    # A coordinator nobody runs: process 1 gives up after the timeout.
+    nobody = _start(_flags(tmp_path, root, "nobody") + [
+        f"--coordinator_address=127.0.0.1:{nobody_port}", "--num_processes=2",
+        "--process_id=1", "--distributed_timeout=3"])
+    # Process 0 alone: the others never join.
+    alone = _start(_flags(tmp_path, root, "alone") + [
+        f"--coordinator_address=127.0.0.1:{alone_port}", "--num_processes=2",
+        "--process_id=0", "--distributed_timeout=3"])
+    # Processes that disagree on the seed: both stop, naming the flag.
+    seeds = _two_seeds(_flags(tmp_path, root, "seeds"))
+    # A global batch the 2 devices cannot split.
+    odd = _two_processes(_flags(tmp_path, root, "odd", batch_size=3))
+    outs = _finish([nobody, alone, *seeds, *odd])
+
+    rc, out, err = outs[0]
     assert rc == 2, (out, err[-3000:])
     assert ("the JAX coordinator (process 0) cannot be reached within "
             "--distributed_timeout=3 s") in err
-    # Process 0 alone: the others never join.
-    (rc, out, err), = _finish([_start(_flags(tmp_path, root, "alone") + [
-        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-        "--process_id=0", "--distributed_timeout=3"])], timeout=300)
+    rc, out, err = outs[1]
     assert rc == 2, (out, err[-3000:])
     assert "did not complete within --distributed_timeout=3 s" in err
     assert "not all 2 processes joined" in err
     assert time.monotonic() - start < 300
 
-    # Processes that disagree on the seed: both stop, naming the flag.
-    args = _flags(tmp_path, root, "seeds")
-    outs = _finish(_two_seeds(args))
-    for rc, err in _errors(outs):
+    for rc, err in _errors(outs[2:4]):
         assert rc == 2, err[-3000:]
         assert "the 2 processes disagree on --seed" in err, err[-3000:]
         assert "only --process_id may differ" in err
-    # A global batch the 2 devices cannot split.
-    outs = _finish(_two_processes(_flags(tmp_path, root, "odd",
-                                         batch_size=3)))
-    for rc, err in _errors(outs):
+    for rc, err in _errors(outs[4:]):
         assert rc == 2, err[-3000:]
         assert ("--batch_size=3 is not divisible by the 2 devices of the 2 "
                 "processes (1 each): use a multiple of 2") in err, err[-3000:]
@@ -248,17 +251,3 @@ def _two_seeds(args):
                            f"--coordinator_address=127.0.0.1:{port}",
                            "--num_processes=2", f"--process_id={p}",
                            "--distributed_timeout=120"]) for p in (0, 1)]
-
-
-def test_multi_process_flags_are_checked_before_any_work(tmp_path):
-    from training_helpers import run_train  # pylint: disable=import-outside-toplevel
-    out = run_train([f"--model_dir={tmp_path}/run", "--backend=torch",
-                     "--jax_distributed"], timeout=120)
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert "are for --backend=jax" in out.stderr
-    out = run_train([f"--model_dir={tmp_path}/run", "--backend=jax",
-                     "--coordinator_address=127.0.0.1:1", "--num_processes=2",
-                     "--process_id=2"], timeout=120, JAX_PLATFORMS="cpu")
-    assert out.returncode == 2
-    assert "--process_id=2: must be in 0 .. 1." in out.stderr
-    assert not (tmp_path / "run").exists()

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from training import strategy as strategy_lib
 from training_helpers import (REPO, env, finish, free_ports, make_folder,
-                              model_weights, run_train, start_train,
+                              model_weights, start_train,
                               tiny_flags, train_cmd, write_config)
 
 TWO_WORKERS = json.dumps({"cluster": {"worker": ["localhost:1",
@@ -97,16 +97,16 @@ def test_two_workers_equal_one_process(tmp_path):
     w1 = _final(tmp_path / "mw", "workers/worker_1.keras")
     one = _final(tmp_path / "one")
     assert w0.keys() == w1.keys() == one.keys()
-    changed = 0
     for k in w0:
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
         np.testing.assert_allclose(w0[k], one[k], rtol=1e-4, atol=1e-5,
                                    err_msg=k)
-    init = run_train(tiny_flags(config, f"folder:{root}", tmp_path / "zero",
-                                **dict(common, train_steps=1, lr=1e-12)))  # ~no step: --lr must be > 0
-    assert init.returncode == 0, init.stderr[-3000:]
-    start = _final(tmp_path / "zero")
-    changed = sum(not np.allclose(start[k], one[k]) for k in one)
-    assert changed > 10  # training really moved the (conv) weights
+    # Training really moved the weights: the gains start at 1, the biases
+    # and skip gains at 0 (NFNet's initialisation), and most have left.
+    moved = sum(not np.array_equal(
+        one[k], np.ones_like(one[k]) if k.endswith("/gain")
+        else np.zeros_like(one[k])) for k in one
+        if k.endswith(("/gain", "/bias", "/skip_gain")))
+    assert moved > 10
     with open(tmp_path / "mw" / "metrics.json") as f:
         assert json.load(f)["steps"] == 3

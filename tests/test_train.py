@@ -1,5 +1,8 @@
-"""The training program end to end: bad input, the real tfds path, resume
-after SIGKILL, a finished run not re-run, training.evaluate agreeing."""
+"""The training program end to end: a batch the replicas cannot split, the
+real tfds path, unreadable images named or skipped, resume after SIGKILL,
+a finished run not re-run. (training.evaluate agreeing with training:
+test_evaluate.py; bad flags: test_training_flags.py; the fit's segments:
+test_training_fitting.py.)"""
 
 import json
 import os
@@ -12,35 +15,16 @@ import types
 import numpy as np
 import pytest
 
+from training import data
 from training import train
 from training_helpers import (DATASETS_SCRIPT, REPO, env, finish,
-                              make_folder, model_weights, run_train,
+                              make_folder, model_weights, run_in_process,
+                              run_train,
                               start_train, tiny_flags, train_cmd,
                               write_config)
 
 
-# ----------------------------------------------------------- bad input
-
-def _usage_error(tmp_path, *args):
-    out = run_train([f"--model_dir={tmp_path}/run", *args], timeout=120)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert not os.path.exists(f"{tmp_path}/run"), "work started"
-    return out.stderr.strip().splitlines()[-1]
-
-
-def test_bad_inputs_each_have_their_own_message(tmp_path):
-    messages = {
-        "variant": _usage_error(tmp_path, "--variant=F9"),
-        "imagenet": _usage_error(tmp_path, "--dataset=imagenet2012",
-                                 f"--data_dir={tmp_path}/tfds"),
-        "tpu": _usage_error(tmp_path, "--tpu=local"),
-    }
-    assert "Unknown NFNet variant 'F9'" in messages["variant"]
-    assert "ILSVRC2012_img_train.tar" in messages["imagenet"]
-    assert f"{tmp_path}/tfds/downloads/manual" in messages["imagenet"]
-    assert "must be a gs:// bucket path" in messages["tpu"]
-    assert len(set(messages.values())) == len(messages)
-
+# ------------------------------------------------ before any work
 
 def test_batch_size_not_divisible_by_replicas():
     fake = types.SimpleNamespace(num_replicas_in_sync=8)
@@ -104,13 +88,16 @@ def test_real_tfds_path(tmp_path, cifar_tfds):
 
 # --------------------------------------------------------------- resume
 
-RESUME = dict(batch_size=8, train_steps=14, steps_per_epoch=5,
+# 8 steps in epochs of 3: the kill lands inside the second epoch, and the
+# last epoch is partial.
+RESUME = dict(batch_size=8, train_steps=8, steps_per_epoch=3,
               checkpoint_steps=1, randaugment="205", mixup_alpha=0.2,
               cutmix="true", drop_rate=0.2, stochdepth_rate=0.2,
               ema_decay=0.9)
 
 
-def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path,
+                                                              capsys):
     root = make_folder(tmp_path / "imgs", classes=3, train=8, test=4)
     config = write_config(tmp_path / "c.json")
 
@@ -121,8 +108,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
     # The uninterrupted run goes side by side with the one that is killed.
     straight = start_train(flags("straight"), tmp_path, "straight")
 
-    # Kill the second run with SIGKILL once its backup is past step 7
-    # (inside the second epoch of 5 steps), then restart it.
+    # Kill the second run with SIGKILL once its backup is past step 4
+    # (inside the second epoch of 3 steps), then restart it.
     meta = tmp_path / "killed" / "backup" / "latest.json"
     proc = subprocess.Popen(train_cmd(flags("killed")), cwd=REPO, env=env(),
                             stdout=subprocess.DEVNULL,
@@ -134,7 +121,7 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
             killed_at = json.loads(meta.read_text())["step"]
         except (OSError, ValueError, KeyError):
             killed_at = None
-        if killed_at is not None and killed_at >= 7:
+        if killed_at is not None and killed_at >= 4:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -158,20 +145,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path):
         with open(tmp_path / run / "metrics.json") as f:
             assert json.load(f)["steps"] == RESUME["train_steps"]
 
-    # A finished run is not re-run.
-    again = run_train(flags("killed"))
+    # A finished run is not re-run (in this process: no work to isolate).
+    again = run_in_process(flags("killed"), capsys)
     assert again.returncode == 0
     assert "holds a finished run" in again.stdout
     assert "top-1 accuracy:" in again.stdout
-
-    # training.evaluate scores the saved model as training did.
-    ev = subprocess.run(
-        [sys.executable, "-m", "training.evaluate",
-         f"--weights={tmp_path}/straight/model.keras",
-         f"--dataset=folder:{root}", "--batch_size=8"],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    line = [l for l in ev.stdout.splitlines() if "top-1 accuracy" in l][0]
-    trained = [l for l in straight.stdout.splitlines()
-               if "top-1 accuracy" in l][0]
-    assert line.split("(")[0] == trained.split("(")[0]

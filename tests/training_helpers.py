@@ -155,3 +155,25 @@ def assert_jax_model_loads_on_tensorflow(model_path, tmp_path, image_size=32):
 DATASETS_SCRIPT = pathlib.Path(os.environ.get(
     "KERAS_NFNETS_SHARED", REPO.parent / "shared")) / "datasets" / \
     "make_cifar10_tfds.py"
+
+
+def run_in_process(args, capsys):
+    """`python -m training.train ARGS` in this process: the flags parsed,
+    `training.program.main` run, the flags restored. A CompletedProcess
+    (returncode 2 for a UsageError) with what it printed. For runs whose
+    separate process is not what is tested: bad flags, a refused resume,
+    a finished run."""
+    from training import flags  # pylint: disable=import-outside-toplevel
+    from training import program  # pylint: disable=import-outside-toplevel
+    capsys.readouterr()
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["train", *[str(a) for a in args]])
+        program.main([])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)

@@ -34,7 +34,7 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   (`MultiProcessDistribution.writing()`): those objects are then local, and
   the model's own variables (replicated on every process) are only read.
 
-No heavy imports at module level: `training.train` imports this before
+No heavy imports at module level: `training.flags` imports this before
 keras picks its backend.
 """
 
@@ -228,16 +228,23 @@ def process_count():
     return jax.process_count()
 
 
-def setup(values, backend="jax"):
-    """Initialises jax.distributed when asked to, and checks that all
-    processes agree on the flags. Returns the number of processes. Call
-    before anything else uses JAX."""
+def check_flags(values, backend="jax"):
+    """The multi-process flags against the backend, with no devices
+    (training.flags calls this with the other flag checks). Raises
+    SetupError."""
     if backend != "jax":
         raise SetupError(
             f"--jax_distributed/--coordinator_address/--num_processes/"
             f"--process_id are for --backend=jax (here --backend={backend}"
             "; TensorFlow multi-worker training reads TF_CONFIG).")
     check_flag_values(values)
+
+
+def setup(values, backend="jax"):
+    """Initialises jax.distributed when asked to, and checks that all
+    processes agree on the flags. Returns the number of processes. Call
+    before anything else uses JAX."""
+    check_flags(values, backend)
     if wanted(values):
         _initialize(values)
     import jax  # pylint: disable=import-outside-toplevel

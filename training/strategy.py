@@ -1,7 +1,13 @@
-"""`--strategy` / `--tpu` to a `tf.distribute` strategy.
+"""`--strategy` / `--tpu` to a `tf.distribute` strategy, and the strategy
+of each backend.
 
 `resolve_strategy_name` is the pure decision (tested everywhere);
-`make_strategy` builds the strategy (TPU initialisation only happens there).
+`make_strategy` builds the strategy (TPU initialisation only happens there);
+`choose` is the training program's pick for any backend:
+
+    strategy, name = choose("tensorflow", strategy="auto", tpu=None,
+                            batch_size=4096)
+    check_replicas(strategy, 4096)   # a UsageError unless it divides
 """
 
 import contextlib
@@ -9,6 +15,9 @@ import json
 import os
 
 import tensorflow as tf
+
+from . import multihost
+from .errors import UsageError
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device",
               "default")
@@ -185,3 +194,36 @@ class KerasDistribution:
     def __repr__(self):
         return (f"KerasDistribution({self.backend}, "
                 f"{self.num_replicas_in_sync} device(s))")
+
+
+def choose(backend, strategy="auto", tpu=None, batch_size=None):
+    """The strategy a run trains under, and its name for the log: a
+    `tf.distribute` strategy on TensorFlow (`--strategy`, `--tpu`), one
+    mesh over every process's devices on several JAX processes
+    (training.multihost), else `KerasDistribution` (JAX's local devices,
+    or PyTorch's one device)."""
+    if backend == "tensorflow":
+        name = resolve_strategy_name(strategy, tpu)
+        return make_strategy(name, tpu), name
+    if backend == "jax" and multihost.process_count() > 1:
+        try:
+            chosen = multihost.MultiProcessDistribution(batch_size)
+        except multihost.SetupError as e:
+            raise UsageError(str(e)) from e
+        return chosen, chosen.name
+    try:
+        chosen = KerasDistribution(backend)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return chosen, (f"{backend} DataParallel" if chosen.distribution
+                    else f"{backend} single-device")
+
+
+def check_replicas(strategy, batch_size, what="--batch_size"):
+    """A UsageError unless `batch_size` divides into the replicas."""
+    n = strategy.num_replicas_in_sync
+    if batch_size % n:
+        raise UsageError(
+            f"{what}={batch_size} is not divisible by the {n} replicas of "
+            f"the {type(strategy).__name__}: use a multiple of {n}, e.g. "
+            f"{max(n, batch_size // n * n)}.")
