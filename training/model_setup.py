@@ -15,7 +15,6 @@ from keras_nfnets import optimizers
 
 from .finetune import load_finetune_weights
 from .flags import FLAGS
-from .loss_scale import SkipCountingLossScaleOptimizer
 
 
 def build_model(plan, num_classes, seed):
@@ -43,12 +42,8 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
         schedule, momentum=FLAGS.momentum, nesterov=True,
         weight_decay=FLAGS.weight_decay, use_ema=FLAGS.ema_decay > 0,
         ema_momentum=FLAGS.ema_decay or 0.99)
-    agc_clipping = FLAGS.agc_clipping or None
-    if agc_clipping and keras.config.dtype_policy().name == "mixed_float16":
-        from keras_nfnets.agc import AGC  # pylint: disable=import-outside-toplevel
-        optimizer = SkipCountingLossScaleOptimizer(
-            AGC(optimizer, clipping=agc_clipping))
-        agc_clipping = None  # wrapped here, not again by compile
+    # NFNetModel.compile wraps it in AGC and, under mixed_float16, in the
+    # loss-scale optimizer that counts skipped steps (keras_nfnets.optim).
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
@@ -57,7 +52,7 @@ def compile_model(model, steps_per_epoch, total_steps, jit_compile):
                  # (k <= classes: PyTorch's topk rejects a larger k)
                  keras.metrics.TopKCategoricalAccuracy(
                      min(5, model.output_shape[-1]), name="top5")],
-        agc_clipping=agc_clipping,
+        agc_clipping=FLAGS.agc_clipping or None,
         steps_per_execution=FLAGS.steps_per_execution,
         jit_compile={"auto": "auto", "true": True,
                      "false": False}[FLAGS.jit_compile])
