@@ -150,3 +150,55 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(tmp_path,
     assert again.returncode == 0
     assert "holds a finished run" in again.stdout
     assert "top-1 accuracy:" in again.stdout
+
+
+# ------------------------------------------------ unreadable images
+
+def _corrupt(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[:200] + b"\x00garbage" * 64)
+
+
+def test_unreadable_images_are_named_or_skipped(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=2, train=4, test=2)
+    bad_train = sorted((root / "train" / "automobile").iterdir())[1]
+    bad_test = sorted((root / "test" / "airplane").iterdir())[0]
+    _corrupt(bad_train)
+    _corrupt(bad_test)
+    config = write_config(tmp_path / "c.json")
+
+    source = data.folder_source(str(root))
+    assert data.find_unreadable(p for p, _ in source.files["train"]) == [
+        str(bad_train)]
+    error = data.unreadable_error(source, "test")
+    assert str(bad_test) in str(error)
+    assert "--skip_unreadable_images" in str(error)
+
+    # The two runs go side by side.
+    refused = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "a",
+                                     batch_size=4, train_steps=2),
+                          tmp_path, "a")
+    skipped = start_train(tiny_flags(config, f"folder:{root}", tmp_path / "b",
+                                     batch_size=4, train_steps=2,
+                                     skip_unreadable_images="true"),
+                          tmp_path, "b")
+    out = finish(refused, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert str(bad_train) in out.stderr
+    assert "--skip_unreadable_images" in out.stderr
+
+    out = finish(skipped, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped 2 unreadable image(s)" in out.stdout
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["eval_examples"] == 3
+
+
+# ---------------------------------------------------------- empty batch
+
+def test_a_batch_of_size_zero_gives_an_empty_output(tmp_path):
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    model = keras_nfnets.NFNet(config=str(write_config(tmp_path / "c.json")),
+                               classes=3, input_shape=(16, 16, 3))
+    out = np.asarray(model(np.zeros((0, 16, 16, 3), "float32")))
+    assert out.shape == (0, 3)
