@@ -10,8 +10,9 @@ From a clone, the program is `python -m training.train` (the top-level
         --dataset=folder:DEMO              # training.evaluate
 
 The training program needs the `train` extra
-(`pip install "keras_nfnets[train]"`: tensorflow-datasets, absl-py,
-tensorboard). `--backend` must reach Keras before Keras is imported, and
+(`pip install "keras_nfnets[train]"`: TensorFlow for tf.data,
+tensorflow-datasets, absl-py, tensorboard); without it the program exits
+with a message naming that extra. `--backend` must reach Keras before Keras is imported, and
 importing `keras_nfnets` imports Keras, so when `--backend` asks for another
 backend than the one loaded, the program restarts itself once with
 `KERAS_BACKEND` set.
@@ -43,7 +44,11 @@ def _requested_backend(argv):
 
 def _run(program, entry, argv=None):
     argv = list(sys.argv if argv is None else argv)
-    missing = [name for module, name in (("absl", "absl-py"),
+    # tf.data is the input pipeline on every backend: TensorFlow too.
+    missing = [name for module, name in (("tensorflow", "tensorflow"),
+                                         ("tensorflow_datasets",
+                                          "tensorflow-datasets"),
+                                         ("absl", "absl-py"),
                                          ("tensorboard", "tensorboard"))
                if importlib.util.find_spec(module) is None]
     if missing:

@@ -141,6 +141,16 @@ def test_folded_model_keeps_the_logits():
     assert err < 1e-5, err
 
 
+def test_training_program_names_the_train_extra():
+    import subprocess  # pylint: disable=import-outside-toplevel
+    out = subprocess.run([sys.executable, "-m", "keras_nfnets.train",
+                          "--demo"], capture_output=True, text=True,
+                         timeout=300, cwd="/")
+    assert out.returncode != 0
+    assert "keras_nfnets[train]" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def test_tensorflow_only_paths_name_the_extra():
     with pytest.raises(ImportError, match=r"keras_nfnets\[tensorflow\]"):
         keras_nfnets.use_lean_cpu_allocator()
