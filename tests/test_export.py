@@ -11,7 +11,7 @@ import pytest
 import keras
 
 import keras_nfnets
-from keras_nfnets import builder, layers as nf_layers
+from keras_nfnets import builder, layers as nf_layers, variants
 
 from conftest import deepmind_fixture, fixture_path, relative_error
 
@@ -169,8 +169,8 @@ def test_nf_regnet_feature_maps_fixed_batch(fmt, tmp_path):
 
 def test_fold_gives_plain_kernels_and_the_same_numbers(tmp_path):
     """Every WSConv2D of the copy holds the standardized kernel; the
-    original is untouched; the copy reloads (without the fold flag) to the
-    same numbers; the exported graph has no custom gradients."""
+    original is untouched; the copy reloads (still folded) to the same
+    numbers; the exported graph has no custom gradients."""
     ref = deepmind_fixture("nfnet_tiny_reference.npz")
     model = tiny_nfnet()
     before = [np.array(v) for v in model.weights]
@@ -204,7 +204,7 @@ def test_fold_gives_plain_kernels_and_the_same_numbers(tmp_path):
 
     folded.save(tmp_path / "folded.keras")
     again = keras.saving.load_model(tmp_path / "folded.keras")
-    assert not any(c.folded for c in convs(again))
+    assert all(c.folded for c in convs(again))  # the flag is in the config
     np.testing.assert_allclose(np.asarray(again(x, training=False)), logits,
                                atol=1e-5)
 
@@ -216,3 +216,87 @@ def test_fold_gives_plain_kernels_and_the_same_numbers(tmp_path):
     assert "IdentityN" not in ops  # what tf.custom_gradient leaves
     with pytest.raises(TypeError, match="keras.Model"):
         keras_nfnets.fold_weight_standardization(object())
+
+
+# Tiny models of each family in each numerics, random weights (the timm
+# models have no skip gain, so their residual branches act at init).
+TINY_TIMM = {
+    "eca_nfnet": variants.NFNetConfig(
+        width=(16, 32, 32, 64), depth=(1, 1, 1, 1), group_width=(8,) * 4,
+        expansion=(0.5,) * 4, activation="silu", attention="eca", ch_div=8,
+        se_divisor=8, skip_gain=False, stem_width=16, numerics="timm",
+        final_conv_mult=1.5, drop_rate=0.0, stochdepth_rate=0.0),
+    "nf_resnet": variants.NFResNetConfig(
+        depth=(1, 1, 1, 1), width=0.25, strided_shortcut=False,
+        skip_gain=False, numerics="timm", stochdepth_rate=0.0),
+    "nf_regnet": variants.NFRegNetConfig(
+        width=(16, 24, 32, 48), depth=(1, 1, 1, 1), ch_div=8,
+        width_multiplier=1.0, skip_gain=False, numerics="timm",
+        drop_rate=0.0, stochdepth_rate=0.0),
+}
+
+
+def _tiny_timm(name):
+    return builder.build_nfnet(TINY_TIMM[name], classes=5,
+                               input_shape=(32, 32, 3), seed=1,
+                               classifier_activation=None)
+
+
+def _images(n=2, size=32, seed=3):
+    return np.random.default_rng(seed).uniform(
+        0, 255, (n, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name", sorted(TINY_TIMM))
+def test_fold_keeps_timm_numerics(name, tmp_path):
+    """Regression (issue 32, item 1): the folded copy of a timm-numerics
+    model used DeepMind's activation gain; its logits and its `.keras`
+    reload equal the unfolded model's."""
+    model = _tiny_timm(name)
+    x = _images()
+    expected = np.asarray(model(x, training=False))
+    folded = keras_nfnets.fold_weight_standardization(model)
+    got = np.asarray(folded(x, training=False))
+    assert relative_error(got, expected) < 1e-4
+    folded.save(tmp_path / "folded.keras")
+    again = keras.saving.load_model(tmp_path / "folded.keras")
+    assert relative_error(np.asarray(again(x, training=False)),
+                          expected) < 1e-4
+
+
+def test_fold_keeps_deepmind_numerics():
+    """The same check on DeepMind's numerics (tiny NFNet, fixture weights,
+    non-zero skip gains), against DeepMind's logits too."""
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet()
+    folded = keras_nfnets.fold_weight_standardization(model)
+    got = np.asarray(folded(ref["inputs"], training=False))
+    assert relative_error(
+        got, np.asarray(model(ref["inputs"], training=False))) < 1e-4
+    assert relative_error(got, ref["logits"]) < 1e-4
+
+
+def test_fold_refuses_a_folded_model_and_training():
+    """A second fold is refused by name; the folded copy refuses to train
+    (its gains would get no gradient) and still predicts."""
+    folded = keras_nfnets.fold_weight_standardization(
+        _tiny_timm("eca_nfnet"))
+    with pytest.raises(ValueError, match="already folded"):
+        keras_nfnets.fold_weight_standardization(folded)
+    folded.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(RuntimeError, match="folded for inference"):
+        folded.fit(_images(), np.zeros((2, 5), "float32"), epochs=1,
+                   verbose=0)
+    assert folded.predict(_images(), verbose=0).shape == (2, 5)
+
+
+def test_folded_timm_model_saved_model(tmp_path):
+    """The folded timm-numerics model exported as a SavedModel gives the
+    unfolded Keras logits."""
+    model = _tiny_timm("eca_nfnet")
+    path = _path(tmp_path, "tf_saved_model")
+    keras_nfnets.fold_weight_standardization(model).export(
+        path, format="tf_saved_model", verbose=False)
+    x = _images()
+    (got,) = run_artefact("tf_saved_model", path, x)
+    assert relative_error(got, np.asarray(model(x, training=False))) < 1e-4
