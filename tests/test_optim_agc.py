@@ -343,10 +343,10 @@ def test_mirrored_strategy_clips_the_global_batch_gradient():
     CPU devices even without AGC, "Trying to access resource ... located in
     device CPU:1 from device CPU:0"; XLA is tested on one device below.)
 
-    Over 60 s on 2 cores: two fresh TensorFlow processes (the two-replica
-    run and the one-device run it is compared with) each build a 4-block
-    NFNet and trace its distributed train step; process isolation is the
-    point (logical CPU devices are fixed at TensorFlow's start)."""
+    Over 60 s on 2 cores: a fresh TensorFlow process (logical CPU devices
+    are fixed at TensorFlow's start, so process isolation is the point)
+    builds the tiny NFNet and traces its train step for each arm: two
+    replicas, the naive per-replica clip, one device, no clipping."""
     jit = False
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
