@@ -28,27 +28,8 @@ import keras  # noqa: E402  (after the skip: Keras picks its backend here)
 import keras_nfnets  # noqa: E402
 from conftest import (AGC_NAMES, agc_fixture_variables,  # noqa: E402
                       deepmind_fixture, fixture_path, relative_error)
-from timm_helpers import timm_references  # noqa: E402
-
-# The same tiny ECA-NFNet as tests/test_timm_weights.py, in timm's NfCfg and
-# in this package's NFNetConfig.
-_TINY_TIMM = dict(depths=[1, 1, 1, 1], channels=[32, 64, 96, 128],
-                  stem_type="deep_quad", stem_chs=16, group_size=8,
-                  bottle_ratio=0.25, extra_conv=True, num_features=192,
-                  act_layer="silu", attn_layer="eca", attn_kwargs={})
-TINY_ECA = keras_nfnets.NFNetConfig(
-    width=(32, 64, 96, 128), depth=(1, 1, 1, 1), group_width=(8,) * 4,
-    expansion=(0.25,) * 4, se_ratio=0.25, activation="silu",
-    final_conv_mult=1.5, attention="eca", se_divisor=8, ch_div=8,
-    skip_gain=False, stem_width=16, numerics="timm", train_imsize=32,
-    test_imsize=40, drop_rate=0.0, stochdepth_rate=0.0)
-
-
-def _tiny_deepmind(**kwargs):
-    return keras_nfnets.NFNet(
-        config=str(fixture_path("nfnet_tiny_config.json")), classes=10,
-        input_shape=(40, 40, 3), classifier_activation=None,
-        include_preprocessing=False, **kwargs)
+from backend_checks import tiny_model as _tiny_deepmind  # noqa: E402
+from timm_helpers import TINY_ECA, TINY_ECA_TIMM, timm_references  # noqa: E402
 
 
 def test_tensorflow_is_absent_and_never_imported():
@@ -71,7 +52,7 @@ def test_tiny_nfnet_reproduces_deepmind_logits():
 
 
 def test_timm_safetensors_reproduce_timm_logits(tmp_path):
-    ref = timm_references(tmp_path, [dict(key="tiny_eca", cfg=_TINY_TIMM,
+    ref = timm_references(tmp_path, [dict(key="tiny_eca", cfg=TINY_ECA_TIMM,
                                           size=40, seed=1)])["tiny_eca"]
     model = keras_nfnets.NFNet(
         config=TINY_ECA, weights=str(ref["path"]), input_shape=(40, 40, 3),

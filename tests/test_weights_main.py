@@ -114,7 +114,7 @@ def test_timm_file_converts_to_keras(tmp_path):
     timm's, transposed."""
     from timm_helpers import keras_state  # pylint: disable=import-outside-toplevel
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-    from test_weights_timm import TINY_ECA  # pylint: disable=import-outside-toplevel
+    from timm_helpers import TINY_ECA  # pylint: disable=import-outside-toplevel
     config = tmp_path / "eca.json"
     config.write_text(__import__("json").dumps(TINY_ECA.to_dict()))
     keras.utils.set_random_seed(3)

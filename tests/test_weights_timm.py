@@ -19,20 +19,8 @@ from keras_nfnets import presets, variants
 from keras_nfnets.weights import errors, load, timm
 from conftest import LoopbackServer as _Server
 from conftest import relative_error
-from timm_helpers import timm_references
+from timm_helpers import TINY_ECA, TINY_ECA_TIMM as _TINY_TIMM, timm_references
 
-# A tiny ECA-NFNet in both vocabularies (timm's NfCfg, this package's
-# NFNetConfig): L-family switches at F0-like depth 1 per stage.
-_TINY_TIMM = dict(depths=[1, 1, 1, 1], channels=[32, 64, 96, 128],
-                  stem_type="deep_quad", stem_chs=16, group_size=8,
-                  bottle_ratio=0.25, extra_conv=True, num_features=192,
-                  act_layer="silu", attn_layer="eca", attn_kwargs={})
-TINY_ECA = variants.NFNetConfig(
-    width=(32, 64, 96, 128), depth=(1, 1, 1, 1), group_width=(8,) * 4,
-    expansion=(0.25,) * 4, se_ratio=0.25, activation="silu",
-    final_conv_mult=1.5, attention="eca", se_divisor=8, ch_div=8,
-    skip_gain=False, stem_width=16, numerics="timm", train_imsize=32,
-    test_imsize=40, drop_rate=0.0, stochdepth_rate=0.0)
 
 FULL = {  # timm name: (constructor, timm_reference options)
     "dm_nfnet_f0": ("NFNetF0", dict(deepmind_numerics=True)),

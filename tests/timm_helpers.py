@@ -10,7 +10,22 @@ import sys
 import numpy as np
 import pytest
 
+from keras_nfnets import variants
+
 SCRIPT = pathlib.Path(__file__).with_name("timm_reference.py")
+
+# A tiny ECA-NFNet in both vocabularies (timm's NfCfg, this package's
+# NFNetConfig): L-family switches at F0-like depth 1 per stage.
+TINY_ECA_TIMM = dict(depths=[1, 1, 1, 1], channels=[32, 64, 96, 128],
+                     stem_type="deep_quad", stem_chs=16, group_size=8,
+                     bottle_ratio=0.25, extra_conv=True, num_features=192,
+                     act_layer="silu", attn_layer="eca", attn_kwargs={})
+TINY_ECA = variants.NFNetConfig(
+    width=(32, 64, 96, 128), depth=(1, 1, 1, 1), group_width=(8,) * 4,
+    expansion=(0.25,) * 4, se_ratio=0.25, activation="silu",
+    final_conv_mult=1.5, attention="eca", se_divisor=8, ch_div=8,
+    skip_gain=False, stem_width=16, numerics="timm", train_imsize=32,
+    test_imsize=40, drop_rate=0.0, stochdepth_rate=0.0)
 
 
 def timm_references(out_dir, specs, timeout=1200):
