@@ -33,9 +33,9 @@ FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS := "tensorflow==2.20.*" "keras==3.10.*"
-FLOOR_TESTS := tests/test_layers.py tests/test_optim_clip.py tests/test_optim_agc.py \
-	tests/test_optim_skip.py tests/test_agc_canary.py tests/test_weights_deepmind.py \
-	tests/test_applications.py tests/test_optim_recipe.py
+FLOOR_TESTS := tests/unit/test_layers.py tests/unit/test_optim_clip.py tests/unit/test_optim_agc.py \
+	tests/unit/test_optim_skip.py tests/integration/test_agc_canary.py tests/unit/test_weights_deepmind.py \
+	tests/unit/test_applications.py tests/unit/test_optim_recipe.py
 # CI time: the heavy fit-based AGC tests run on the latest Keras in `test`; on
 # the floor the canary (every backend and strategy it has, mixed_float16)
 # shows that AGC clips inside fit.
@@ -57,17 +57,17 @@ $(FLOOR_STAMP): setup.cfg pyproject.toml
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -c "import keras, tensorflow as tf; print('floor: keras', keras.__version__, 'tensorflow', tf.__version__)"
 	TF_CPP_MIN_LOG_LEVEL=2 $(FLOOR_PY) -m pytest -q -m "not slow" --durations=10 \
-	  $(FLOOR_TESTS) $(addprefix --deselect tests/test_optim_agc.py::,$(FLOOR_DESELECT)) \
-	  $(addprefix --deselect tests/test_applications.py::,$(FLOOR_DESELECT_APPS)); rc=$$?; \
+	  $(FLOOR_TESTS) $(addprefix --deselect tests/unit/test_optim_agc.py::,$(FLOOR_DESELECT)) \
+	  $(addprefix --deselect tests/unit/test_applications.py::,$(FLOOR_DESELECT_APPS)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The JAX and PyTorch user's install: the package with [jax,torch] and the
 # test-portable extra, no TensorFlow (asserted), in a venv of its own; the
-# backend-portable tests (tests/test_no_tensorflow.py) on each backend.
+# backend-portable tests (tests/integration/test_no_tensorflow.py) on each backend.
 NOTF_VENV := .venv-notf
 NOTF_PY := $(NOTF_VENV)/bin/python
 NOTF_STAMP := $(NOTF_VENV)/.installed
-NOTF_TESTS := tests/test_no_tensorflow.py
+NOTF_TESTS := tests/integration/test_no_tensorflow.py
 # Quick XLA:CPU compiles for the JAX run (numerics unchanged), as the
 # suite's JAX subprocesses use (tests/training_helpers.py FAST_XLA).
 FAST_XLA := --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true

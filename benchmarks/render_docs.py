@@ -18,7 +18,7 @@ The repository URL has one home, the comment on README.md's first line
 same run writes it into every GitHub and Colab link to the repository in
 README.md, docs/*.md and colab/*.ipynb (badges, install commands).
 
-`tests/test_docs.py` runs the check, and fails on a measured figure (img/s,
+`tests/integration/test_docs.py` runs the check, and fails on a measured figure (img/s,
 GB, MB, s/step, s, min, %) in README.md or docs/*.md outside a rendered
 block.
 """

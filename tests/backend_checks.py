@@ -5,7 +5,7 @@
         python tests/backend_checks.py data_parallel
 
 Prints one JSON line `RESULT {...}` with the measured errors; the test in
-tests/test_backends.py asserts on them.
+tests/integration/test_backends.py asserts on them.
 """
 
 import json

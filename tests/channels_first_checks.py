@@ -1,5 +1,5 @@
 """channels_first checks, one family per backend (run by
-tests/test_channels_first.py in a fresh process per backend, so that the
+tests/integration/test_channels_first.py in a fresh process per backend, so that the
 image data format and KERAS_BACKEND are this process's own).
 
     KERAS_BACKEND=torch python tests/channels_first_checks.py nf_regnet_b0
@@ -21,7 +21,7 @@ import keras
 
 import keras_nfnets
 
-# The folder holding the fixture's files, as tests/test_channels_first.py
+# The folder holding the fixture's files, as tests/integration/test_channels_first.py
 # found it (the repository's copy or ../shared's); by default ../shared's.
 FIXTURES = pathlib.Path(os.environ.get(
     "KERAS_NFNETS_FIXTURES",

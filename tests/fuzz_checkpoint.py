@@ -1,5 +1,5 @@
 """Fuzzes the restricted DeepMind checkpoint loader (run by
-tests/test_weights_fuzz.py in a subprocess, so a crash of the interpreter
+tests/integration/test_weights_fuzz.py in a subprocess, so a crash of the interpreter
 is a test failure, not a dead test runner).
 
     python tests/fuzz_checkpoint.py FIXTURE WORKDIR [N] [SEED]

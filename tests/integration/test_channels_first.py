@@ -21,7 +21,7 @@ import pytest
 
 from conftest import fixture_path
 
-SCRIPT = pathlib.Path(__file__).with_name("channels_first_checks.py")
+SCRIPT = pathlib.Path(__file__).parents[1] / "channels_first_checks.py"
 STRIDES = {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
 

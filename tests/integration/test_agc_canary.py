@@ -25,10 +25,10 @@ import pytest
 import keras_nfnets
 from keras_nfnets import agc, compat
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
 import agc_canary_check as canary_lib  # noqa: E402  pylint: disable=wrong-import-position
 
-SCRIPT = pathlib.Path(__file__).with_name("agc_canary_check.py")
+SCRIPT = pathlib.Path(__file__).parents[1] / "agc_canary_check.py"
 REPO = SCRIPT.parents[1]
 
 

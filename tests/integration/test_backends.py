@@ -17,7 +17,7 @@ import pytest
 from conftest import fixture_path
 from training_helpers import FAST_XLA
 
-SCRIPT = pathlib.Path(__file__).with_name("backend_checks.py")
+SCRIPT = pathlib.Path(__file__).parents[1] / "backend_checks.py"
 
 
 def run_check(backend, check, **env):

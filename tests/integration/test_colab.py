@@ -24,7 +24,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 COLAB = REPO / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 FINETUNE = COLAB / "finetune_nfnet.ipynb"

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import keras_nfnets
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHILD = r"""
 import json, os, sys
