@@ -76,14 +76,6 @@ def test_f7_and_plus_variants_build():
     gc.collect()
 
 
-def test_variant_table():
-    table = variants.NFNET_VARIANTS
-    assert len(table) == 21  # F0-F7, F0+-F7+ and timm's L0, ECA-L0-L3
-    f3 = table["F3"]
-    assert f3.depth == (4, 8, 24, 12) and f3.train_imsize == 320
-    assert f3.RA_level == "415" and f3.drop_rate == 0.4
-    assert table["F0"].test_imsize == 256 and table["F7"].depth == (8, 16, 48, 24)
-
 
 def test_constructors_have_docstrings_and_defaults():
     for v in [v for v in variants.NFNET_VARIANTS if v.startswith("F")]:

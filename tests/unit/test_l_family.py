@@ -48,14 +48,6 @@ def test_parameter_counts_equal_timms(refs, timm_name):
     assert model.count_params() == refs[timm_name]["params"]
 
 
-def test_l_variants_are_rows_of_the_one_table():
-    cfg = keras_nfnets.get_config("ECA-L1")
-    assert cfg.numerics == "timm" and cfg.attention == "eca"
-    assert cfg.depth == keras_nfnets.get_config("F1").depth
-    assert cfg.group_width == (64,) * 4 and cfg.expansion == (0.25,) * 4
-    assert keras_nfnets.get_config("F1").numerics == "deepmind"
-    assert keras_nfnets.NUMERICS["timm"].ws_eps_mode == "add"
-
 
 def test_timm_numerics_live_in_the_layers_config():
     model = keras_nfnets.ECANFNetL0(input_shape=(32, 32, 3),

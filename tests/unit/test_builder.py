@@ -1,4 +1,5 @@
-"""NF-ResNets and NF-RegNets: DeepMind parity and the constructors."""
+"""The builder's NF-ResNet and NF-RegNet families (keras_nfnets/builder.py
+through their constructors): DeepMind parity, layer names, arguments."""
 
 import gc
 
@@ -121,12 +122,3 @@ def test_family_argument_errors():
         keras_nfnets.NFResNet50(widht=1)
     with pytest.raises(ValueError, match="No ImageNet weights are available for 'nf_regnet_b0'"):
         keras_nfnets.NFRegNetB0(weights="imagenet")
-
-
-def test_variant_tables():
-    assert sorted(k for k in variants.NF_REGNET_VARIANTS
-                  if not k.endswith("-timm")) == [f"B{i}" for i in range(9)]
-    assert variants.NF_REGNET_VARIANTS["B8"].stage_widths == (78, 174, 342,
-                                                              726)
-    assert variants.NF_RESNET_VARIANTS["ResNet200"].depth == (3, 24, 36, 3)
-    assert keras_nfnets.NFRegNetB5.__doc__.count("456x456") == 1
