@@ -337,22 +337,22 @@ class _SlowServer(_Server):
 
 def test_a_server_dripping_bytes_hits_the_read_timeout(tmp_path,
                                                       monkeypatch):
-    """One byte every 20 s: each read returns within any per-read socket
-    timeout above 20 s, so only the stall rule (fewer than MIN_BYTES in
-    the timeout window) ends it. Takes about 40 s: the window (25 s) is
-    checked when the second byte arrives, at 40 s; a window below 20 s
+    """One byte every 2 s: each read returns within any per-read socket
+    timeout above 2 s, so only the stall rule (fewer than MIN_BYTES in
+    the timeout window) ends it. The window (2.5 s) is checked when the
+    second byte arrives, at about 4 s; a window below the byte interval
     would test the plain socket timeout instead."""
     folder = tmp_path / "www"
     folder.mkdir()
     _serve_tiny(folder)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setenv(download.TIMEOUT_ENV, "25")
-    server = _SlowServer(folder, delay=20, chunk=1)
+    monkeypatch.setenv(download.TIMEOUT_ENV, "2.5")
+    server = _SlowServer(folder, delay=2, chunk=1)
     try:
         start = time.monotonic()
         with pytest.raises(DownloadError, match="stalled.*read timeout"):
             _fetch(TINY, base_url=server.url)
-        assert time.monotonic() - start < 60
+        assert time.monotonic() - start < 15
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()  # the handler thread is a daemon
