@@ -23,7 +23,8 @@ def build_model(plan, num_classes, seed):
         plan.config, weights=None, classes=num_classes,
         input_shape=(None, None, 3), classifier_activation=None,
         drop_rate=plan.drop_rate, stochdepth_rate=plan.stochdepth_rate,
-        seed=seed, name="nfnet")
+        seed=seed, remat={"true": True, "false": False}.get(
+            FLAGS.remat, "auto"), name="nfnet")
     if FLAGS.weights:
         load_finetune_weights(model, FLAGS.weights, plan.variant_name,
                               num_classes)
