@@ -25,7 +25,8 @@ from keras_nfnets import presets
 from keras_nfnets.weights.__main__ import save_deepmind_checkpoint
 from timm_helpers import keras_state
 from training import train
-from training_helpers import make_folder, model_weights, run_train, tiny_flags
+from training_helpers import (finish, make_folder, model_weights,
+                              start_train, tiny_flags)
 
 
 def _tiny(classes, seed):
@@ -122,7 +123,9 @@ def _source_model(ctor):
     return getattr(keras_nfnets, ctor)(weights=None, input_shape=(32, 32, 3))
 
 
-def _finetune(tmp_path, name, variant, weights, **env):
+def _start_finetune(tmp_path, name, variant, weights, **env):
+    """`python -m training.train` fine-tuning `variant` from `weights`,
+    started in the background (`_finished` waits for it)."""
     data = tmp_path / "data"
     if not data.exists():
         make_folder(data, classes=3, train=4, test=2)
@@ -131,8 +134,13 @@ def _finetune(tmp_path, name, variant, weights, **env):
                       eval_batch_size=4, lr=1e-30, weight_decay=0.0,
                       cutmix="false", image_size=32, eval_image_size=32,
                       remat="false")  # one step at 32 px: no memory to save
-    result = run_train(args, timeout=900,
-                       KERAS_HOME=str(tmp_path / "keras_home"), **env)
+    return start_train(args, tmp_path, name,
+                       KERAS_HOME=str(tmp_path / f"keras_home_{variant}"),
+                       **env)
+
+
+def _finished(proc, tmp_path, name):
+    result = finish(proc, timeout=900)
     assert result.returncode == 0, (result.stdout[-2000:],
                                     result.stderr[-4000:])
     assert "fine-tuning from" in result.stdout
@@ -151,61 +159,56 @@ def _assert_loaded(trained, source):
     assert compared > 0.9 * len(mine)
 
 
-def _serve(tmp_path, relative, data):
-    target = tmp_path / "www" / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    return LoopbackServer(tmp_path / "www")
+def test_finetune_f0_and_eca_l0_from_imagenet_and_safetensors(tmp_path):
+    """Fine-tuning real architectures through the training program, each
+    from its published source's format. NFNet-F0 (DeepMind's weights):
+    --weights=imagenet with 3 classes refused a correct 94-module file
+    ("needs 95"); here a 94-module DeepMind file served as F0_haiku.npz
+    (accepted by its sha256, as it is not DeepMind's), and the same weights
+    as timm's dm_nfnet_f0 state dict. ECA-NFNet-L0 (timm's weights):
+    --weights=imagenet went to DeepMind's loader, --weights=PATH.safetensors
+    to one that did not know the format.
 
-
-def test_finetune_eca_l0_from_imagenet_and_safetensors(tmp_path):
-    """ECA-NFNet-L0 (timm's weights): --weights=imagenet went to DeepMind's
-    loader, --weights=PATH.safetensors to one that did not know the
-    format. Real ECA-L0, two short runs (about a minute or two each on
-    2 cores: the program's start, the build, one step, the save)."""
+    Four program runs (start, build, one step, evaluation, save), in two
+    rounds of an F0 run beside an ECA-L0 run, so that two F0s never run at
+    once while tracing, which is single-threaded, uses both cores. Over a
+    minute per round on 2 cores: two real 35M-parameter models."""
     from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-    source = _source_model("ECANFNetL0")
-    data = save(keras_state(source))
-    del source
-    source = _source_model("ECANFNetL0")
-    local = tmp_path / "eca_l0.safetensors"
-    local.write_bytes(data)
-    _assert_loaded(_finetune(tmp_path, "local", "ECA-L0", str(local)),
-                   source)
-    server = _serve(tmp_path, presets.PRESETS["ECA-L0"]["path"], data)
-    try:
-        trained = _finetune(
-            tmp_path, "imagenet", "ECA-L0", "imagenet",
-            **{presets.URL_ENVS["timm"]: server.url})
-    finally:
-        server.stop()
-    _assert_loaded(trained, source)
-    assert os.path.exists(tmp_path / "keras_home" / "models" /
-                          presets.PRESETS["ECA-L0"]["file"])
-
-
-def test_finetune_f0_from_imagenet_and_safetensors(tmp_path):
-    """NFNet-F0 (DeepMind's weights): --weights=imagenet with 3 classes
-    refused a correct 94-module file ("needs 95"). Real F0: a 94-module
-    DeepMind file served as F0_haiku.npz (accepted by its sha256, as it is
-    not DeepMind's), and the same weights as timm's dm_nfnet_f0 state
-    dict. Two short runs, one at a time (about two minutes each on 2
-    cores: F0's build, one step and its save dominate)."""
-    from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-    source = _source_model("NFNetF0")
-    npz = tmp_path / "www" / "F0_haiku.npz"
+    f0 = _source_model("NFNetF0")
+    npz = tmp_path / "www" / presets.PRESETS["F0"]["path"]
     npz.parent.mkdir(parents=True)
-    assert len(save_deepmind_checkpoint(source, npz)) == 94
-    local = tmp_path / "dm_nfnet_f0.safetensors"
-    local.write_bytes(save(keras_state(source)))
-    _assert_loaded(_finetune(tmp_path, "local", "F0", str(local)), source)
+    assert len(save_deepmind_checkpoint(f0, npz)) == 94
+    f0_local = tmp_path / "dm_nfnet_f0.safetensors"
+    f0_local.write_bytes(save(keras_state(f0)))
+    l0 = _source_model("ECANFNetL0")
+    l0_data = save(keras_state(l0))
+    l0_local = tmp_path / "eca_l0.safetensors"
+    l0_local.write_bytes(l0_data)
+    l0_served = tmp_path / "www" / presets.PRESETS["ECA-L0"]["path"]
+    l0_served.parent.mkdir(parents=True, exist_ok=True)
+    l0_served.write_bytes(l0_data)
+
+    runs = [_start_finetune(tmp_path, "f0_local", "F0", str(f0_local)),
+            _start_finetune(tmp_path, "l0_local", "ECA-L0", str(l0_local))]
+    _assert_loaded(_finished(runs[0], tmp_path, "f0_local"), f0)
+    _assert_loaded(_finished(runs[1], tmp_path, "l0_local"), l0)
+
     server = LoopbackServer(tmp_path / "www")
     try:
-        trained = _finetune(
-            tmp_path, "imagenet", "F0", "imagenet",
-            **{presets.URL_ENVS["deepmind"]: server.url,
-               presets.ACCEPT_ENV: hashlib.sha256(
-                   npz.read_bytes()).hexdigest()})
+        runs = [
+            _start_finetune(
+                tmp_path, "f0_imagenet", "F0", "imagenet",
+                **{presets.URL_ENVS["deepmind"]: server.url,
+                   presets.ACCEPT_ENV: hashlib.sha256(
+                       npz.read_bytes()).hexdigest()}),
+            _start_finetune(
+                tmp_path, "l0_imagenet", "ECA-L0", "imagenet",
+                **{presets.URL_ENVS["timm"]: server.url})]
+        f0_trained = _finished(runs[0], tmp_path, "f0_imagenet")
+        l0_trained = _finished(runs[1], tmp_path, "l0_imagenet")
     finally:
         server.stop()
-    _assert_loaded(trained, source)
+    _assert_loaded(f0_trained, f0)
+    _assert_loaded(l0_trained, l0)
+    assert os.path.exists(tmp_path / "keras_home_ECA-L0" / "models" /
+                          presets.PRESETS["ECA-L0"]["file"])
