@@ -8,9 +8,21 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   else (`--jax_distributed`) with JAX's own cluster auto-detection (Cloud
   TPU, SLURM, Open MPI). A coordinator that cannot be reached (or processes
   that do not all join) within `--distributed_timeout` seconds stop the
-  process with an error that says so, instead of XLA's abort. Then every
-  process compares a hash of its resolved flags with the others' and all
-  stop, naming the flags that differ, if they disagree.
+  process with an error that says so, instead of XLA's abort. Process 0
+  first checks that the coordinator's port is free on its host (XLA
+  crashes with SIGSEGV when it is not) and holds a lock file named by the
+  port, so that a second `--process_id=0` on the same host is refused by
+  name. Then every process compares the device counts of all processes
+  (known to each from the distributed runtime: no collective) and a hash
+  of its resolved flags with the others', and all stop, naming the flags
+  or counts that differ, if they disagree.
+* A process that dies or hangs mid-run (killed, out of memory, a lost
+  host) stops sending heartbeats: after `--distributed_heartbeat_timeout`
+  seconds the distributed runtime reports it to every other process, which
+  then exits with code 3 and an error naming the lost process and the step
+  of the last backup (intact: written atomically by process 0), instead of
+  XLA's `Fatal Python error: Aborted`. Restart every process with the same
+  command to resume from it.
 * `MultiProcessDistribution` is what training uses in place of a
   `tf.distribute` strategy: one `keras.distribution.DataParallel` mesh over
   the devices of *every* process (ordered by process), variables replicated
@@ -50,7 +62,10 @@ from absl import flags
 
 # Flags that may differ between processes (who I am, how long I wait).
 PER_PROCESS_FLAGS = ("process_id", "coordinator_address",
-                     "distributed_timeout")
+                     "distributed_timeout", "distributed_heartbeat_timeout")
+
+#: Exit code of a process that stops because another process was lost.
+LOST_PROCESS_EXIT_CODE = 3
 
 
 class SetupError(ValueError):
@@ -73,6 +88,11 @@ def define_flags():
     flags.DEFINE_integer("distributed_timeout", 300, "JAX multi-process: "
                          "seconds to wait for the coordinator and for all "
                          "processes to join before stopping with an error.")
+    flags.DEFINE_integer(
+        "distributed_heartbeat_timeout", 30, "JAX multi-process: seconds "
+        "without a heartbeat after which a process counts as lost; the "
+        "others then stop with an error naming it (exit code 3) and the "
+        "run resumes from its last backup when started again.")
 
 
 def wanted(values):
@@ -93,6 +113,10 @@ def check_flag_values(values):
     if values.distributed_timeout < 1:
         raise SetupError(f"--distributed_timeout="
                          f"{values.distributed_timeout}: must be >= 1 s.")
+    if values.distributed_heartbeat_timeout < 2:
+        raise SetupError(f"--distributed_heartbeat_timeout="
+                         f"{values.distributed_heartbeat_timeout}: must be "
+                         ">= 2 s.")
     addr = values.coordinator_address
     if addr and not _split_address(addr):
         raise SetupError(f"--coordinator_address={addr!r}: expected "
@@ -124,19 +148,182 @@ def _wait_for_port(addr, timeout):
             time.sleep(0.2)
 
 
+# Held for the life of process 0: the lock file of its coordinator port.
+_PORT_LOCK = []
+
+
+def _lock_path(port):
+    import tempfile  # pylint: disable=import-outside-toplevel
+    return os.path.join(tempfile.gettempdir(),
+                        f"keras_nfnets-jax-coordinator-{port}.lock")
+
+
+def _claim_coordinator_port(addr):
+    """Process 0, before XLA starts the coordinator on `addr`'s port: the
+    port must be free on this host (XLA crashes with SIGSEGV when it cannot
+    listen) and not claimed by another process 0 here (a second
+    `--process_id=0` would start a second coordinator on the same port:
+    XLA listens with SO_REUSEPORT, so nothing else would notice). The
+    claim is a lock file held until this process ends."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    _, port = _split_address(addr)
+    path = _lock_path(port)
+    handle = open(path, "a+")  # pylint: disable=consider-using-with
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        other = handle.read().strip() or "?"
+        handle.close()
+        raise SetupError(
+            f"--process_id=0: another process on this host (pid {other}) "
+            f"already runs a JAX coordinator on port {port} (lock {path}). "
+            "Two processes were given --process_id=0, or another run uses "
+            f"--coordinator_address port {port}: give each process its own "
+            "--process_id in 0 .. --num_processes - 1, or pick another "
+            "port.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _PORT_LOCK.append(handle)
+    problem = _port_in_use(port)
+    if problem:
+        raise SetupError(
+            f"--coordinator_address={addr}: port {port} is already in use on"
+            f" this host ({problem}), so process 0 cannot run the JAX "
+            "coordinator there. Stop what listens on it or pick a free port "
+            "(the same --coordinator_address on every process).")
+
+
+def _port_in_use(port):
+    """Why `port` cannot be listened on, as XLA's coordinator listens (all
+    addresses, SO_REUSEADDR), or None when it can."""
+    import errno  # pylint: disable=import-outside-toplevel
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind((host, port))
+                sock.listen(1)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return f"another program listens on it: {e.strerror}"
+                if family == socket.AF_INET6:
+                    continue  # e.g. IPv6 disabled: try IPv4
+                return f"{e.strerror}"
+            return None
+    return None
+
+
+def _backup_note(values):
+    """What a restart resumes from: the last backup of --model_dir."""
+    model_dir = getattr(values, "model_dir", None)
+    if not model_dir:
+        return "no --model_dir backup"
+    backup_dir = os.path.join(str(model_dir), "backup")
+    try:
+        from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+        step = StepBackup(backup_dir).saved_step()
+    except Exception as e:  # pylint: disable=broad-except
+        return (f"the backup in {backup_dir} could not be read ({e}); a "
+                "restart starts from it if it is readable, else from step 0")
+    if step is None:
+        return (f"no backup was written yet in {backup_dir}: a restart starts"
+                " from step 0")
+    return (f"the last backup, step {step} in {backup_dir}, is intact "
+            "(written atomically by process 0): start the same command on "
+            f"every process again to resume from step {step}")
+
+
+def lost_processes(text, me, num_processes):
+    """The process ids that XLA's error `text` names as lost (its tasks are
+    `/job:jax_worker/replica:0/task:<process id>`), other than `me`; when
+    it names none, the coordinator (process 0) if this is another
+    process (its own heartbeats to process 0 failed)."""
+    import re  # pylint: disable=import-outside-toplevel
+    found = sorted({int(t) for t in re.findall(r"task:(\d+)", text)}
+                   - {me})
+    found = [p for p in found if num_processes is None or p < num_processes]
+    if not found and me != 0:
+        found = [0]
+    return found
+
+
+def lost_process_message(text, values, me, num_processes):
+    """The error a process prints when the distributed runtime reports
+    that another process stopped (see `lost_processes`)."""
+    lost = lost_processes(text, me, num_processes)
+    who = (", ".join(f"process {p}" + (" (the coordinator)" if p == 0
+                                         else "") for p in lost)
+           or "another process")
+    timeout = getattr(values, "distributed_heartbeat_timeout", None)
+    return (f"error: {who} of {num_processes} stopped or became unreachable "
+            f"(no heartbeat within --distributed_heartbeat_timeout={timeout}"
+            f" s; here process {me}), so this process stops too: "
+            f"{_backup_note(values)}. (The distributed runtime said: "
+            f"{' '.join(text.split())[:600]})")
+
+
+@contextlib.contextmanager
+def _error_callback(callback):
+    """jax.distributed.initialize with `callback` as the distributed
+    client's error handler (XLA's `missed_heartbeat_callback`), instead of
+    XLA's default, which aborts the interpreter. jax.distributed.initialize
+    does not take it, so its client factory is wrapped while it runs
+    (jax's private `jax._src.distributed._jax`; checked here, by name and
+    signature, with the installed jax version in the error)."""
+    import functools  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+    lib = getattr(jax_distributed, "_jax", None)
+    factory = getattr(lib, "get_distributed_runtime_client", None)
+    if factory is None or "missed_heartbeat_callback" not in (
+            getattr(factory, "__doc__", None) or ""):
+        raise SetupError(
+            f"jax {jax.__version__}: jax._src.distributed._jax."
+            "get_distributed_runtime_client(missed_heartbeat_callback=...) "
+            "is not there, which the training program uses to stop with an"
+            " error naming a lost process (known to work: jax 0.10). Use "
+            "that jax version, or report the installed one.")
+
+    class _Lib:  # the module, with the client factory wrapped
+        get_distributed_runtime_client = staticmethod(functools.partial(
+            factory, missed_heartbeat_callback=callback))
+
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+    jax_distributed._jax = _Lib()  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        jax_distributed._jax = lib  # pylint: disable=protected-access
+
+
 def _initialize(values):
     """jax.distributed.initialize, bounded by --distributed_timeout.
 
     XLA aborts the process (no Python exception) when the coordinator does
     not answer, so a process other than 0 first checks that the coordinator
-    accepts connections, and a watchdog turns a stalled join into a clear
-    error and exit code 2."""
+    accepts connections, process 0 that its port is free, and a watchdog
+    turns a stalled join into a clear error and exit code 2. A process lost
+    later (no heartbeat within --distributed_heartbeat_timeout) makes the
+    others exit with code 3 and an error naming it."""
     import jax  # pylint: disable=import-outside-toplevel
     timeout = values.distributed_timeout
     addr, n, pid = (values.coordinator_address, values.num_processes,
                     values.process_id)
     where = (f"process {pid} of {n}, coordinator {addr}" if addr
              else "auto-detected cluster")
+    if addr and pid == 0:
+        _claim_coordinator_port(addr)
     if addr and pid:
         if not _wait_for_port(addr, timeout):
             raise SetupError(
@@ -152,19 +339,51 @@ def _initialize(values):
             print(f"error: jax.distributed.initialize did not complete within"
                   f" --distributed_timeout={timeout} s ({where}): not all "
                   f"{n or ''} processes joined. Start the same command on "
-                  "every host (each with its own --process_id), or raise "
+                  "every host, each with its own --process_id (every id in "
+                  "0 .. --num_processes - 1 exactly once), or raise "
                   "--distributed_timeout.", file=sys.stderr, flush=True)
             os._exit(2)  # pylint: disable=protected-access
 
+    def on_error(*status):
+        # XLA's thread: the main thread may be blocked in a collective with
+        # the lost process, so this process ends here (the backup on disk
+        # is complete: process 0 writes it under a temporary name).
+        me = jax.process_index() if done.is_set() else pid
+        print(lost_process_message(" ".join(map(str, status)), values, me,
+                                   jax.process_count() if done.is_set()
+                                   else n), file=sys.stderr, flush=True)
+        os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
+
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        jax.distributed.initialize(
-            coordinator_address=addr, num_processes=n, process_id=pid,
-            initialization_timeout=timeout + 30)  # the watchdog goes first
+        with _error_callback(on_error):
+            jax.distributed.initialize(
+                coordinator_address=addr, num_processes=n, process_id=pid,
+                initialization_timeout=timeout + 30,  # the watchdog first
+                heartbeat_timeout_seconds=values.distributed_heartbeat_timeout)
     except (ValueError, RuntimeError) as e:  # e.g. nothing auto-detected
         raise SetupError(f"jax.distributed.initialize ({where}): {e}") from e
     finally:
         done.set()
+
+
+def check_device_counts():
+    """Every process must have as many devices as the others: the mesh
+    (and `process_allgather`) puts the same number on each process. The
+    counts come from the distributed runtime's device list (no collective:
+    a collective over unequal processes fails). Raises SetupError on every
+    process."""
+    import jax  # pylint: disable=import-outside-toplevel
+    per_process = [0] * jax.process_count()
+    for d in jax.devices():
+        per_process[d.process_index] += 1
+    if len(set(per_process)) > 1:
+        raise SetupError(
+            f"the processes have different numbers of devices "
+            f"({', '.join(f'process {p}: {c}' for p, c in enumerate(per_process))}"
+            "): use the same hardware (and XLA_FLAGS/CUDA_VISIBLE_DEVICES) "
+            "on every host.")
+    return per_process
 
 
 def _flag_hashes(values, names):
@@ -249,6 +468,7 @@ def setup(values, backend="jax"):
         _initialize(values)
     import jax  # pylint: disable=import-outside-toplevel
     if jax.process_count() > 1:
+        check_device_counts()  # before any collective
         check_same_flags(values)
     return jax.process_count()
 
@@ -292,13 +512,7 @@ class MultiProcessDistribution:
         self.num_processes = jax.process_count()
         self.process_index = jax.process_index()
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-        per_process = [sum(d.process_index == p for d in devices)
-                       for p in range(self.num_processes)]
-        if len(set(per_process)) > 1:
-            raise SetupError(
-                f"the processes have different numbers of devices "
-                f"({per_process}): use the same hardware (and "
-                "XLA_FLAGS/CUDA_VISIBLE_DEVICES) on every host.")
+        per_process = check_device_counts()
         self.num_replicas_in_sync = len(devices)
         if global_batch_size % len(devices):
             n = len(devices)
