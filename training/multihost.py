@@ -17,12 +17,14 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   of its resolved flags with the others', and all stop, naming the flags
   or counts that differ, if they disagree.
 * A process that dies or hangs mid-run (killed, out of memory, a lost
-  host) stops sending heartbeats: after `--distributed_heartbeat_timeout`
-  seconds the distributed runtime reports it to every other process, which
-  then exits with code 3 and an error naming the lost process and the step
-  of the last backup (intact: written atomically by process 0), instead of
-  XLA's `Fatal Python error: Aborted`. Restart every process with the same
-  command to resume from it.
+  host) is noticed by `PeerWatch` (a counter each process bumps every
+  second in the coordinator's key-value store): within
+  `--distributed_heartbeat_timeout` seconds (at once for a process that
+  exits on an error) every other process exits with code 3 and an error
+  naming the lost process and the step of the last backup (intact: written
+  atomically by process 0), instead of XLA's `Fatal Python error:
+  Aborted` (XLA's own heartbeat is set to notice later). Restart every
+  process with the same command to resume from it.
 * `MultiProcessDistribution` is what training uses in place of a
   `tf.distribute` strategy: one `keras.distribution.DataParallel` mesh over
   the devices of *every* process (ordered by process), variables replicated
@@ -242,69 +244,137 @@ def _backup_note(values):
             f"every process again to resume from step {step}")
 
 
-def lost_processes(text, me, num_processes):
-    """The process ids that XLA's error `text` names as lost (its tasks are
-    `/job:jax_worker/replica:0/task:<process id>`), other than `me`; when
-    it names none, the coordinator (process 0) if this is another
-    process (its own heartbeats to process 0 failed)."""
-    import re  # pylint: disable=import-outside-toplevel
-    found = sorted({int(t) for t in re.findall(r"task:(\d+)", text)}
-                   - {me})
-    found = [p for p in found if num_processes is None or p < num_processes]
-    if not found and me != 0:
-        found = [0]
-    return found
-
-
-def lost_process_message(text, values, me, num_processes):
-    """The error a process prints when the distributed runtime reports
-    that another process stopped (see `lost_processes`)."""
-    lost = lost_processes(text, me, num_processes)
-    who = (", ".join(f"process {p}" + (" (the coordinator)" if p == 0
-                                         else "") for p in lost)
-           or "another process")
-    timeout = getattr(values, "distributed_heartbeat_timeout", None)
+def lost_process_message(lost, why, values, me, num_processes):
+    """The error a process prints when processes `lost` stopped."""
+    who = ", ".join(f"process {p}" + (" (the coordinator)" if p == 0 else "")
+                    for p in lost)
     return (f"error: {who} of {num_processes} stopped or became unreachable "
-            f"(no heartbeat within --distributed_heartbeat_timeout={timeout}"
-            f" s; here process {me}), so this process stops too: "
-            f"{_backup_note(values)}. (The distributed runtime said: "
-            f"{' '.join(text.split())[:600]})")
+            f"({why}; --distributed_heartbeat_timeout="
+            f"{values.distributed_heartbeat_timeout} s; here process {me}),"
+            f" so this process stops too: {_backup_note(values)}.")
 
 
-@contextlib.contextmanager
-def _error_callback(callback):
-    """jax.distributed.initialize with `callback` as the distributed
-    client's error handler (XLA's `missed_heartbeat_callback`), instead of
-    XLA's default, which aborts the interpreter. jax.distributed.initialize
-    does not take it, so its client factory is wrapped while it runs
-    (jax's private `jax._src.distributed._jax`; checked here, by name and
-    signature, with the installed jax version in the error)."""
-    import functools  # pylint: disable=import-outside-toplevel
+def _client():
+    """jax's distributed runtime client (its key-value store): jax keeps it
+    in the private `jax._src.distributed.global_state.client`, checked here
+    with the installed jax version in the error."""
     import jax  # pylint: disable=import-outside-toplevel
     from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
-    lib = getattr(jax_distributed, "_jax", None)
-    factory = getattr(lib, "get_distributed_runtime_client", None)
-    if factory is None or "missed_heartbeat_callback" not in (
-            getattr(factory, "__doc__", None) or ""):
+    client = getattr(getattr(jax_distributed, "global_state", None),
+                     "client", None)
+    if client is None or not all(
+            hasattr(client, m) for m in ("key_value_set",
+                                          "key_value_try_get")):
         raise SetupError(
-            f"jax {jax.__version__}: jax._src.distributed._jax."
-            "get_distributed_runtime_client(missed_heartbeat_callback=...) "
-            "is not there, which the training program uses to stop with an"
-            " error naming a lost process (known to work: jax 0.10). Use "
-            "that jax version, or report the installed one.")
+            f"jax {jax.__version__}: jax._src.distributed.global_state."
+            "client (key_value_set, key_value_try_get) is not there, which "
+            "the training program uses to notice a lost process (known to "
+            "work: jax 0.10). Use that jax version, or report the installed"
+            " one.")
+    return client
 
-    class _Lib:  # the module, with the client factory wrapped
-        get_distributed_runtime_client = staticmethod(functools.partial(
-            factory, missed_heartbeat_callback=callback))
 
-        def __getattr__(self, name):
-            return getattr(lib, name)
+_ALIVE = "keras_nfnets/alive/{}"
+_WATCH = []  # this process's PeerWatch
 
-    jax_distributed._jax = _Lib()  # pylint: disable=protected-access
-    try:
-        yield
-    finally:
-        jax_distributed._jax = lib  # pylint: disable=protected-access
+
+class PeerWatch(threading.Thread):
+    """Every process counts up its own key in the coordinator's key-value
+    store each second and watches the others' keys: a process whose count
+    stands still for `timeout` s (killed, hung, a lost host), or a
+    coordinator that no longer answers for that long, stops this process
+    with exit code 3 and an error naming it and the last backup. XLA's own
+    heartbeat (which aborts the interpreter) is set to notice later. A
+    process that ends its run sets its key to "done" (`finished()`); one
+    that exits on an error, to "exiting"."""
+
+    def __init__(self, client, me, num_processes, timeout, values):
+        super().__init__(daemon=True, name="keras_nfnets-peer-watch")
+        self.client, self.me, self.n = client, me, num_processes
+        self.timeout, self.values = timeout, values
+        self.interval = min(1.0, timeout / 4)
+        self.stopped = threading.Event()
+        self.count = 0
+
+    def beat(self, value=None):
+        self.count += 1
+        self.client.key_value_set(_ALIVE.format(self.me),
+                                  value or str(self.count),
+                                  allow_overwrite=True)
+
+    def run(self):
+        peers = [p for p in range(self.n) if p != self.me]
+        last = {p: (None, time.monotonic()) for p in peers}
+        failing_since, problem = None, ""
+        while not self.stopped.wait(self.interval):
+            now = time.monotonic()
+            try:
+                self.beat()
+                seen = {p: self.client.key_value_try_get(_ALIVE.format(p))
+                        for p in peers}
+                failing_since = None
+            except Exception as e:  # pylint: disable=broad-except
+                if self.stopped.is_set():
+                    return
+                failing_since = failing_since or now
+                problem = str(e)
+                if now - failing_since > self.timeout:
+                    self.stop_process([0], "the coordinator (process 0) "
+                                      f"does not answer: {problem}")
+                continue
+            if self.stopped.is_set():
+                return
+            for p, value in seen.items():
+                if value != last[p][0]:
+                    last[p] = (value, now)
+            exiting = [p for p, v in seen.items() if v == "exiting"]
+            lost = sorted(set(exiting) | {
+                p for p, (v, t) in last.items()
+                if v != "done" and now - t > self.timeout})
+            if lost:
+                self.stop_process(lost, (
+                    f"process(es) {exiting} exited with an error (see their "
+                    "output)" if exiting else
+                    f"no sign of life for {self.timeout} s"))
+
+    def stop_process(self, lost, why):
+        print(lost_process_message(lost, why, self.values, self.me, self.n),
+              file=sys.stderr, flush=True)
+        os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
+
+
+def _start_watch(values):
+    import atexit  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    watch = PeerWatch(_client(), jax.process_index(), jax.process_count(),
+                      values.distributed_heartbeat_timeout, values)
+    watch.beat()  # every key exists before the first check (flags check)
+    _WATCH.append(watch)
+    atexit.register(_exiting)  # runs before jax's shutdown (registered
+    watch.start()              # earlier): the others stop at once
+
+
+def _exiting():
+    """At interpreter exit without `finished()`: the others stop now
+    (naming this process) instead of after the timeout."""
+    for watch in _WATCH:
+        if not watch.stopped.is_set():
+            try:
+                watch.beat("exiting")
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+
+def finished():
+    """The run ended on this process: the others no longer watch it, and
+    it no longer watches them (they end too, and process 0's coordinator
+    goes away)."""
+    for watch in _WATCH:
+        watch.stopped.set()
+        try:
+            watch.beat("done")
+        except Exception:  # pylint: disable=broad-except
+            pass
 
 
 def _initialize(values):
@@ -344,23 +414,14 @@ def _initialize(values):
                   "--distributed_timeout.", file=sys.stderr, flush=True)
             os._exit(2)  # pylint: disable=protected-access
 
-    def on_error(*status):
-        # XLA's thread: the main thread may be blocked in a collective with
-        # the lost process, so this process ends here (the backup on disk
-        # is complete: process 0 writes it under a temporary name).
-        me = jax.process_index() if done.is_set() else pid
-        print(lost_process_message(" ".join(map(str, status)), values, me,
-                                   jax.process_count() if done.is_set()
-                                   else n), file=sys.stderr, flush=True)
-        os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
-
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        with _error_callback(on_error):
-            jax.distributed.initialize(
-                coordinator_address=addr, num_processes=n, process_id=pid,
-                initialization_timeout=timeout + 30,  # the watchdog first
-                heartbeat_timeout_seconds=values.distributed_heartbeat_timeout)
+        jax.distributed.initialize(
+            coordinator_address=addr, num_processes=n, process_id=pid,
+            initialization_timeout=timeout + 30,  # the watchdog first
+            # XLA aborts when it notices a lost process: PeerWatch first.
+            heartbeat_timeout_seconds=(
+                2 * values.distributed_heartbeat_timeout + 30))
     except (ValueError, RuntimeError) as e:  # e.g. nothing auto-detected
         raise SetupError(f"jax.distributed.initialize ({where}): {e}") from e
     finally:
@@ -469,7 +530,12 @@ def setup(values, backend="jax"):
     import jax  # pylint: disable=import-outside-toplevel
     if jax.process_count() > 1:
         check_device_counts()  # before any collective
-        check_same_flags(values)
+        _start_watch(values)
+        try:
+            check_same_flags(values)
+        except SetupError:
+            finished()  # every process stops with this error, none is lost
+            raise
     return jax.process_count()
 
 
@@ -516,6 +582,7 @@ class MultiProcessDistribution:
         self.num_replicas_in_sync = len(devices)
         if global_batch_size % len(devices):
             n = len(devices)
+            finished()  # every process stops with this error, none is lost
             raise SetupError(
                 f"--batch_size={global_batch_size} is not divisible by the {n}"
                 f" devices of the {self.num_processes} processes "

@@ -122,6 +122,7 @@ def run(argv=None):
     elif getattr(strategy, "save_worker_copies", True):
         save_worker_copy(model, strategy, model_dir)
     run_dir.report(metrics, model_dir)
+    multihost.finished()  # several JAX processes: none is lost from here
     return metrics
 
 
