@@ -292,7 +292,7 @@ class PeerWatch(threading.Thread):
         super().__init__(daemon=True, name="keras_nfnets-peer-watch")
         self.client, self.me, self.n = client, me, num_processes
         self.timeout, self.values = timeout, values
-        self.interval = min(1.0, timeout / 4)
+        self.interval = min(0.5, timeout / 4)
         self.stopped = threading.Event()
         self.count = 0
 
@@ -303,44 +303,80 @@ class PeerWatch(threading.Thread):
                                   allow_overwrite=True)
 
     def run(self):
+        # The key-value calls block while the coordinator is gone (gRPC
+        # retries): they run in a thread of their own, and this one judges
+        # by the time of the last answer.
+        self.answered = time.monotonic()
+        self.seen = {}
+        self.problem = "no answer"
+        threading.Thread(target=self._poll, daemon=True,
+                         name="keras_nfnets-peer-poll").start()
         peers = [p for p in range(self.n) if p != self.me]
         last = {p: (None, time.monotonic()) for p in peers}
-        failing_since, problem = None, ""
-        while not self.stopped.wait(self.interval):
+        while not self.stopped.wait(0.25):
             now = time.monotonic()
-            try:
-                self.beat()
-                seen = {p: self.client.key_value_try_get(_ALIVE.format(p))
-                        for p in peers}
-                failing_since = None
-            except Exception as e:  # pylint: disable=broad-except
-                if self.stopped.is_set():
-                    return
-                failing_since = failing_since or now
-                problem = str(e)
-                if now - failing_since > self.timeout:
-                    self.stop_process([0], "the coordinator (process 0) "
-                                      f"does not answer: {problem}")
-                continue
-            if self.stopped.is_set():
-                return
-            for p, value in seen.items():
+            # XLA aborts at once when the coordinator goes away; that abort
+            # waits ABORT_GRACE s (`_delay_aborts`) for this.
+            if now - self.answered >= min(2.0, self.timeout):
+                self.stop_process([0], "the coordinator (process 0) does not"
+                                  f" answer: {self.problem}")
+            for p, value in dict(self.seen).items():
                 if value != last[p][0]:
                     last[p] = (value, now)
-            exiting = [p for p, v in seen.items() if v == "exiting"]
+            exiting = [p for p, v in self.seen.items() if v == "exiting"]
             lost = sorted(set(exiting) | {
                 p for p, (v, t) in last.items()
                 if v != "done" and now - t > self.timeout})
-            if lost:
+            if lost and not self.stopped.is_set():
                 self.stop_process(lost, (
                     f"process(es) {exiting} exited with an error (see their "
                     "output)" if exiting else
                     f"no sign of life for {self.timeout} s"))
 
+    def _poll(self):
+        peers = [p for p in range(self.n) if p != self.me]
+        while not self.stopped.wait(self.interval):
+            try:
+                self.beat()
+                self.seen = {
+                    p: self.client.key_value_try_get(_ALIVE.format(p))
+                    for p in peers}
+                self.answered = time.monotonic()
+            except Exception as e:  # pylint: disable=broad-except
+                self.problem = " ".join(str(e).split())[:300]
+
     def stop_process(self, lost, why):
         print(lost_process_message(lost, why, self.values, self.me, self.n),
               file=sys.stderr, flush=True)
         os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
+
+
+#: Seconds an abort of the interpreter waits (see `_delay_aborts`): the
+#: signal number of SIGABRT, handed to sleep() as its argument.
+ABORT_GRACE = 6
+
+
+def _delay_aborts():
+    """XLA aborts the interpreter (LOG(FATAL)) the moment its connection to
+    the coordinator breaks: before `PeerWatch` can say which process was
+    lost and where the backup is. SIGABRT's handler becomes libc's
+    `sleep` (async-signal-safe; it is called with the signal number, so the
+    aborting thread sleeps ABORT_GRACE s, then the abort goes on as
+    before): PeerWatch ends the process with its error in that time, and
+    an abort with every process alive still ends the process, late by
+    ABORT_GRACE s. Linux/glibc only; elsewhere nothing changes."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    if not sys.platform.startswith("linux") or signal.SIGABRT != ABORT_GRACE:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        sleep = ctypes.cast(libc.sleep, ctypes.c_void_p).value
+        return libc.signal(signal.SIGABRT, sleep) != ctypes.c_void_p(-1).value
+    except (OSError, AttributeError):
+        return False
 
 
 def _start_watch(values):
@@ -350,19 +386,25 @@ def _start_watch(values):
                       values.distributed_heartbeat_timeout, values)
     watch.beat()  # every key exists before the first check (flags check)
     _WATCH.append(watch)
+    _delay_aborts()
     atexit.register(_exiting)  # runs before jax's shutdown (registered
     watch.start()              # earlier): the others stop at once
 
 
 def _exiting():
     """At interpreter exit without `finished()`: the others stop now
-    (naming this process) instead of after the timeout."""
+    (naming this process) instead of after the timeout. (A coordinator
+    that is gone would block the call: it gets 1 s.)"""
+    def tell(watch):
+        try:
+            watch.beat("exiting")
+        except Exception:  # pylint: disable=broad-except
+            pass
     for watch in _WATCH:
         if not watch.stopped.is_set():
-            try:
-                watch.beat("exiting")
-            except Exception:  # pylint: disable=broad-except
-                pass
+            teller = threading.Thread(target=tell, args=(watch,), daemon=True)
+            teller.start()
+            teller.join(1.0)
 
 
 def finished():
