@@ -250,7 +250,7 @@ def lost_process_message(lost, why, values, me, num_processes):
                     for p in lost)
     return (f"error: {who} of {num_processes} stopped or became unreachable "
             f"({why}; --distributed_heartbeat_timeout="
-            f"{values.distributed_heartbeat_timeout} s; here process {me}),"
+            f"{values.distributed_heartbeat_timeout}; here process {me}),"
             f" so this process stops too: {_backup_note(values)}.")
 
 
@@ -331,7 +331,7 @@ class PeerWatch(threading.Thread):
                 self.stop_process(lost, (
                     f"process(es) {exiting} exited with an error (see their "
                     "output)" if exiting else
-                    f"no sign of life for {self.timeout} s"))
+                    f"no sign of life for {self.timeout} seconds"))
 
     def _poll(self):
         peers = [p for p in range(self.n) if p != self.me]
