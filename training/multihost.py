@@ -230,18 +230,29 @@ def _backup_note(values):
     if not model_dir:
         return "no --model_dir backup"
     backup_dir = os.path.join(str(model_dir), "backup")
-    try:
-        from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
-        step = StepBackup(backup_dir).saved_step()
-    except Exception as e:  # pylint: disable=broad-except
-        return (f"the backup in {backup_dir} could not be read ({e}); a "
-                "restart starts from it if it is readable, else from step 0")
+    if "://" not in backup_dir and not os.path.exists(
+            os.path.join(backup_dir, "latest.weights.h5")):
+        step = None  # (no need to load TensorFlow to know)
+    else:
+        step = _backup_step(backup_dir)
     if step is None:
         return (f"no backup was written yet in {backup_dir}: a restart starts"
                 " from step 0")
+    if isinstance(step, Exception):
+        return (f"the backup in {backup_dir} could not be read ({step}); a "
+                "restart starts from it if it is readable, else from step 0")
     return (f"the last backup, step {step} in {backup_dir}, is intact "
             "(written atomically by process 0): start the same command on "
             f"every process again to resume from step {step}")
+
+
+def _backup_step(backup_dir):
+    """The step of the backup in `backup_dir`, None, or the exception."""
+    try:
+        from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+        return StepBackup(backup_dir).saved_step()
+    except Exception as e:  # pylint: disable=broad-except
+        return e
 
 
 def lost_process_message(lost, why, values, me, num_processes):
