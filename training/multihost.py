@@ -287,6 +287,7 @@ def _client():
 
 _ALIVE = "keras_nfnets/alive/{}"
 _WATCH = []  # this process's PeerWatch
+_EXITING = []  # not empty once this process runs its exit handlers
 
 
 class PeerWatch(threading.Thread):
@@ -334,7 +335,11 @@ class PeerWatch(threading.Thread):
             for p, value in dict(self.seen).items():
                 if value != last[p][0]:
                     last[p] = (value, now)
-            exiting = [p for p, v in self.seen.items() if v == "exiting"]
+            # A process that exits on an error counts once it has been
+            # exiting for a moment: the same error on this process (flags
+            # every process refuses) brings this one to its exit first.
+            exiting = [p for p, (v, t) in last.items()
+                       if v == "exiting" and now - t >= 1.5]
             lost = sorted(set(exiting) | {
                 p for p, (v, t) in last.items()
                 if v != "done" and now - t > self.timeout})
@@ -357,6 +362,9 @@ class PeerWatch(threading.Thread):
                 self.problem = " ".join(str(e).split())[:300]
 
     def stop_process(self, lost, why):
+        if _EXITING:  # this process ends on its own error: keep its code
+            self.stopped.set()
+            return
         print(lost_process_message(lost, why, self.values, self.me, self.n),
               file=sys.stderr, flush=True)
         os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
@@ -411,6 +419,7 @@ def _exiting():
             watch.beat("exiting")
         except Exception:  # pylint: disable=broad-except
             pass
+    _EXITING.append(True)
     for watch in _WATCH:
         if not watch.stopped.is_set():
             teller = threading.Thread(target=tell, args=(watch,), daemon=True)

@@ -43,6 +43,7 @@ def run(argv=None):
     prepare_process(plan)
     model_dir = FLAGS.model_dir
     if run_dir.is_finished(model_dir):
+        multihost.finished()  # (every process returns here)
         return run_dir.report_finished(model_dir)
     flag_values = flags.resolved_flags(plan)
     changed = run_dir.check_resume_flags(model_dir, flag_values,
