@@ -287,7 +287,7 @@ def _client():
 
 _ALIVE = "keras_nfnets/alive/{}"
 _WATCH = []  # this process's PeerWatch
-_EXITING = []  # not empty once this process runs its exit handlers
+_EXITING = []  # [exit code] once this process stops on its own error
 
 
 class PeerWatch(threading.Thread):
@@ -338,8 +338,10 @@ class PeerWatch(threading.Thread):
             # A process that exits on an error counts once it has been
             # exiting for a moment: the same error on this process (flags
             # every process refuses) brings this one to its exit first.
+            # (A process that stops on its own error keeps its exit code.)
             exiting = [p for p, (v, t) in last.items()
-                       if v == "exiting" and now - t >= 1.5]
+                       if v == "exiting" and now - t >= 1.5
+                       and not _EXITING]
             lost = sorted(set(exiting) | {
                 p for p, (v, t) in last.items()
                 if v != "done" and now - t > self.timeout})
@@ -362,9 +364,8 @@ class PeerWatch(threading.Thread):
                 self.problem = " ".join(str(e).split())[:300]
 
     def stop_process(self, lost, why):
-        if _EXITING:  # this process ends on its own error: keep its code
-            self.stopped.set()
-            return
+        if _EXITING:  # this process stops on its own error: its exit code
+            os._exit(_EXITING[0])  # pylint: disable=protected-access
         print(lost_process_message(lost, why, self.values, self.me, self.n),
               file=sys.stderr, flush=True)
         os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
@@ -419,12 +420,21 @@ def _exiting():
             watch.beat("exiting")
         except Exception:  # pylint: disable=broad-except
             pass
-    _EXITING.append(True)
     for watch in _WATCH:
         if not watch.stopped.is_set():
             teller = threading.Thread(target=tell, args=(watch,), daemon=True)
             teller.start()
             teller.join(1.0)
+
+
+def stopping(code):
+    """This process stops on an error of its own (`training.train`'s
+    UsageError, exit code `code`): the others hear of it (they stop,
+    naming this process, unless they stop on the same error), and this
+    process keeps `code` whatever it hears from them."""
+    if _WATCH and not _EXITING:
+        _EXITING.append(code)
+        _exiting()
 
 
 def finished():

@@ -133,6 +133,7 @@ def main(argv):
         run(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        multihost.stopping(2)  # several JAX processes: the others hear it
         sys.exit(2)
 
 
