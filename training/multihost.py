@@ -8,9 +8,23 @@ host (the hosts of a TPU pod slice, or the nodes of a GPU cluster):
   else (`--jax_distributed`) with JAX's own cluster auto-detection (Cloud
   TPU, SLURM, Open MPI). A coordinator that cannot be reached (or processes
   that do not all join) within `--distributed_timeout` seconds stop the
-  process with an error that says so, instead of XLA's abort. Then every
-  process compares a hash of its resolved flags with the others' and all
-  stop, naming the flags that differ, if they disagree.
+  process with an error that says so, instead of XLA's abort. Process 0
+  first checks that the coordinator's port is free on its host (XLA
+  crashes with SIGSEGV when it is not) and holds a lock file named by the
+  port, so that a second `--process_id=0` on the same host is refused by
+  name. Then every process compares the device counts of all processes
+  (known to each from the distributed runtime: no collective) and a hash
+  of its resolved flags with the others', and all stop, naming the flags
+  or counts that differ, if they disagree.
+* A process that dies or hangs mid-run (killed, out of memory, a lost
+  host) is noticed by `PeerWatch` (a counter each process bumps every
+  second in the coordinator's key-value store): within
+  `--distributed_heartbeat_timeout` seconds (at once for a process that
+  exits on an error) every other process exits with code 3 and an error
+  naming the lost process and the step of the last backup (intact: written
+  atomically by process 0), instead of XLA's `Fatal Python error:
+  Aborted` (XLA's own heartbeat is set to notice later). Restart every
+  process with the same command to resume from it.
 * `MultiProcessDistribution` is what training uses in place of a
   `tf.distribute` strategy: one `keras.distribution.DataParallel` mesh over
   the devices of *every* process (ordered by process), variables replicated
@@ -50,7 +64,10 @@ from absl import flags
 
 # Flags that may differ between processes (who I am, how long I wait).
 PER_PROCESS_FLAGS = ("process_id", "coordinator_address",
-                     "distributed_timeout")
+                     "distributed_timeout", "distributed_heartbeat_timeout")
+
+#: Exit code of a process that stops because another process was lost.
+LOST_PROCESS_EXIT_CODE = 3
 
 
 class SetupError(ValueError):
@@ -73,6 +90,11 @@ def define_flags():
     flags.DEFINE_integer("distributed_timeout", 300, "JAX multi-process: "
                          "seconds to wait for the coordinator and for all "
                          "processes to join before stopping with an error.")
+    flags.DEFINE_integer(
+        "distributed_heartbeat_timeout", 30, "JAX multi-process: seconds "
+        "without a heartbeat after which a process counts as lost; the "
+        "others then stop with an error naming it (exit code 3) and the "
+        "run resumes from its last backup when started again.")
 
 
 def wanted(values):
@@ -93,6 +115,10 @@ def check_flag_values(values):
     if values.distributed_timeout < 1:
         raise SetupError(f"--distributed_timeout="
                          f"{values.distributed_timeout}: must be >= 1 s.")
+    if values.distributed_heartbeat_timeout < 2:
+        raise SetupError(f"--distributed_heartbeat_timeout="
+                         f"{values.distributed_heartbeat_timeout}: must be "
+                         ">= 2 s.")
     addr = values.coordinator_address
     if addr and not _split_address(addr):
         raise SetupError(f"--coordinator_address={addr!r}: expected "
@@ -124,19 +150,322 @@ def _wait_for_port(addr, timeout):
             time.sleep(0.2)
 
 
+# Held for the life of process 0: the lock file of its coordinator port.
+_PORT_LOCK = []
+
+
+def _lock_path(port):
+    import tempfile  # pylint: disable=import-outside-toplevel
+    return os.path.join(tempfile.gettempdir(),
+                        f"keras_nfnets-jax-coordinator-{port}.lock")
+
+
+def _claim_coordinator_port(addr):
+    """Process 0, before XLA starts the coordinator on `addr`'s port: the
+    port must be free on this host (XLA crashes with SIGSEGV when it cannot
+    listen) and not claimed by another process 0 here (a second
+    `--process_id=0` would start a second coordinator on the same port:
+    XLA listens with SO_REUSEPORT, so nothing else would notice). The
+    claim is a lock file held until this process ends."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    _, port = _split_address(addr)
+    path = _lock_path(port)
+    handle = open(path, "a+")  # pylint: disable=consider-using-with
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        other = handle.read().strip() or "?"
+        handle.close()
+        raise SetupError(
+            f"--process_id=0: another process on this host (pid {other}) "
+            f"already runs a JAX coordinator on port {port} (lock {path}). "
+            "Two processes were given --process_id=0, or another run uses "
+            f"--coordinator_address port {port}: give each process its own "
+            "--process_id in 0 .. --num_processes - 1, or pick another "
+            "port.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _PORT_LOCK.append(handle)
+    problem = _port_in_use(port)
+    if problem:
+        raise SetupError(
+            f"--coordinator_address={addr}: port {port} is already in use on"
+            f" this host ({problem}), so process 0 cannot run the JAX "
+            "coordinator there. Stop what listens on it or pick a free port "
+            "(the same --coordinator_address on every process).")
+
+
+def _port_in_use(port):
+    """Why `port` cannot be listened on, as XLA's coordinator listens (all
+    addresses, SO_REUSEADDR), or None when it can."""
+    import errno  # pylint: disable=import-outside-toplevel
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind((host, port))
+                sock.listen(1)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return f"another program listens on it: {e.strerror}"
+                if family == socket.AF_INET6:
+                    continue  # e.g. IPv6 disabled: try IPv4
+                return f"{e.strerror}"
+            return None
+    return None
+
+
+def _backup_note(values):
+    """What a restart resumes from: the last backup of --model_dir."""
+    model_dir = getattr(values, "model_dir", None)
+    if not model_dir:
+        return "no --model_dir backup"
+    backup_dir = os.path.join(str(model_dir), "backup")
+    if "://" not in backup_dir and not os.path.exists(
+            os.path.join(backup_dir, "latest.weights.h5")):
+        step = None  # (no need to load TensorFlow to know)
+    else:
+        step = _backup_step(backup_dir)
+    if step is None:
+        return (f"no backup was written yet in {backup_dir}: a restart starts"
+                " from step 0")
+    if isinstance(step, Exception):
+        return (f"the backup in {backup_dir} could not be read ({step}); a "
+                "restart starts from it if it is readable, else from step 0")
+    return (f"the last backup, step {step} in {backup_dir}, is intact "
+            "(written atomically by process 0): start the same command on "
+            f"every process again to resume from step {step}")
+
+
+def _backup_step(backup_dir):
+    """The step of the backup in `backup_dir`, None, or the exception."""
+    try:
+        from .checkpoint import StepBackup  # pylint: disable=import-outside-toplevel
+        return StepBackup(backup_dir).saved_step()
+    except Exception as e:  # pylint: disable=broad-except
+        return e
+
+
+def lost_process_message(lost, why, values, me, num_processes):
+    """The error a process prints when processes `lost` stopped."""
+    who = ", ".join(f"process {p}" + (" (the coordinator)" if p == 0 else "")
+                    for p in lost)
+    return (f"error: {who} of {num_processes} stopped or became unreachable "
+            f"({why}; --distributed_heartbeat_timeout="
+            f"{values.distributed_heartbeat_timeout}; here process {me}),"
+            f" so this process stops too: {_backup_note(values)}.")
+
+
+def _client():
+    """jax's distributed runtime client (its key-value store): jax keeps it
+    in the private `jax._src.distributed.global_state.client`, checked here
+    with the installed jax version in the error."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+    client = getattr(getattr(jax_distributed, "global_state", None),
+                     "client", None)
+    if client is None or not all(
+            hasattr(client, m) for m in ("key_value_set",
+                                          "key_value_try_get")):
+        raise SetupError(
+            f"jax {jax.__version__}: jax._src.distributed.global_state."
+            "client (key_value_set, key_value_try_get) is not there, which "
+            "the training program uses to notice a lost process (known to "
+            "work: jax 0.10). Use that jax version, or report the installed"
+            " one.")
+    return client
+
+
+_ALIVE = "keras_nfnets/alive/{}"
+_WATCH = []  # this process's PeerWatch
+_EXITING = []  # [exit code] once this process stops on its own error
+
+
+class PeerWatch(threading.Thread):
+    """Every process counts up its own key in the coordinator's key-value
+    store each second and watches the others' keys: a process whose count
+    stands still for `timeout` s (killed, hung, a lost host), or a
+    coordinator that no longer answers for that long, stops this process
+    with exit code 3 and an error naming it and the last backup. XLA's own
+    heartbeat (which aborts the interpreter) is set to notice later. A
+    process that ends its run sets its key to "done" (`finished()`); one
+    that exits on an error, to "exiting"."""
+
+    def __init__(self, client, me, num_processes, timeout, values):
+        super().__init__(daemon=True, name="keras_nfnets-peer-watch")
+        self.client, self.me, self.n = client, me, num_processes
+        self.timeout, self.values = timeout, values
+        self.interval = min(0.5, timeout / 4)
+        self.stopped = threading.Event()
+        self.count = 0
+
+    def beat(self, value=None):
+        self.count += 1
+        self.client.key_value_set(_ALIVE.format(self.me),
+                                  value or str(self.count),
+                                  allow_overwrite=True)
+
+    def run(self):
+        # The key-value calls block while the coordinator is gone (gRPC
+        # retries): they run in a thread of their own, and this one judges
+        # by the time of the last answer.
+        self.answered = time.monotonic()
+        self.seen = {}
+        self.problem = "no answer"
+        threading.Thread(target=self._poll, daemon=True,
+                         name="keras_nfnets-peer-poll").start()
+        peers = [p for p in range(self.n) if p != self.me]
+        last = {p: (None, time.monotonic()) for p in peers}
+        while not self.stopped.wait(0.25):
+            now = time.monotonic()
+            # XLA aborts at once when the coordinator goes away; that abort
+            # waits ABORT_GRACE s (`_delay_aborts`) for this.
+            if now - self.answered >= min(2.0, self.timeout):
+                self.stop_process([0], "the coordinator (process 0) does not"
+                                  f" answer: {self.problem}")
+            for p, value in dict(self.seen).items():
+                if value != last[p][0]:
+                    last[p] = (value, now)
+            # A process that exits on an error counts once it has been
+            # exiting for a moment: the same error on this process (flags
+            # every process refuses) brings this one to its exit first.
+            # (A process that stops on its own error keeps its exit code.)
+            exiting = [p for p, (v, t) in last.items()
+                       if v == "exiting" and now - t >= 1.5
+                       and not _EXITING]
+            lost = sorted(set(exiting) | {
+                p for p, (v, t) in last.items()
+                if v != "done" and now - t > self.timeout})
+            if lost and not self.stopped.is_set():
+                self.stop_process(lost, (
+                    f"process(es) {exiting} exited with an error (see their "
+                    "output)" if exiting else
+                    f"no sign of life for {self.timeout} seconds"))
+
+    def _poll(self):
+        peers = [p for p in range(self.n) if p != self.me]
+        while not self.stopped.wait(self.interval):
+            try:
+                self.beat()
+                self.seen = {
+                    p: self.client.key_value_try_get(_ALIVE.format(p))
+                    for p in peers}
+                self.answered = time.monotonic()
+            except Exception as e:  # pylint: disable=broad-except
+                self.problem = " ".join(str(e).split())[:300]
+
+    def stop_process(self, lost, why):
+        if _EXITING:  # this process stops on its own error: its exit code
+            os._exit(_EXITING[0])  # pylint: disable=protected-access
+        print(lost_process_message(lost, why, self.values, self.me, self.n),
+              file=sys.stderr, flush=True)
+        os._exit(LOST_PROCESS_EXIT_CODE)  # pylint: disable=protected-access
+
+
+#: Seconds an abort of the interpreter waits (see `_delay_aborts`): the
+#: signal number of SIGABRT, handed to sleep() as its argument.
+ABORT_GRACE = 6
+
+
+def _delay_aborts():
+    """XLA aborts the interpreter (LOG(FATAL)) the moment its connection to
+    the coordinator breaks: before `PeerWatch` can say which process was
+    lost and where the backup is. SIGABRT's handler becomes libc's
+    `sleep` (async-signal-safe; it is called with the signal number, so the
+    aborting thread sleeps ABORT_GRACE s, then the abort goes on as
+    before): PeerWatch ends the process with its error in that time, and
+    an abort with every process alive still ends the process, late by
+    ABORT_GRACE s. Linux/glibc only; elsewhere nothing changes."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    if not sys.platform.startswith("linux") or signal.SIGABRT != ABORT_GRACE:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        sleep = ctypes.cast(libc.sleep, ctypes.c_void_p).value
+        return libc.signal(signal.SIGABRT, sleep) != ctypes.c_void_p(-1).value
+    except (OSError, AttributeError):
+        return False
+
+
+def _start_watch(values):
+    import atexit  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    watch = PeerWatch(_client(), jax.process_index(), jax.process_count(),
+                      values.distributed_heartbeat_timeout, values)
+    watch.beat()  # every key exists before the first check (flags check)
+    _WATCH.append(watch)
+    _delay_aborts()
+    atexit.register(_exiting)  # runs before jax's shutdown (registered
+    watch.start()              # earlier): the others stop at once
+
+
+def _exiting():
+    """At interpreter exit without `finished()`: the others stop now
+    (naming this process) instead of after the timeout. (A coordinator
+    that is gone would block the call: it gets 1 s.)"""
+    def tell(watch):
+        try:
+            watch.beat("exiting")
+        except Exception:  # pylint: disable=broad-except
+            pass
+    for watch in _WATCH:
+        if not watch.stopped.is_set():
+            teller = threading.Thread(target=tell, args=(watch,), daemon=True)
+            teller.start()
+            teller.join(1.0)
+
+
+def stopping(code):
+    """This process stops on an error of its own (`training.train`'s
+    UsageError, exit code `code`): the others hear of it (they stop,
+    naming this process, unless they stop on the same error), and this
+    process keeps `code` whatever it hears from them."""
+    if _WATCH and not _EXITING:
+        _EXITING.append(code)
+        _exiting()
+
+
+def finished():
+    """The run ended on this process: the others no longer watch it, and
+    it no longer watches them (they end too, and process 0's coordinator
+    goes away)."""
+    for watch in _WATCH:
+        watch.stopped.set()
+        try:
+            watch.beat("done")
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
 def _initialize(values):
     """jax.distributed.initialize, bounded by --distributed_timeout.
 
     XLA aborts the process (no Python exception) when the coordinator does
     not answer, so a process other than 0 first checks that the coordinator
-    accepts connections, and a watchdog turns a stalled join into a clear
-    error and exit code 2."""
+    accepts connections, process 0 that its port is free, and a watchdog
+    turns a stalled join into a clear error and exit code 2. A process lost
+    later (no heartbeat within --distributed_heartbeat_timeout) makes the
+    others exit with code 3 and an error naming it."""
     import jax  # pylint: disable=import-outside-toplevel
     timeout = values.distributed_timeout
     addr, n, pid = (values.coordinator_address, values.num_processes,
                     values.process_id)
     where = (f"process {pid} of {n}, coordinator {addr}" if addr
              else "auto-detected cluster")
+    if addr and pid == 0:
+        _claim_coordinator_port(addr)
     if addr and pid:
         if not _wait_for_port(addr, timeout):
             raise SetupError(
@@ -152,7 +481,8 @@ def _initialize(values):
             print(f"error: jax.distributed.initialize did not complete within"
                   f" --distributed_timeout={timeout} s ({where}): not all "
                   f"{n or ''} processes joined. Start the same command on "
-                  "every host (each with its own --process_id), or raise "
+                  "every host, each with its own --process_id (every id in "
+                  "0 .. --num_processes - 1 exactly once), or raise "
                   "--distributed_timeout.", file=sys.stderr, flush=True)
             os._exit(2)  # pylint: disable=protected-access
 
@@ -160,11 +490,33 @@ def _initialize(values):
     try:
         jax.distributed.initialize(
             coordinator_address=addr, num_processes=n, process_id=pid,
-            initialization_timeout=timeout + 30)  # the watchdog goes first
+            initialization_timeout=timeout + 30,  # the watchdog first
+            # XLA aborts when it notices a lost process: PeerWatch first.
+            heartbeat_timeout_seconds=(
+                2 * values.distributed_heartbeat_timeout + 30))
     except (ValueError, RuntimeError) as e:  # e.g. nothing auto-detected
         raise SetupError(f"jax.distributed.initialize ({where}): {e}") from e
     finally:
         done.set()
+
+
+def check_device_counts():
+    """Every process must have as many devices as the others: the mesh
+    (and `process_allgather`) puts the same number on each process. The
+    counts come from the distributed runtime's device list (no collective:
+    a collective over unequal processes fails). Raises SetupError on every
+    process."""
+    import jax  # pylint: disable=import-outside-toplevel
+    per_process = [0] * jax.process_count()
+    for d in jax.devices():
+        per_process[d.process_index] += 1
+    if len(set(per_process)) > 1:
+        raise SetupError(
+            f"the processes have different numbers of devices "
+            f"({', '.join(f'process {p}: {c}' for p, c in enumerate(per_process))}"
+            "): use the same hardware (and XLA_FLAGS/CUDA_VISIBLE_DEVICES) "
+            "on every host.")
+    return per_process
 
 
 def _flag_hashes(values, names):
@@ -249,7 +601,13 @@ def setup(values, backend="jax"):
         _initialize(values)
     import jax  # pylint: disable=import-outside-toplevel
     if jax.process_count() > 1:
-        check_same_flags(values)
+        check_device_counts()  # before any collective
+        _start_watch(values)
+        try:
+            check_same_flags(values)
+        except SetupError:
+            finished()  # every process stops with this error, none is lost
+            raise
     return jax.process_count()
 
 
@@ -292,16 +650,11 @@ class MultiProcessDistribution:
         self.num_processes = jax.process_count()
         self.process_index = jax.process_index()
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-        per_process = [sum(d.process_index == p for d in devices)
-                       for p in range(self.num_processes)]
-        if len(set(per_process)) > 1:
-            raise SetupError(
-                f"the processes have different numbers of devices "
-                f"({per_process}): use the same hardware (and "
-                "XLA_FLAGS/CUDA_VISIBLE_DEVICES) on every host.")
+        per_process = check_device_counts()
         self.num_replicas_in_sync = len(devices)
         if global_batch_size % len(devices):
             n = len(devices)
+            finished()  # every process stops with this error, none is lost
             raise SetupError(
                 f"--batch_size={global_batch_size} is not divisible by the {n}"
                 f" devices of the {self.num_processes} processes "

@@ -43,6 +43,7 @@ def run(argv=None):
     prepare_process(plan)
     model_dir = FLAGS.model_dir
     if run_dir.is_finished(model_dir):
+        multihost.finished()  # (every process returns here)
         return run_dir.report_finished(model_dir)
     flag_values = flags.resolved_flags(plan)
     changed = run_dir.check_resume_flags(model_dir, flag_values,
@@ -122,6 +123,7 @@ def run(argv=None):
     elif getattr(strategy, "save_worker_copies", True):
         save_worker_copy(model, strategy, model_dir)
     run_dir.report(metrics, model_dir)
+    multihost.finished()  # several JAX processes: none is lost from here
     return metrics
 
 
@@ -131,6 +133,7 @@ def main(argv):
         run(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        multihost.stopping(2)  # several JAX processes: the others hear it
         sys.exit(2)
 
 
