@@ -92,7 +92,7 @@ class NFNetBackbone(FeaturePyramidBackbone):
     Example:
     ```python
     backbone = keras_nfnets.hub.NFNetBackbone("F0")
-    model = keras.Model(backbone.inputs, backbone.pyramid_outputs)
+    model = keras.Model(backbone.input, backbone.pyramid_outputs)
     maps = model(np.zeros((1, 256, 256, 3)))   # {"P1": ..., "P5": ...}
     tiny = keras_nfnets.hub.NFNetBackbone(
         "F0", overrides={"depth": (1, 1, 1, 1)}, image_shape=(64, 64, 3))
@@ -122,7 +122,7 @@ class NFNetBackbone(FeaturePyramidBackbone):
             # scoped one, so it is swapped for the build and restored.
             keras.config.set_dtype_policy(policy)
         try:
-            inputs = keras.Input(shape=image_shape, name="images")
+            inputs = keras.Input(shape=image_shape)
             x = _permute(inputs, data_format, global_format, "to_global")
             inner = builder.build_nfnet(
                 config, input_tensor=x, include_top=False,
