@@ -72,6 +72,16 @@ class NFNetImageClassifier(ImageClassifier):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **kwargs)
 
+    def make_train_function(self, force=False):
+        # As `NFNetModel`: build the optimizer before the first trace, so
+        # that TensorFlow traces the train step once, not twice.
+        optimizer = getattr(self, "optimizer", None)
+        if (keras.backend.backend() == "tensorflow" and self.built
+                and optimizer is not None and not optimizer.built):
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
+        return super().make_train_function(force=force)
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """`keras_hub.models.ImageClassifier.from_preset`, plus the names
