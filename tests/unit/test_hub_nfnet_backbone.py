@@ -11,7 +11,7 @@ import keras  # noqa: E402
 import keras_nfnets  # noqa: E402
 from keras_nfnets.hub import NFNetBackbone  # noqa: E402
 from keras_nfnets.hub.nfnet_backbone import resolve_config  # noqa: E402
-from tests.hub_helpers import TINY  # noqa: E402
+from hub_helpers import TINY  # noqa: E402
 
 SIZES = (32, 64)
 

@@ -10,7 +10,7 @@ import keras  # noqa: E402
 
 import keras_nfnets  # noqa: E402
 from keras_nfnets.hub import NFNetBackbone, NFNetImageClassifier  # noqa: E402
-from tests.hub_helpers import TINY  # noqa: E402
+from hub_helpers import TINY  # noqa: E402
 
 
 def _classifier(variant):
