@@ -101,6 +101,10 @@ def _load(tmp_path, env, corrupt):
 
 
 def test_hf_handle_loads_through_hf_endpoint_then_offline_cache(tmp_path):
+    """Over 30 s on 2 shared cores: three processes (timm writes the file
+    and its reference logits; one online load; one with HF_HUB_OFFLINE=1,
+    which huggingface_hub reads only at import), each importing its
+    framework."""
     ref = timm_references(tmp_path / "ref", [dict(
         key="tiny_eca", cfg=TINY_ECA_TIMM, size=40, seed=1)])["tiny_eca"]
     np.save(tmp_path / "inputs.npy", ref["inputs"])
