@@ -48,3 +48,39 @@ def __getattr__(name):
         from keras_nfnets import spp  # pylint: disable=import-outside-toplevel
         return getattr(spp, name)
     raise AttributeError(f"module 'keras_nfnets' has no attribute {name!r}")
+
+
+def list_models(pattern=None, pretrained=False):
+    """The names of the model constructors, as timm's and kimm's
+    `list_models`.
+
+    Args:
+        pattern: a shell-style pattern (`fnmatch`, case-insensitive) the
+            names must match, e.g. `"*ECA*"`.
+        pretrained: only the constructors with published ImageNet weights
+            (`weights="imagenet"`; the rows of `keras_nfnets.presets`).
+
+    Returns:
+        A sorted list of names of `keras_nfnets` constructors.
+
+    Example:
+    >>> keras_nfnets.list_models("ECA*", pretrained=True)
+    ['ECANFNetL0', 'ECANFNetL1', 'ECANFNetL2']
+    """
+    # pylint: disable=import-outside-toplevel
+    import fnmatch
+    import re
+
+    from keras_nfnets import applications as _applications
+    from keras_nfnets import presets as _presets
+    names = [name for name, value in vars(_applications).items()
+             if callable(value) and getattr(value, "__name__", None) == name
+             and re.fullmatch(r"(ECA)?NF(Net|ResNet|RegNet)[A-Z0-9]\w*",
+                              name)]
+    if pretrained:
+        published = {row["constructor"] for row in _presets.PRESETS.values()}
+        names = [name for name in names if name in published]
+    if pattern is not None:
+        names = [name for name in names
+                 if fnmatch.fnmatch(name.lower(), pattern.lower())]
+    return sorted(names)

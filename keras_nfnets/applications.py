@@ -135,6 +135,7 @@ def _input_shape(input_shape, default_size, include_top):
 
 def _validate(weights, include_top, classes, classifier_activation, pooling):
     if not (weights in (None, "imagenet") or
+            (isinstance(weights, str) and weights.startswith("hf://")) or
             (isinstance(weights, (str, os.PathLike))
              and os.path.exists(weights))):
         raise ValueError(

@@ -352,3 +352,80 @@ def fetch(url, fname, *, reader, check=None, md5=None, size=None,
     if records.get(fname) != digest:  # the sha256 of what was accepted
         records.set(fname, digest)
     return target, params
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face handles: weights="hf://timm/<repo>[@revision]".
+
+HF_PREFIX = "hf://"
+#: The file of a timm repository on the Hugging Face hub.
+HF_FILE = "model.safetensors"
+
+
+def parse_hf_handle(handle):
+    """`"hf://owner/name[@revision]"` -> `(repo_id, revision or None)`.
+
+    Example:
+    >>> parse_hf_handle("hf://timm/eca_nfnet_l0.ra2_in1k@main")
+    ('timm/eca_nfnet_l0.ra2_in1k', 'main')
+    """
+    rest = handle[len(HF_PREFIX):] if handle.startswith(HF_PREFIX) else ""
+    repo_id, _, revision = rest.partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts) or (_ and not revision):
+        raise ValueError(
+            f"Expected a Hugging Face handle 'hf://owner/name' or "
+            f"'hf://owner/name@revision' (e.g. "
+            f"'hf://timm/eca_nfnet_l0.ra2_in1k'); got {handle!r}.")
+    return repo_id, revision or None
+
+
+def _remove_hf_copy(path):
+    """Removes a file of the Hugging Face cache (the snapshot link and the
+    blob it points to), so that the next call downloads it again."""
+    blob = os.path.realpath(path)
+    remove(path)
+    if blob != os.path.abspath(path):
+        remove(blob)
+
+
+def fetch_hf(handle, *, reader, check=None, file_hash=None, cache_dir=None):
+    """`fetch` for a Hugging Face handle: `huggingface_hub.hf_hub_download`
+    brings `model.safetensors` (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT`
+    and tokens apply), then the same verification: `file_hash` enforced
+    when given, else the sha256 recorded on first use of the handle (in
+    this package's `keras_nfnets_sha256.json`); then `reader` and `check`.
+    A file failing any of them is removed from the Hugging Face cache.
+
+    Returns:
+        `(path, params)`.
+    """
+    from keras_nfnets import optional  # pylint: disable=import-outside-toplevel
+    repo_id, revision = parse_hf_handle(handle)
+    hub = optional.require("huggingface_hub", f"weights={handle!r}")
+    try:
+        path = hub.hf_hub_download(repo_id, HF_FILE, revision=revision)
+    except Exception as e:  # pylint: disable=broad-except
+        raise DownloadError(
+            f"Could not get {HF_FILE} of {handle} from the Hugging Face hub "
+            f"or its cache ({type(e).__name__}: {e}). Offline "
+            "(HF_HUB_OFFLINE=1), the file must already be in the cache.") \
+            from e
+    folder = cache_folder(cache_dir)
+    records = HashRecord(folder if writable(folder) else _fallback_folder())
+    key = f"{HF_PREFIX}{repo_id}@{revision or 'main'}/{HF_FILE}"
+    try:
+        digest, _ = _verify(
+            path, handle, handle, md5=None, size=None, pinned=file_hash,
+            recorded=records.get(key), records=records,
+            accept=os.environ.get(ACCEPT_ENV) or None,
+            publisher="the Hugging Face repository")
+        params = reader(path)
+        if check is not None:
+            check(params, path)
+    except CheckpointError:
+        _remove_hf_copy(path)
+        raise
+    if records.get(key) != digest:
+        records.set(key, digest)
+    return path, params

@@ -151,8 +151,10 @@ def load_weights(model, weights, *, variant=None, skip_layers=(),
 
     Args:
         model: a model built by keras_nfnets.
-        weights: `"imagenet"` or the path of a DeepMind checkpoint, a timm
-            `.safetensors`, a Keras `.weights.h5` or a `.keras` file.
+        weights: `"imagenet"`, the path of a DeepMind checkpoint, a timm
+            `.safetensors`, a Keras `.weights.h5` or a `.keras` file, or a
+            Hugging Face handle `"hf://timm/<repo>[@revision]"` (timm's
+            `model.safetensors`, through `huggingface_hub`).
         variant: the variant name (`"F0"`, `"ECA-L0"`) for `"imagenet"`.
         skip_layers: Keras layer paths (`"linear"`, `"nf_block_3/conv1b"`)
             not to load: the model keeps its own values for them.
@@ -184,6 +186,10 @@ def load_weights(model, weights, *, variant=None, skip_layers=(),
             skip_classifier=skip_classifier, md5=row["md5"],
             size=row["size"], file_hash=file_hash or row["sha256"],
             cache_dir=cache_dir, label=f"{row['constructor']} ImageNet")
+    if isinstance(weights, str) and weights.startswith(download.HF_PREFIX):
+        return fetch_hf_and_load(model, weights, skip_layers=skip_layers,
+                                 skip_classifier=skip_classifier,
+                                 cache_dir=cache_dir, file_hash=file_hash)
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise ValueError(
@@ -251,6 +257,25 @@ def fetch_and_load(model, path, *, source="deepmind", fname=None,
         file_hash=file_hash, cache_dir=cache_dir, label=label or fname,
         mirror_env=presets.URL_ENVS[source],
         publisher="DeepMind" if source == "deepmind" else "timm")
+    _assign(pairs, stats)
+    stats.path = local
+    return stats
+
+
+def fetch_hf_and_load(model, handle, *, skip_layers=(),
+                      skip_classifier=False, cache_dir=None, file_hash=None):
+    """`weights="hf://owner/name[@revision]"`: a timm repository's
+    `model.safetensors` through `huggingface_hub` (`download.fetch_hf`),
+    verified, checked against `model` and assigned."""
+    stats, pairs = walk.LoadStats(), []
+
+    def check(params, local):
+        skip = _skips(params, model, TIMM, skip_layers, skip_classifier)
+        pairs[:] = TIMM.match(params, model, skip_layers=skip, source=local,
+                              stats=stats)
+
+    local, _ = download.fetch_hf(handle, reader=TIMM.read, check=check,
+                                 file_hash=file_hash, cache_dir=cache_dir)
     _assign(pairs, stats)
     stats.path = local
     return stats

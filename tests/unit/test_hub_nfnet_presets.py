@@ -1,0 +1,47 @@
+"""keras_nfnets/hub/nfnet_presets.py: one KerasHub preset per published
+file of `keras_nfnets.presets.PRESETS`, cached as a preset directory."""
+
+import os
+
+import pytest
+
+pytest.importorskip("keras_hub")
+
+from keras_nfnets import presets  # noqa: E402
+from keras_nfnets.hub import nfnet_presets  # noqa: E402
+
+
+def test_one_preset_per_published_file_on_keras_hubs_pattern():
+    names = {v["variant"]: k for k, v in
+             nfnet_presets.backbone_presets.items()}
+    assert set(names) == set(presets.PRESETS)
+    assert names["F0"] == "nfnet_f0_imagenet"
+    assert names["F6"] == "nfnet_f6_imagenet"
+    assert names["ECA-L0"] == "eca_nfnet_l0_imagenet"
+    assert names["L0"] == "nfnet_l0_imagenet"
+    assert names["ResNet50-timm"] == "nf_resnet50_imagenet"
+    assert names["B1-timm"] == "nf_regnet_b1_imagenet"
+    meta = nfnet_presets.backbone_presets["nfnet_f0_imagenet"]["metadata"]
+    row = presets.PRESETS["F0"]
+    assert (meta["published_top1"], meta["license"], meta["file"],
+            meta["image_size"]) == (row["top1"], row["license"], row["file"],
+                                    row["test_size"])
+
+
+def test_resolve_uses_the_cache_and_passes_other_handles(tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    directory = nfnet_presets.preset_dir("eca_nfnet_l0_imagenet")
+    assert directory == os.path.join(str(tmp_path), "models", "hub",
+                                     "eca_nfnet_l0_imagenet")
+    os.makedirs(directory)
+    open(os.path.join(directory, "task.json"), "w").close()
+    assert nfnet_presets.resolve("eca_nfnet_l0_imagenet") == directory
+    for handle in ("hf://user/nfnet", "kaggle://user/nfnet/keras/x",
+                   str(tmp_path)):
+        assert nfnet_presets.resolve(handle) == handle
+
+
+def test_unknown_preset_name_is_refused():
+    with pytest.raises(ValueError, match="Unknown NFNet preset 'nfnet_f9'"):
+        nfnet_presets.preset_variant("nfnet_f9")
