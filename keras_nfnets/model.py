@@ -31,7 +31,8 @@ class NFNetModel(keras.Model):
         `resize_crop_32` for the NFNets, ...); it is saved in the model's
         config, so `.keras` files and fine-tuned copies carry it, and
         `keras_nfnets.preprocess_for_eval(images, model)` applies it.
-        Assign another layer (or None) to change it.
+        Each read returns a new layer: assign another layer, its config or
+        None to change it.
 
         Example:
         >>> model = keras_nfnets.NFNetF0(weights=None)
@@ -44,6 +45,12 @@ class NFNetModel(keras.Model):
         from keras_nfnets import preprocessing
         return preprocessing.NFNetImagePreprocessing.from_config(
             json.loads(self._preprocessing_json))
+
+    def __dir__(self):
+        # Keras's saving walks `dir(model)` and saves every layer it finds
+        # there: the preprocessing lives in the config, not in the weights
+        # tree (which stays as before, for old and new files alike).
+        return [name for name in super().__dir__() if name != "preprocessing"]
 
     def __setattr__(self, name, value):
         if name == "preprocessing":
