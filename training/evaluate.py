@@ -121,6 +121,7 @@ def tf_preprocess(preprocessing):
             image = decode(image_bytes)
             h = tf.cast(tf.shape(image)[0], tf.float64)
             w = tf.cast(tf.shape(image)[1], tf.float64)
+            scale = tf.constant(scale, tf.float64)
             new_h = tf.cast(tf.where(w <= h, tf.floor(scale * h / w), scale),
                             tf.int32)
             new_w = tf.cast(tf.where(w <= h, scale, tf.floor(scale * w / h)),
