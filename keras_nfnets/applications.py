@@ -14,6 +14,7 @@ import keras
 from keras_nfnets import agc
 from keras_nfnets import builder
 from keras_nfnets import features
+from keras_nfnets import preprocessing
 from keras_nfnets import presets
 from keras_nfnets import variants
 from keras_nfnets.weights import load as weights_load
@@ -215,6 +216,11 @@ def _make_model(cfg, variant, include_top, weights, input_tensor,
         include_preprocessing=include_preprocessing, name=name,
         **nfnet_kwargs)
     model.default_agc_clipping = agc.default_clipping_for(cfg)
+    # The evaluation preprocessing of the weights' authors, saved with the
+    # model (`NFNetModel.preprocessing`); input size aside, it does not
+    # depend on the weights loaded.
+    model.preprocessing = preprocessing.default_preprocessing(
+        variant if variant is not None else cfg)
     if weights is not None:
         weights_load.load_weights(
             model, weights, variant=variant,

@@ -1,5 +1,7 @@
 """`NFNetModel`: the functional `keras.Model` that the constructors return."""
 
+import json
+
 import keras
 
 
@@ -15,6 +17,47 @@ class NFNetModel(keras.Model):
     #: constructors set it per family
     #: (`keras_nfnets.optim.agc.FAMILY_DEFAULTS`).
     default_agc_clipping = 0.01
+    #: The evaluation preprocessing's config (JSON), or None; read and set
+    #: through `preprocessing`.
+    _preprocessing_json = None
+
+    # -- evaluation preprocessing (keras_nfnets.preprocessing) -----------
+    @property
+    def preprocessing(self):
+        """The evaluation preprocessing the model's weights were evaluated
+        with (a `keras_nfnets.NFNetImagePreprocessing`), or None.
+
+        The constructors attach their family's default (DeepMind's
+        `resize_crop_32` for the NFNets, ...); it is saved in the model's
+        config, so `.keras` files and fine-tuned copies carry it, and
+        `keras_nfnets.preprocess_for_eval(images, model)` applies it.
+        Each read returns a new layer: assign another layer, its config or
+        None to change it.
+
+        Example:
+        >>> model = keras_nfnets.NFNetF0(weights=None)
+        >>> model.preprocessing.mode, model.preprocessing.size
+        ('resize_crop', 256)
+        """
+        if self._preprocessing_json is None:
+            return None
+        # pylint: disable-next=import-outside-toplevel
+        from keras_nfnets import preprocessing
+        return preprocessing.NFNetImagePreprocessing.from_config(
+            json.loads(self._preprocessing_json))
+
+    def __dir__(self):
+        # Keras's saving walks `dir(model)` and saves every layer it finds
+        # there: the preprocessing lives in the config, not in the weights
+        # tree (which stays as before, for old and new files alike).
+        return [name for name in super().__dir__() if name != "preprocessing"]
+
+    def __setattr__(self, name, value):
+        if name == "preprocessing":
+            # Kept as a JSON string: a Layer attribute would become one of
+            # the model's tracked sublayers (Keras tracks on assignment).
+            name, value = "_preprocessing_json", _preprocessing_json(value)
+        super().__setattr__(name, value)
 
     # -- adaptive gradient clipping (keras_nfnets.optim) -----------------
     def compile(self, optimizer="rmsprop", *args, agc_clipping="default",
@@ -94,14 +137,20 @@ class NFNetModel(keras.Model):
         config["default_agc_clipping"] = (
             None if not self.default_agc_clipping
             else float(self.default_agc_clipping))
+        if self._preprocessing_json is not None:
+            config["preprocessing"] = json.loads(self._preprocessing_json)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         default = config.pop("default_agc_clipping", cls.default_agc_clipping)
+        # (absent from files saved before it existed: None, and
+        # preprocess_for_eval asks for a variant name)
+        preprocessing = config.pop("preprocessing", None)
         model = super().from_config(config, custom_objects=custom_objects)
         model.default_agc_clipping = default
+        model.preprocessing = preprocessing
         return model
 
     def get_compile_config(self):
@@ -131,3 +180,27 @@ def default_agc_exclude(model):
         return ()
     kernel = getattr(linear, "kernel", None)
     return (kernel.path,) if kernel is not None else ("linear",)
+
+
+def _preprocessing_json(layer):
+    """`NFNetModel.preprocessing`'s stored form: a JSON string, or None."""
+    # pylint: disable-next=import-outside-toplevel
+    from keras_nfnets import preprocessing
+    if isinstance(layer, dict):
+        layer = preprocessing.NFNetImagePreprocessing.from_config(layer)
+    if layer is None:
+        return None
+    if not isinstance(layer, preprocessing.NFNetImagePreprocessing):
+        raise TypeError(
+            "`preprocessing` must be a keras_nfnets.NFNetImagePreprocessing, "
+            f"its config dict or None; got {type(layer).__name__}.")
+    return json.dumps(_plain_config(layer))
+
+
+def _plain_config(layer):
+    """The preprocessing layer's config without its (per-instance) name
+    and dtype policy: what defines the procedure."""
+    config = layer.get_config()
+    for key in ("name", "dtype", "trainable"):
+        config.pop(key, None)
+    return config

@@ -268,57 +268,108 @@ class NFNetImagePreprocessing(keras.layers.Layer):
         return config
 
 
-def _eval_settings(variant):
-    """`(mode, size, crop_pct)` for a variant: the one lookup of each
-    family's authors' settings, to repoint when presets.py gains crop
-    modes."""
-    from keras_nfnets import imagenet  # pylint: disable=import-outside-toplevel
+#: `presets.py`'s `crop` names to this layer's modes.
+_CROP_MODES = {"resize_crop": "resize_crop", "crop_resize": "crop_resize",
+               "center": "center"}
+
+
+def _layer_kwargs(row, test_size):
+    """`NFNetImagePreprocessing` arguments from a `presets.py` row (or a
+    row-like dict `{"crop", "test_size", ...}`)."""
+    crop = row["crop"]
+    padding = 32  # DeepMind's `crop_pct=32` in dataset.py (crop_resize too)
+    if crop.startswith("resize_crop_"):  # "resize_crop_32": the padding
+        crop, padding = "resize_crop", int(crop[len("resize_crop_"):])
+    mode = _CROP_MODES[crop]
+    crop_pct = None
+    if mode == "center":
+        crop_pct = row.get("test_crop_pct", row.get("crop_fraction"))
+    return dict(size=test_size, mode=mode, crop_padding=padding,
+                crop_pct=crop_pct,
+                interpolation=row.get("interpolation", "bicubic"))
+
+
+def _preset_row(variant):
+    """The `presets.py` row (published, or `UNPUBLISHED`) named by a
+    variant, constructor or timm name (`dm_nfnet_f0` too); None if none."""
+    from keras_nfnets import presets  # pylint: disable=import-outside-toplevel
+    rows = {**presets.UNPUBLISHED, **presets.PRESETS}
+    for key, row in rows.items():
+        if variant in (key, row["constructor"], row.get("timm_name")):
+            return row
+    timm = presets.TIMM_ARCHITECTURES.get(variant)
+    if timm is not None:  # dm_nfnet_f*: DeepMind's weights, DeepMind's crop
+        for row in rows.values():
+            if row["constructor"] == timm[0]:
+                return row
+    return None
+
+
+def _variant_name(config):
+    """The variant table's name of a config, or None for a custom one."""
     from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
-    if isinstance(variant, (variants.NFNetConfig, variants.NFResNetConfig,
-                            variants.NFRegNetConfig)):
-        config = variant
-        for table in (variants.NFNET_VARIANTS, variants.NF_RESNET_VARIANTS,
-                      variants.NF_REGNET_VARIANTS):
-            for name, known in table.items():
-                if known == config:
-                    variant = name
-                    break
-            if isinstance(variant, str):
-                break
-        if not isinstance(variant, str):
-            if config.numerics == "timm":
-                return "center", config.test_imsize, TIMM_DEFAULT_CROP_PCT
-            mode = ("resize_crop" if isinstance(config, variants.NFNetConfig)
-                    else "crop_resize")
-            return mode, config.test_imsize, None
-    if not isinstance(variant, str):
+    for table in (variants.NFNET_VARIANTS, variants.NF_RESNET_VARIANTS,
+                  variants.NF_REGNET_VARIANTS):
+        for name, known in table.items():
+            if known == config:
+                return name
+    return None
+
+
+def _eval_settings(variant):
+    """`NFNetImagePreprocessing` keyword arguments (size, mode,
+    crop_padding, crop_pct, interpolation) for a variant, read from the one
+    table of published files, `presets.PRESETS` (and `UNPUBLISHED`).
+    Architectures without a row take their family's authors' crop
+    (`presets.DEEPMIND_EVAL_CROP`; timm's numerics: timm's default
+    `crop_pct`) at the variant table's test size."""
+    from keras_nfnets import presets  # pylint: disable=import-outside-toplevel
+    from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
+    configs = (variants.NFNetConfig, variants.NFResNetConfig,
+               variants.NFRegNetConfig)
+    config = None
+    if isinstance(variant, configs):
+        config, variant = variant, _variant_name(variant)
+    elif not isinstance(variant, str):
         raise TypeError(
             "Expected a variant name, constructor name, timm name or an "
             f"NFNet/NFResNet/NFRegNet config; got {type(variant)}.")
-    preset = imagenet.timm_eval_settings(variant)
-    if preset is not None:
-        return "center", preset["test_size"], preset["test_crop_pct"]
+    if variant is not None:
+        row = _preset_row(variant)
+        if row is not None:
+            return _layer_kwargs(row, row["test_size"])
+    if config is None:
+        config = _config_named(variant)
+    if config.numerics == "timm":
+        row = dict(crop="center", crop_fraction=TIMM_DEFAULT_CROP_PCT)
+    else:
+        family = {variants.NFNetConfig: "NFNet",
+                  variants.NFResNetConfig: "NFResNet",
+                  variants.NFRegNetConfig: "NFRegNet"}[type(config)]
+        row = dict(crop=presets.DEEPMIND_EVAL_CROP[family])
+    return _layer_kwargs(row, config.test_imsize)
+
+
+def _config_named(variant):
+    """The config of a variant or constructor name; a `ValueError` naming
+    what is expected otherwise."""
+    from keras_nfnets import variants  # pylint: disable=import-outside-toplevel
     name = variant
-    for prefix in ("NFNet", "NFResNet", "NFRegNet", "dm_nfnet_"):
+    for prefix in ("NFNet", "NFResNet", "NFRegNet"):
         if name.startswith(prefix) and name != prefix:
-            name = name[len(prefix):]
+            name = name[len(prefix):].replace("Plus", "+")
             name = "ResNet" + name if prefix == "NFResNet" else name
             break
-    for table, mode in ((variants.NF_RESNET_VARIANTS, "crop_resize"),
-                        (variants.NF_REGNET_VARIANTS, "crop_resize")):
+    for table in (variants.NF_RESNET_VARIANTS, variants.NF_REGNET_VARIANTS):
         if name in table:
-            config = table[name]
-            if config.numerics == "timm":
-                break
-            return mode, config.test_imsize, None
+            return table[name]
     try:
-        config = variants.get_config(name)
+        return variants.get_config(name)
     except ValueError:
         raise ValueError(
             f"Unknown variant {variant!r}: expected a variant name ('F0', "
             "'ECA-L0', 'ResNet50', 'B0'), a constructor name ('NFNetF0') "
             "or a timm name ('eca_nfnet_l0').") from None
-    return "resize_crop", config.test_imsize, None
 
 
 def default_preprocessing(variant, size=None):
@@ -340,7 +391,7 @@ def default_preprocessing(variant, size=None):
     >>> default_preprocessing("ECANFNetL0").size
     288
     """
-    mode, test_size, crop_pct = _eval_settings(variant)
-    return NFNetImagePreprocessing(test_size if size is None else size,
-                                   mode=mode,
-                                   crop_pct=crop_pct)
+    kwargs = _eval_settings(variant)
+    if size is not None:
+        kwargs["size"] = size
+    return NFNetImagePreprocessing(**kwargs)

@@ -483,11 +483,13 @@ def eval_steps(num_examples, global_batch_size):
 
 
 def eval_dataset_fn(source, global_batch_size, image_size, crop_padding=32,
-                    split=None, num_examples=None):
+                    split=None, num_examples=None, preprocess=None):
     """Returns `dataset_fn(ctx)` for evaluation: batches of
     (image, one-hot label, weight), each pipeline padded with weight-0
     examples to the same number of whole batches, so every example counts
-    once and shapes stay static (TPU)."""
+    once and shapes stay static (TPU). `preprocess(image_bytes)`, when
+    given, replaces `eval_preprocess` (a model's own preprocessing, see
+    training.evaluate.tf_preprocess)."""
     split = split or source.eval_split
     n = num_examples if num_examples is not None else source.split_size(split)
 
@@ -499,7 +501,9 @@ def eval_dataset_fn(source, global_batch_size, image_size, crop_padding=32,
         total = steps * batch * local_replicas
 
         def example(image_bytes, label):
-            image = eval_preprocess(image_bytes, image_size, crop_padding)
+            image = (preprocess(image_bytes) if preprocess is not None
+                     else eval_preprocess(image_bytes, image_size,
+                                          crop_padding))
             return image, tf.one_hot(label, source.num_classes), 1.0
 
         ds = source.eval_records(ctx, split).map(example, AUTOTUNE)

@@ -65,11 +65,13 @@ def current_step(model):
 
 
 def fit(model, strategy, source, train_input, schedule, callbacks, backup,
-        on_restored=None):
+        on_restored=None, swap_ema=True):
     """Runs (or resumes) training up to `schedule.total_steps`: restores
     `backup`, calls `on_restored`, then fits each segment on the input
     `train_input` (a data.TrainInput) started at the step reached. Returns
-    the History of the last fit call."""
+    the History of the last fit call. With `swap_ema=False` the model
+    keeps its raw (training) weights at the end; `swap_in_ema` then swaps
+    the EMA in and returns the raw ones."""
     try:
         step = backup.restore(model)
     except checkpoint.BackupError as e:
@@ -84,7 +86,7 @@ def fit(model, strategy, source, train_input, schedule, callbacks, backup,
                     schedule.epochs)
     history = None
     for i, (first, end, steps) in enumerate(todo):
-        final = i == len(todo) - 1
+        final = swap_ema and i == len(todo) - 1
         # A partial fit (the rest of an interrupted epoch) must not end by
         # swapping the EMA into the model, which Keras does at fit's end.
         with (contextlib.nullcontext() if final
@@ -96,9 +98,39 @@ def fit(model, strategy, source, train_input, schedule, callbacks, backup,
                 dataset, initial_epoch=first, epochs=end,
                 steps_per_epoch=steps, callbacks=callbacks,
                 verbose=1 if strategy_lib.is_chief(strategy) else 0)
-    if history is None:  # the backup was taken after the last step
+    if history is None and swap_ema:  # the backup was after the last step
         model.optimizer.finalize_variable_values(model.trainable_variables)
     return history
+
+
+def swap_in_ema(model):
+    """After `fit(..., swap_ema=False)`: swaps the EMA weights into the
+    model (as Keras does at fit's end) and returns copies of the raw
+    weights it replaced, or None when the optimizer keeps no EMA."""
+    if not uses_ema(model):
+        return None
+    raw = copy_weights(model)
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    return raw
+
+
+def uses_ema(model):
+    """Whether the model's optimizer keeps an EMA of the weights."""
+    return bool(getattr(model.optimizer, "use_ema", False))
+
+
+def copy_weights(model):
+    """Copies (on their devices) of the model's trainable weights."""
+    return [keras.ops.copy(v.value) for v in model.trainable_variables]
+
+
+def swap_weights(model, values):
+    """Assigns `values` (from `copy_weights`) to the trainable weights and
+    returns copies of the ones they replaced."""
+    before = copy_weights(model)
+    for variable, value in zip(model.trainable_variables, values):
+        variable.assign(value)
+    return before
 
 
 @contextlib.contextmanager

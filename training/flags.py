@@ -75,9 +75,10 @@ flags.DEFINE_integer("image_size", None, "Training size (default: the "
                      "variant's train_imsize).")
 flags.DEFINE_integer("eval_image_size", None, "Evaluation size (default: "
                      "the variant's test_imsize).")
-flags.DEFINE_integer("eval_crop_padding", 32, "Evaluation centre-crops "
-                     "size/(size + padding) of the short side and resizes "
-                     "to size (DeepMind's crop_resize).")
+flags.DEFINE_integer("eval_crop_padding", 32, "Padding of the model's "
+                     "evaluation crop in DeepMind's modes (NFNets' "
+                     "resize_crop: squash to size + padding, centre-crop "
+                     "size); see docs/evaluation.md.")
 flags.DEFINE_integer("eval_batch_size", None, "Default: --batch_size.")
 # --- regularisation
 flags.DEFINE_string("randaugment", None, "RandAugment level, e.g. '405' (4 "

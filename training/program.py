@@ -96,28 +96,46 @@ def run(argv=None):
                     schedule, callbacks, backup, on_restored=(
                         (lambda: run_dir.write_resume_flags(model_dir,
                                                             flag_values))
-                        if chief and changed else None))
+                        if chief and changed else None), swap_ema=False)
     train_time = time.time() - start
 
-    # The model now holds the EMA weights (Keras swaps them in after fit).
-    # Saved before the evaluation, so that a failing evaluation loses no
-    # training.
+    # The run's evaluation preprocessing travels with the model.
+    model.preprocessing = eval_preprocessing(model, plan)
+    # The model holds the raw (last-step) weights: kept beside model.keras
+    # when there is an EMA, to be scored too (DeepMind evaluates both),
+    # then the EMA goes in (as Keras does at fit's end). Saved before the
+    # evaluation, so that a failing evaluation loses no training.
+    if chief and fitting.uses_ema(model):
+        with writing(strategy):
+            model.save_weights(data.join(model_dir, evaluate.RAW_WEIGHTS))
+    raw = fitting.swap_in_ema(model)
     if chief:
         with writing(strategy):
             model.save(data.join(model_dir, "model.keras"))
     with fitting.naming_unreadable_images(source, source.eval_split):
         result = evaluate.evaluate_model(
             model, strategy, source, eval_batch, plan.eval_image_size,
-            FLAGS.eval_crop_padding)
+            split=source.eval_split, preprocessing=model.preprocessing)
+        raw_result = None
+        if raw is not None:
+            ema = fitting.swap_weights(model, raw)
+            raw_result = evaluate.evaluate_model(
+                model, strategy, source, eval_batch, plan.eval_image_size,
+                split=source.eval_split, preprocessing=model.preprocessing)
+            fitting.swap_weights(model, ema)
     metrics = {
         "top1": result["top1"], "top5": result["top5"],
         "eval_examples": result["examples"], "split": source.eval_split,
         "eval_image_size": plan.eval_image_size,
         "eval_crop_padding": FLAGS.eval_crop_padding,
-        "ema": FLAGS.ema_decay > 0, "steps": fitting.current_step(model),
+        "ema": raw is not None, "steps": fitting.current_step(model),
+        "eval_preprocessing": model.preprocessing.mode,
         "train_seconds": round(train_time, 1), "variant": plan.variant_name,
         "dataset": source.name, "class_names": list(source.class_names),
         "backend": plan.backend, "replicas": strategy.num_replicas_in_sync}
+    if raw_result is not None:
+        metrics.update(raw_top1=raw_result["top1"],
+                       raw_top5=raw_result["top5"])
     if chief:
         run_dir.write_metrics(model_dir, metrics)
     elif getattr(strategy, "save_worker_copies", True):
@@ -210,6 +228,24 @@ def writing(strategy):
     import contextlib  # pylint: disable=import-outside-toplevel
     block = getattr(strategy, "writing", None)
     return block() if block else contextlib.nullcontext()
+
+
+def eval_preprocessing(model, plan):
+    """The model's own evaluation preprocessing (its family's, attached by
+    the constructor) at the run's `--eval_image_size`, with
+    `--eval_crop_padding` in DeepMind's modes."""
+    # pylint: disable-next=import-outside-toplevel
+    from keras_nfnets.preprocessing import (NFNetImagePreprocessing,
+                                            default_preprocessing)
+    layer = model.preprocessing
+    if layer is None:
+        layer = default_preprocessing(plan.config)
+    config = layer.get_config()
+    config.pop("name", None)
+    config["size"] = plan.eval_image_size
+    if config["mode"] != "center":
+        config["crop_padding"] = FLAGS.eval_crop_padding
+    return NFNetImagePreprocessing.from_config(config)
 
 
 def save_worker_copy(model, strategy, model_dir):

@@ -69,6 +69,11 @@ def report(metrics, model_dir=None):
           f"{100 * metrics['top5']:.1f}%, {metrics['eval_examples']} "
           f"{metrics['split']} images, {metrics['eval_image_size']}px"
           f"{', EMA weights' if metrics.get('ema') else ''})", flush=True)
+    if metrics.get("raw_top1") is not None:  # DeepMind scores both
+        print(f"top-1 accuracy: {100 * metrics['raw_top1']:.1f}%  (top-5 "
+              f"{100 * metrics['raw_top5']:.1f}%, {metrics['eval_examples']} "
+              f"{metrics['split']} images, {metrics['eval_image_size']}px, "
+              "raw weights)", flush=True)
     if model_dir:
         print(f"model: {model_dir}/model.keras; metrics: "
               f"{model_dir}/metrics.json", flush=True)

@@ -1,6 +1,9 @@
 """Reported accuracy equals a hand count when the evaluation set does not
 divide by the batch: metrics.json, training.evaluate (which scores a model
-from training as training did), 1 and 2 replicas (issue 14, item 2)."""
+from training as training did), 1 and 2 replicas (issue 14, item 2). The
+hand count preprocesses with the Keras layer the model carries
+(`preprocess_for_eval(image, model)`), the programs with its tf.data form;
+raw and EMA weights are both scored (issue 27)."""
 
 import json
 import subprocess
@@ -18,13 +21,17 @@ from training_helpers import (REPO, env, make_folder, run_train, tiny_flags,
 CLASSES, TEST, BATCH = 7, 2, 8
 
 
-def _hand_count(model_path, root, size=32):
-    import keras_nfnets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+def _hand_count(model_path, root, weights=None):
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
     model = keras.models.load_model(model_path, compile=False)
+    if weights is not None:
+        model.load_weights(weights)
     source = data.folder_source(str(root))
     top1 = top5 = 0
     for path, label in source.files["test"]:
-        image = data.eval_preprocess(tf.io.read_file(path), size, 0)
+        decoded = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                     expand_animations=False).numpy()
+        image = keras_nfnets.preprocess_for_eval(decoded, model)
         logits = np.asarray(model(image[None], training=False))[0]
         order = np.argsort(-logits)
         top1 += int(order[0] == label)
@@ -47,7 +54,7 @@ source = data.folder_source(sys.argv[2])
 with strategy.scope():
     model = keras.models.load_model(sys.argv[1], compile=False)
 result = evaluate.evaluate_model(model, strategy, source, int(sys.argv[3]),
-                                 32, 0)
+                                 None, preprocessing=model.preprocessing)
 print("RESULT", json.dumps(result), strategy.num_replicas_in_sync)
 """
 
@@ -62,11 +69,20 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
                     timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     top1, top5, n = _hand_count(run / "model.keras", root)
+    raw_top1, raw_top5, _ = _hand_count(run / "model.keras", root,
+                                        run / "model_raw.weights.h5")
     assert n == 14 and n % BATCH
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_examples"] == n
-    np.testing.assert_allclose([metrics["top1"], metrics["top5"]],
-                               [top1, top5], atol=1e-6)
+    # The tiny config is an NFNet: DeepMind's resize_crop, carried by the
+    # model (padding 0 from the run's --eval_crop_padding).
+    assert metrics["eval_preprocessing"] == "resize_crop"
+    loaded = keras.models.load_model(run / "model.keras", compile=False)
+    assert (loaded.preprocessing.mode, loaded.preprocessing.size,
+            loaded.preprocessing.crop_padding) == ("resize_crop", 32, 0)
+    np.testing.assert_allclose(
+        [metrics["top1"], metrics["top5"], metrics["raw_top1"],
+         metrics["raw_top5"]], [top1, top5, raw_top1, raw_top5], atol=1e-6)
 
     ev = subprocess.run(
         [sys.executable, "-m", "training.evaluate",
@@ -74,12 +90,16 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
          f"--batch_size={BATCH}"],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
+    # Raw and EMA weights, each its own line, as training reported them.
     assert (f"top-1 accuracy: {100 * top1:.1f}%  (top-5 {100 * top5:.1f}%, "
-            f"{n} test images") in ev.stdout, ev.stdout
-    # ... as training scored it (its size and crop from metrics.json).
-    line = [l for l in ev.stdout.splitlines() if "top-1 accuracy" in l][0]
-    trained = [l for l in out.stdout.splitlines() if "top-1 accuracy" in l][0]
-    assert line.split("(")[0] == trained.split("(")[0]
+            f"{n} test images, 32px, EMA weights)") in ev.stdout, ev.stdout
+    assert (f"top-1 accuracy: {100 * raw_top1:.1f}%  (top-5 "
+            f"{100 * raw_top5:.1f}%, {n} test images, 32px, raw weights)"
+            ) in ev.stdout, ev.stdout
+    lines = [l for l in ev.stdout.splitlines() if "top-1 accuracy" in l]
+    trained = [l for l in out.stdout.splitlines() if "top-1 accuracy" in l]
+    assert [l.split("(")[0] for l in lines] == [
+        l.split("(")[0] for l in trained]
 
     two = subprocess.run(
         [sys.executable, "-c", _TWO_REPLICAS, str(run / "model.keras"),
