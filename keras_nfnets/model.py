@@ -120,16 +120,7 @@ class NFNetModel(keras.Model):
             "agc_eps": agc_eps, "agc_exclude": agc_exclude}
 
     def make_train_function(self, force=False):
-        # Without a tf.distribute strategy, Keras builds the optimizer inside
-        # the first trace of the train step; creating its variables there
-        # makes tf.function trace the whole step a second time. Build it
-        # first, as Keras does
-        # itself under a strategy.
-        optimizer = getattr(self, "optimizer", None)
-        if (keras.backend.backend() == "tensorflow" and self.built
-                and optimizer is not None and not optimizer.built):
-            with self.distribute_strategy.scope():
-                optimizer.build(self.trainable_variables)
+        build_optimizer_first(self)
         return super().make_train_function(force=force)
 
     def get_config(self):
@@ -204,3 +195,19 @@ def _plain_config(layer):
     for key in ("name", "dtype", "trainable"):
         config.pop(key, None)
     return config
+
+
+def build_optimizer_first(model):
+    """Builds `model`'s optimizer before the first trace of its train step.
+
+    Without a tf.distribute strategy, Keras builds the optimizer inside the
+    first trace; creating its variables there makes tf.function trace the
+    whole step a second time. Building it first, as Keras does itself under
+    a strategy, keeps it to one trace. Called by `make_train_function` of
+    `NFNetModel` and of `keras_nfnets.hub.NFNetImageClassifier`.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if (keras.backend.backend() == "tensorflow" and model.built
+            and optimizer is not None and not optimizer.built):
+        with model.distribute_strategy.scope():
+            optimizer.build(model.trainable_variables)

@@ -4,8 +4,7 @@
 import dataclasses
 
 import keras
-from keras_hub.src.models.feature_pyramid_backbone import (
-    FeaturePyramidBackbone)
+import keras_hub
 
 from keras_nfnets import builder, variants
 from keras_nfnets.optim import agc
@@ -63,7 +62,7 @@ def _permute(x, source, target, name):
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnets")
-class NFNetBackbone(FeaturePyramidBackbone):
+class NFNetBackbone(keras_hub.models.FeaturePyramidBackbone):
     """A Normalizer-Free network (NFNet, NF-ResNet, NF-RegNet, timm's
     L-family) as a KerasHub feature-pyramid backbone.
 

@@ -2,21 +2,22 @@
 `NFNetBackbone`, compiled by default with the family's recipe and AGC."""
 
 import keras
-from keras_hub.src.models.image_classifier import ImageClassifier
+import keras_hub
 
 from keras_nfnets.hub.nfnet_backbone import NFNetBackbone
 from keras_nfnets.hub.nfnet_image_classifier_preprocessor import (
     NFNetImageClassifierPreprocessor)
+from keras_nfnets import model as nf_model
 from keras_nfnets.optim import agc as nf_agc
 from keras_nfnets.optim import recipe
 
-#: KerasHub's classifier layer (`ImageClassifier.output_dense`), whose
+#: KerasHub's classifier layer (`keras_hub.models.ImageClassifier.output_dense`), whose
 #: kernel AGC leaves alone as DeepMind left its `linear/w`.
 HEAD_LAYER = "predictions"
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnets")
-class NFNetImageClassifier(ImageClassifier):
+class NFNetImageClassifier(keras_hub.models.ImageClassifier):
     """An NFNet image classifier in KerasHub's form (pooling, dropout and
     the `predictions` dense layer over `NFNetBackbone`).
 
@@ -45,7 +46,7 @@ class NFNetImageClassifier(ImageClassifier):
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
                 agc_clipping="default", agc_eps=1e-3, agc_exclude=None,
                 **kwargs):
-        """`ImageClassifier.compile` with the NFNet recipe as `"auto"`.
+        """`keras_hub.models.ImageClassifier.compile` with the NFNet recipe as `"auto"`.
 
         Args:
             optimizer: `"auto"` (`NFNetSGD()`, DeepMind's recipe without
@@ -56,7 +57,7 @@ class NFNetImageClassifier(ImageClassifier):
             agc_eps: the unit-wise norm floor.
             agc_exclude: variable paths or layer names not clipped
                 (default: the `predictions` kernel).
-            loss, metrics, **kwargs: as `ImageClassifier.compile`.
+            loss, metrics, **kwargs: as `keras_hub.models.ImageClassifier.compile`.
         """
         if isinstance(optimizer, str) and optimizer == "auto":
             optimizer = recipe.NFNetSGD()
@@ -73,13 +74,7 @@ class NFNetImageClassifier(ImageClassifier):
                         **kwargs)
 
     def make_train_function(self, force=False):
-        # As `NFNetModel`: build the optimizer before the first trace, so
-        # that TensorFlow traces the train step once, not twice.
-        optimizer = getattr(self, "optimizer", None)
-        if (keras.backend.backend() == "tensorflow" and self.built
-                and optimizer is not None and not optimizer.built):
-            with self.distribute_strategy.scope():
-                optimizer.build(self.trainable_variables)
+        nf_model.build_optimizer_first(self)
         return super().make_train_function(force=force)
 
     @classmethod

@@ -2,15 +2,14 @@
 preprocessor with the NFNet's evaluation preprocessing."""
 
 import keras
-from keras_hub.src.models.image_classifier_preprocessor import (
-    ImageClassifierPreprocessor)
+import keras_hub
 
 from keras_nfnets.hub.nfnet_backbone import NFNetBackbone
 from keras_nfnets.hub.nfnet_image_converter import NFNetImageConverter
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnets")
-class NFNetImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class NFNetImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreprocessor):
     """`keras_hub.models.ImageClassifierPreprocessor` whose
     `image_converter` is an `NFNetImageConverter`.
 

@@ -2,14 +2,14 @@
 (`keras_nfnets.NFNetImagePreprocessing`) as a KerasHub `ImageConverter`."""
 
 import keras
-from keras_hub.src.layers.preprocessing.image_converter import ImageConverter
+import keras_hub
 
 from keras_nfnets import preprocessing as nf_preprocessing
 from keras_nfnets.hub.nfnet_backbone import NFNetBackbone
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnets")
-class NFNetImageConverter(ImageConverter):
+class NFNetImageConverter(keras_hub.layers.ImageConverter):
     """Resizes and crops 0-255 RGB images as the model's authors evaluated
     it (see `keras_nfnets.NFNetImagePreprocessing`, whose arguments it
     takes); the backbone normalises inside, so no scale or offset.
