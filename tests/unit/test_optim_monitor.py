@@ -116,10 +116,12 @@ def hand_count_check(cases=tuple(CASES)):
                                        for k in expected),
                         "fraction": expected["agc_clip_fraction"]}
 
-    model.compile(keras_nfnets.AGC(keras.optimizers.SGD(0.01),
-                                   clipping=LAMBDA, monitor=True),
-                  keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+    # (with layer-wise decay inside: its update_step runs in the compiled
+    # step of this backend too)
+    model.compile(keras_nfnets.AGC(
+        keras_nfnets.LayerDecay(keras.optimizers.SGD(0.01), model, 0.5),
+        clipping=LAMBDA, monitor=True),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(np.zeros((2, 32, 32, 3), "float32"), np.array([0, 1]),
                         batch_size=2, epochs=1, verbose=0,
                         callbacks=[monitor.AGCMonitor()])
