@@ -229,7 +229,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__)
     p.add_argument("--quick", action="store_true",
-                   help="8 arms, 50 labels per class, 2 seeds")
+                   help="8 arms, 50 labels per class x 8 epochs, 2 seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--pre-epochs", type=int, default=3)
     p.add_argument("--out-dir", type=pathlib.Path, default=common.OUT_DIR)
@@ -237,13 +237,15 @@ def main(argv=None):
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"{NAME}.csv"
     if args.plot_only:
         rows = common.read_csv(path)
         plot(rows, summarize(rows, args.out_dir), args.out_dir)
         return
     arms = QUICK_ARMS if args.quick else FULL_ARMS
-    sizes = {50: 15} if args.quick else {50: 15, 500: 4}  # labels: epochs
+    # labels per class: epochs
+    sizes = {50: 8} if args.quick else {50: 15, 500: 4}
     rows = common.read_csv(path) if path.exists() else []
     done = {(r["arm"], r["seed"], r["per_class"]) for r in rows}
     pre, target = split_data()
