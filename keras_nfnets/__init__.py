@@ -37,6 +37,9 @@ from keras_nfnets.variants import NUMERICS, Numerics
 from keras_nfnets.imagenet import (decode_predictions, preprocess_for_eval,
                                    preprocess_input)
 from keras_nfnets.preprocessing import NFNetImagePreprocessing, default_preprocessing
+from keras_nfnets.optim import (AGCMonitor, LayerDecay, SKIP_GAINS,
+                                plot_clip_fraction)
+from keras_nfnets.finetune import freeze_stages, unfreeze_stages
 
 __version__ = "0.1.0"
 

@@ -235,6 +235,11 @@ class NFBlock(keras.layers.Layer):
         self.stoch_depth = (StochasticDepth(stochdepth_rate, seed=seed,
                                             name="stoch_depth", dtype=policy)
                             if self.has_stochdepth else None)
+        if not self.trainable:  # a frozen block loaded from its config:
+            for sub in (self.conv0, self.conv1, self.conv1b, self.conv2,
+                        self.conv_shortcut, self.se, self.stoch_depth):
+                if sub is not None:  # its sublayers, made above, too
+                    sub.trainable = False
 
     def _attention(self, policy):
         spec = self.spec

@@ -6,6 +6,9 @@
   `update_step`, on the reduced gradient;
 * `skip`: the non-finite-step skip, counted in `skipped_steps` (also for
   Keras's `LossScaleOptimizer` under `mixed_float16`);
+* `groups`: which stage each variable sits in (stem, stage1..N, head);
+* `monitor`: `AGCMonitor` and `plot_clip_fraction`, what AGC clipped;
+* `layer_decay`: `LayerDecay`, layer-wise learning-rate decay;
 * `recipe`: DeepMind's `NFNetSGD`, `WarmupCosineDecay` and
   `nfnet_optimizer`.
 """
@@ -16,8 +19,12 @@ from keras_nfnets.optim.clip import (adaptive_clip_grads, clip_gradient,
 from keras_nfnets.optim.recipe import (NFNetSGD, WarmupCosineDecay,
                                        nfnet_optimizer)
 from keras_nfnets.optim.skip import SkipCountingLossScaleOptimizer
+from keras_nfnets.optim.groups import SKIP_GAINS
+from keras_nfnets.optim.layer_decay import LayerDecay
+from keras_nfnets.optim.monitor import AGCMonitor, plot_clip_fraction
 
-__all__ = ["AGC", "AdaptiveOptimizerWarning", "NFNetSGD",
+__all__ = ["AGC", "AGCMonitor", "AdaptiveOptimizerWarning", "LayerDecay",
+           "NFNetSGD", "SKIP_GAINS",
            "SkipCountingLossScaleOptimizer", "WarmupCosineDecay",
            "adaptive_clip_grads", "clip_gradient", "nfnet_optimizer",
-           "unitwise_norm"]
+           "plot_clip_fraction", "unitwise_norm"]

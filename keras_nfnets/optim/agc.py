@@ -40,7 +40,7 @@ from keras_nfnets.optim import skip
 # bypass it here); the other names are re-exported for `keras_nfnets.agc`.
 from keras_nfnets.optim.clip import (GRAD_NORM_FLOOR,  # noqa: F401
                                      adaptive_clip_grads, clip_gradient,
-                                     matches, normalize_exclude,
+                                     clip_statistics, matches, normalize_exclude,
                                      unitwise_norm)
 
 _PACKAGE = "keras_nfnets"
@@ -168,7 +168,7 @@ def _resolve(optimizer):
     return optimizer
 
 
-_AGC_ARGUMENTS = {"eps", "exclude", "skip_nonfinite", "name"}
+_AGC_ARGUMENTS = {"eps", "exclude", "skip_nonfinite", "monitor", "name"}
 
 
 def _check_clipping(clipping):
@@ -207,8 +207,15 @@ class AGC(keras.optimizers.Optimizer):
             weight (`linear/w`) but does clip its bias, which is the
             default `("linear/kernel",)`. For your own head, pass its name,
             e.g. `exclude=("predictions/kernel",)` or `exclude="predictions"`.
-            A pattern that matches no variable triggers a warning.
+            A pattern may be a shell wildcard: `"*/skip_gain"`
+            (`keras_nfnets.optim.groups.SKIP_GAINS`) leaves every skip gain
+            unclipped. A pattern that matches no variable triggers a warning.
         skip_nonfinite: skip steps with inf/nan gradients (default True).
+        monitor: count, in the optimizer's non-trainable variables
+            `agc_units`, `agc_clipped` and `agc_factor_sum` (one entry per
+            variable, summed over steps), how many units AGC looked at, how
+            many it clipped and the clip factors it applied; read them with
+            `keras_nfnets.AGCMonitor`. Off by default (nothing is computed).
         name: a new name for the optimizer (default: keep its name).
 
     Example (fine-tuning an NFNet backbone with your own head):
@@ -253,7 +260,8 @@ class AGC(keras.optimizers.Optimizer):
         return optimizer
 
     def __init__(self, optimizer="sgd", clipping=DEFAULT_CLIPPING, eps=1e-3,
-                 exclude=("linear/kernel",), skip_nonfinite=True, name=None):
+                 exclude=("linear/kernel",), skip_nonfinite=True,
+                 monitor=False, name=None):
         # `self` is the optimizer given (resolved by __new__); its base
         # class's __init__ has already run, so it is not called again.
         del optimizer
@@ -271,6 +279,7 @@ class AGC(keras.optimizers.Optimizer):
         self.eps = float(eps)
         self.exclude = normalize_exclude(exclude)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.monitor = bool(monitor)
         self.clip_mask = []
 
     # ------------------------------------------------------------------ build
@@ -283,6 +292,11 @@ class AGC(keras.optimizers.Optimizer):
             shape=(), dtype="int", initializer="zeros", aggregation="none",
             name="skipped_steps")
         self.agc_built_on = _Untracked(var_list)
+        if self.monitor:
+            for stat in ("agc_units", "agc_clipped", "agc_factor_sum"):
+                setattr(self, stat, self.add_variable(
+                    shape=(len(var_list),), dtype="float32",
+                    initializer="zeros", aggregation="none", name=stat))
         mask, matched = [], set()
         for v in var_list:
             path = getattr(v, "path", v.name)
@@ -317,9 +331,19 @@ class AGC(keras.optimizers.Optimizer):
         `update_step`."""
         self.agc_update_calls += 1
         if gradient is not None and self.should_clip(variable):
+            if self.monitor:
+                self._record(gradient, variable)
             gradient = clip_gradient(gradient, variable, self.clipping,
                                      self.eps)
         return super().update_step(gradient, variable, learning_rate)
+
+    def _record(self, gradient, variable):
+        index = compat.variable_index(self, variable)
+        hot = keras.ops.one_hot(index, len(self.clip_mask), dtype="float32")
+        stats = clip_statistics(gradient, variable, self.clipping, self.eps)
+        for name, value in zip(("agc_units", "agc_clipped",
+                                "agc_factor_sum"), stats):
+            getattr(self, name).assign_add(hot * value)
 
     def _apply_checked(self, grads, trainable_variables):
         """The base optimizer's `apply`, then the check that it called
@@ -367,6 +391,7 @@ class AGC(keras.optimizers.Optimizer):
             "eps": self.eps,
             "exclude": list(self.exclude),
             "skip_nonfinite": self.skip_nonfinite,
+            "monitor": self.monitor,
         }
 
     @classmethod

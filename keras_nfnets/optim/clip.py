@@ -131,6 +131,33 @@ def matches(path, patterns):
     True
     >>> matches("linear_2/kernel", ("linear",))
     False
+    >>> matches("nf_block_3/skip_gain", ("*/skip_gain",))  # a wildcard
+    True
     """
-    return any(path == p or path.startswith(p.rstrip("/") + "/")
-               for p in patterns)
+    from keras_nfnets.optim.groups import path_matches  # noqa: E501 pylint: disable=import-outside-toplevel
+    return any(path_matches(path, p) for p in patterns)
+
+
+def clip_statistics(grad, param, clipping=0.01, eps=1e-3):
+    """What `clip_gradient` does to one gradient, as `(units, clipped,
+    factor_sum)`: the number of units (see `unitwise_norm`), how many it
+    rescales (``||G_i|| > clipping * max(||W_i||, eps)``, the same test) and
+    the sum over units of the factor each is multiplied by (1 when not
+    clipped). float32 scalars; the gradient itself is not changed.
+
+    Example:
+    >>> w = keras.ops.ones((4, 2))
+    >>> g = keras.ops.stack([keras.ops.full((4,), 10.0), keras.ops.zeros(4)], 1)
+    >>> [float(s) for s in clip_statistics(g, w, 0.01)[:2]]
+    [2.0, 1.0]
+    """
+    grad = ops.cast(ops.convert_to_tensor(grad), "float32")
+    param = ops.cast(ops.convert_to_tensor(param), "float32")
+    param_norm = ops.maximum(unitwise_norm(param), eps)
+    grad_norm = unitwise_norm(grad)
+    max_norm = param_norm * clipping
+    trigger = ops.greater(grad_norm, max_norm)
+    factor = ops.where(trigger, max_norm / ops.maximum(
+        grad_norm, GRAD_NORM_FLOOR), 1.0)
+    units = ops.cast(ops.size(trigger), "float32")
+    return (units, ops.sum(ops.cast(trigger, "float32")), ops.sum(factor))
