@@ -155,6 +155,15 @@ def test_block_spec_refuses_bad_fields_by_name():
         BlockSpec().alpha = 0.5
 
 
+def _keras_version():
+    return tuple(int(p) for p in keras.version().split(".")[:2])
+
+
+@pytest.mark.skipif(
+    _keras_version() < (3, 15),
+    reason="the files were written by Keras 3.15, whose initializer configs "
+           "(VarianceScaling input_axes) older Keras cannot read; the check "
+           "is of this package's old NFBlock configs, run on Keras >= 3.15")
 @pytest.mark.parametrize("name", ["nfnet_tiny", "eca_tiny_timm"])
 def test_keras_files_saved_by_an_earlier_version_load(name):
     """Files written before the redesign (flat NFBlock configs) load and
