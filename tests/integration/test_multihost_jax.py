@@ -135,7 +135,8 @@ def test_two_processes_train_as_one_process(tmp_path):
     # One model, one backup, one set of logs and metrics: process 0's.
     run = tmp_path / "two"
     assert _files(run, "*.keras") == ["model.keras"]
-    assert _files(run, "*.h5") == ["backup/latest.weights.h5"]
+    assert _files(run, "*.h5") == ["backup/latest.weights.h5",
+                                   "model_raw.weights.h5"]  # EMA on
     assert _backup_step(run) == 4
     assert _files(run, "*.csv") == ["history.csv"]
     assert _files(run, "metrics.json") == ["metrics.json"]
@@ -192,7 +193,7 @@ def test_two_processes_resume_after_a_kill(tmp_path):
         assert f"Resuming from step {step}/4." in out, out
     assert _files(tmp_path / "resumed", "*.keras") == ["model.keras"]
     assert _files(tmp_path / "resumed", "*.h5") == [
-        "backup/latest.weights.h5"]
+        "backup/latest.weights.h5", "model_raw.weights.h5"]  # EMA on
     diff = _max_diff(
         model_weights(str(tmp_path / "resumed" / "model.keras")),
         model_weights(str(tmp_path / "one" / "model.keras")))
