@@ -28,6 +28,7 @@ LAMBDA, EPS = 0.01, 1e-3
 
 
 def _model():
+    keras.utils.set_random_seed(0)
     return keras_nfnets.NFNet(
         dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
         classifier_activation=None, include_preprocessing=False,
