@@ -177,3 +177,16 @@ def run_in_process(args, capsys):
         flags.FLAGS.unparse_flags()
     out = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def tiny_classifier():
+    """TINY_CONFIG's NFNet (10 classes, 32 px, logits, no dropout or
+    stochastic depth), seeded: the same weights on every call and in every
+    process."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import keras_nfnets  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(0)
+    return keras_nfnets.NFNet(
+        dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
+        classifier_activation=None, include_preprocessing=False,
+        drop_rate=0.0, stochdepth_rate=0.0, seed=1)

@@ -13,16 +13,9 @@ import pytest
 import keras_nfnets
 from keras_nfnets.optim import clip_gradient
 from training_helpers import TINY_CONFIG
+from training_helpers import tiny_classifier as _model
 
 LR = 0.5
-
-
-def _model():
-    keras.utils.set_random_seed(0)
-    return keras_nfnets.NFNet(
-        dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
-        classifier_activation=None, include_preprocessing=False,
-        drop_rate=0.0, stochdepth_rate=0.0, seed=1)
 
 
 def _batch():

@@ -22,17 +22,10 @@ import keras  # noqa: E402
 
 import keras_nfnets  # noqa: E402
 from keras_nfnets.optim import SKIP_GAINS, monitor  # noqa: E402
-from training_helpers import FAST_XLA, TINY_CONFIG  # noqa: E402
+from training_helpers import FAST_XLA  # noqa: E402
+from training_helpers import tiny_classifier as _model  # noqa: E402
 
 LAMBDA, EPS = 0.01, 1e-3
-
-
-def _model():
-    keras.utils.set_random_seed(0)
-    return keras_nfnets.NFNet(
-        dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
-        classifier_activation=None, include_preprocessing=False,
-        drop_rate=0.0, stochdepth_rate=0.0, seed=1)
 
 
 def _hand_group(path):
