@@ -87,3 +87,75 @@ def list_models(pattern=None, pretrained=False):
         names = [name for name in names
                  if fnmatch.fnmatch(name.lower(), pattern.lower())]
     return sorted(names)
+
+
+def _register_with_keras_hub():
+    """Makes `keras_hub.models.Backbone.from_preset(dir)` /
+    `ImageClassifier.from_preset(dir)` know the NFNet classes after a plain
+    `import keras_nfnets`, without importing keras_hub here.
+
+    KerasHub resolves a preset's class by its registered Keras name only
+    (`keras_hub/src/utils/preset_utils.py`, `check_config_class` calls
+    `keras.saving.get_registered_object`; it imports no module, and Keras's
+    own deserialization imports a config's `module` only for keras and
+    keras_hub), so `keras_nfnets.hub` must be imported before the preset is
+    read. When keras_hub is already imported that happens now; otherwise
+    right after keras_hub's own import (a standard `sys.meta_path` finder
+    that wraps keras_hub's loader once, then removes itself).
+    """
+    # pylint: disable=import-outside-toplevel
+    import importlib
+    import importlib.util
+    import sys
+    import warnings
+
+    def register():
+        try:
+            importlib.import_module("keras_nfnets.hub")
+        except Exception as e:  # pylint: disable=broad-except
+            warnings.warn(
+                f"keras_nfnets.hub could not be imported with the installed "
+                f"keras_hub ({type(e).__name__}: {e}); KerasHub will not "
+                "resolve NFNet presets.", stacklevel=2)
+
+    if "keras_hub" in sys.modules:
+        register()
+        return
+
+    class Loader:
+        """keras_hub's own loader, then `register()`."""
+
+        def __init__(self, loader):
+            self._loader = loader
+
+        def __getattr__(self, name):
+            return getattr(self._loader, name)
+
+        def create_module(self, spec):
+            return self._loader.create_module(spec)
+
+        def exec_module(self, module):
+            self._loader.exec_module(module)
+            register()
+
+    class Finder:
+        """Finds keras_hub as usual, once, and wraps its loader."""
+
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            del path, target
+            if name != "keras_hub":
+                return None
+            if FINDER in sys.meta_path:
+                sys.meta_path.remove(FINDER)
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.loader is not None and hasattr(
+                    spec.loader, "exec_module"):
+                spec.loader = Loader(spec.loader)
+            return spec
+
+    FINDER = Finder()
+    sys.meta_path.insert(0, FINDER)
+
+
+_register_with_keras_hub()

@@ -26,6 +26,13 @@ Fields of a row:
   `interpolation`.
 * `top1`: the published ImageNet-1k top-1 (%), None where this package has
   no source for it; `license`.
+* `params`: the parameter count of the published model (the 1000-class
+  classifier included), that of the built Keras model (`count_params()`;
+  equal to DeepMind's table and timm's, tests/unit/test_applications.py,
+  test_l_family.py, test_weights_timm.py).
+* timm rows: `hub_id` and `revision`, the Hugging Face repository and
+  revision of the file (`weights="imagenet"` goes through
+  `huggingface_hub` when it is installed and no mirror is set).
 
 timm's rows are timm 1.0.31's `pretrained_cfg` of each tag
 (`timm.models.get_pretrained_cfg(...)`), its files the Hugging Face hub's
@@ -50,49 +57,58 @@ _DM_LICENSE = "Apache-2.0 (deepmind-research)"
 _TIMM_LICENSE = "Apache-2.0 (timm model card)"
 
 
-def _deepmind(n, md5, top1, train, test, size=None):
+def _deepmind(n, md5, top1, train, test, params, size=None):
     return dict(
         source="deepmind", constructor=f"NFNetF{n}",
         path=f"F{n}_haiku.npz", file=f"F{n}_haiku.npz", md5=md5,
         size=size, sha256=None, train_size=train, test_size=test,
         crop="resize_crop_32", crop_fraction=test / (test + 32),
-        interpolation="bicubic", top1=top1, license=_DM_LICENSE)
+        interpolation="bicubic", top1=top1, license=_DM_LICENSE,
+        params=params)
 
 
 def _timm(constructor, timm_name, tag, top1, train, test, crop_pct,
-          test_crop_pct):
+          test_crop_pct, params, revision="main"):
     hub_id = f"timm/{timm_name}.{tag}"
     return dict(
         source="timm", constructor=constructor, timm_name=timm_name,
-        hub_id=hub_id, path=f"{hub_id}/resolve/main/model.safetensors",
+        hub_id=hub_id, revision=revision,
+        path=f"{hub_id}/resolve/{revision}/model.safetensors",
         file=f"{timm_name}.{tag}.safetensors", md5=None, size=None,
         sha256=None, train_size=train, test_size=test, crop="center",
         crop_pct=crop_pct, test_crop_pct=test_crop_pct,
         crop_fraction=test_crop_pct, interpolation="bicubic", top1=top1,
-        license=_TIMM_LICENSE)
+        license=_TIMM_LICENSE, params=params)
 
 
 #: One row per published weight file, by keras_nfnets variant name.
 PRESETS = {
     "F0": _deepmind(0, "0a41039da1cb43adf47f1b7d86ddfe0f", 83.6, 192, 256,
-                    size=285976842),
-    "F1": _deepmind(1, "c9126bbfaf855f9ddb7ff3b902558781", 84.7, 224, 320),
-    "F2": _deepmind(2, "7a018d8d1498020e2f5a8719a1e7f53f", 85.1, 256, 352),
-    "F3": _deepmind(3, "d8e1e78d26db659c486150dbaccbe78a", 85.7, 320, 416),
-    "F4": _deepmind(4, "f5974a7e3388aa81b91a9f1403e759a4", 85.9, 384, 512),
-    "F5": _deepmind(5, "8639e925de951030651ac775b9f915c3", 86.0, 416, 544),
-    "F6": _deepmind(6, "b16cca40ac1ecec2bd5e3273866da0c1", 86.5, 448, 576),
-    "L0": _timm("NFNetL0", "nfnet_l0", "ra2_in1k", 82.8, 224, 288, 0.9, 1.0),
+                    71_489_284, size=285976842),
+    "F1": _deepmind(1, "c9126bbfaf855f9ddb7ff3b902558781", 84.7, 224, 320,
+                    132_634_256),
+    "F2": _deepmind(2, "7a018d8d1498020e2f5a8719a1e7f53f", 85.1, 256, 352,
+                    193_779_228),
+    "F3": _deepmind(3, "d8e1e78d26db659c486150dbaccbe78a", 85.7, 320, 416,
+                    254_924_200),
+    "F4": _deepmind(4, "f5974a7e3388aa81b91a9f1403e759a4", 85.9, 384, 512,
+                    316_069_172),
+    "F5": _deepmind(5, "8639e925de951030651ac775b9f915c3", 86.0, 416, 544,
+                    377_214_144),
+    "F6": _deepmind(6, "b16cca40ac1ecec2bd5e3273866da0c1", 86.5, 448, 576,
+                    438_359_116),
+    "L0": _timm("NFNetL0", "nfnet_l0", "ra2_in1k", 82.8, 224, 288, 0.9, 1.0,
+                35_074_488),
     "ECA-L0": _timm("ECANFNetL0", "eca_nfnet_l0", "ra2_in1k", 82.6, 224,
-                    288, 0.9, 1.0),
+                    288, 0.9, 1.0, 24_143_924),
     "ECA-L1": _timm("ECANFNetL1", "eca_nfnet_l1", "ra2_in1k", 84.1, 256,
-                    320, 0.9, 1.0),
+                    320, 0.9, 1.0, 41_407_728),
     "ECA-L2": _timm("ECANFNetL2", "eca_nfnet_l2", "ra3_in1k", 84.7, 320,
-                    384, 0.9, 1.0),
+                    384, 0.9, 1.0, 56_722_348),
     "ResNet50-timm": _timm("NFResNet50Timm", "nf_resnet50", "ra2_in1k",
-                           None, 256, 288, 0.94, 0.94),
+                           None, 256, 288, 0.94, 0.94, 25_557_032),
     "B1-timm": _timm("NFRegNetB1Timm", "nf_regnet_b1", "ra2_in1k", None,
-                     256, 288, 0.9, 0.9),
+                     256, 288, 0.9, 0.9, 10_223_984),
 }
 
 #: Evaluation settings of architectures without a published file

@@ -34,6 +34,23 @@ def preset_name(variant):
     return f"{row['timm_name']}_imagenet"
 
 
+def backbone_params(variant):
+    """The parameter count of the preset's backbone (KerasHub's `params`:
+    without the classifier), from the table's count of the published model
+    less its 1000-way classifier; no model is built.
+
+    Example:
+    >>> backbone_params("ECA-L0")
+    21838924
+    """
+    # pylint: disable=import-outside-toplevel
+    from keras_nfnets import features
+    from keras_nfnets.hub.nfnet_backbone import resolve_config
+    row = presets.PRESETS[variant]
+    width = features.pyramid_channels(resolve_config(variant))["P5"]
+    return row["params"] - (width + 1) * IMAGENET_CLASSES
+
+
 def _metadata(variant):
     row = presets.PRESETS[variant]
     source = ("DeepMind's published Haiku checkpoint" if row["source"] ==
@@ -43,9 +60,13 @@ def _metadata(variant):
             f"{row['constructor']} trained on ImageNet-1k at "
             f"{row['train_size']}x{row['train_size']}, evaluated at "
             f"{row['test_size']}x{row['test_size']}; from {source}."),
+        "params": backbone_params(variant),
+        "classifier_params": row["params"],
         "path": "nfnet",
         "variant": variant,
         "source": row["source"],
+        "source_url": presets.BASE_URLS[row["source"]] + (
+            row["hub_id"] if row["source"] == "timm" else row["path"]),
         "file": row["file"],
         "license": row["license"],
         "published_top1": row["top1"],

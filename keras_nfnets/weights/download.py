@@ -389,42 +389,66 @@ def _remove_hf_copy(path):
         remove(blob)
 
 
-def fetch_hf(handle, *, reader, check=None, file_hash=None, cache_dir=None):
+def hf_available():
+    """Whether `huggingface_hub` can be imported (without importing it)."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    return importlib.util.find_spec("huggingface_hub") is not None
+
+
+def fetch_hf(handle, *, reader, check=None, md5=None, size=None,
+             file_hash=None, cache_dir=None, label=None, hint=None):
     """`fetch` for a Hugging Face handle: `huggingface_hub.hf_hub_download`
     brings `model.safetensors` (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT`
     and tokens apply), then the same verification: `file_hash` enforced
-    when given, else the sha256 recorded on first use of the handle (in
-    this package's `keras_nfnets_sha256.json`); then `reader` and `check`.
-    A file failing any of them is removed from the Hugging Face cache.
+    when given, else the published `md5` / `size`, else the sha256
+    recorded on first use of the handle (in this package's
+    `keras_nfnets_sha256.json`); then `reader` and `check`. A file failing
+    any of them is removed from the Hugging Face cache.
+
+    Args:
+        handle: `"hf://owner/name[@revision]"`.
+        label: how to name the file in messages (default: the handle).
+        hint: what else the user can do, appended to a download error.
 
     Returns:
         `(path, params)`.
+
+    Example:
+    >>> path, params = fetch_hf("hf://timm/eca_nfnet_l0.ra2_in1k",
+    ...                         reader=timm.read_safetensors)
     """
-    from keras_nfnets import optional  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from keras_nfnets import optional
     repo_id, revision = parse_hf_handle(handle)
+    label = label or handle
     hub = optional.require("huggingface_hub", f"weights={handle!r}")
     try:
         path = hub.hf_hub_download(repo_id, HF_FILE, revision=revision)
     except Exception as e:  # pylint: disable=broad-except
         raise DownloadError(
-            f"Could not get {HF_FILE} of {handle} from the Hugging Face hub "
-            f"or its cache ({type(e).__name__}: {e}). Offline "
-            "(HF_HUB_OFFLINE=1), the file must already be in the cache.") \
-            from e
+            f"Could not get {HF_FILE} of {handle} ({label}) from the Hugging "
+            f"Face hub or its cache ({type(e).__name__}: {e}). Offline "
+            "(HF_HUB_OFFLINE=1), the file must already be in the cache."
+            + (f" {hint}" if hint else "")) from e
     folder = cache_folder(cache_dir)
     records = HashRecord(folder if writable(folder) else _fallback_folder())
     key = f"{HF_PREFIX}{repo_id}@{revision or 'main'}/{HF_FILE}"
     try:
-        digest, _ = _verify(
-            path, handle, handle, md5=None, size=None, pinned=file_hash,
+        digest, authentic = _verify(
+            path, handle, label, md5=md5, size=size, pinned=file_hash,
             recorded=records.get(key), records=records,
             accept=os.environ.get(ACCEPT_ENV) or None,
             publisher="the Hugging Face repository")
+    except WeightsHashError:
+        _remove_hf_copy(path)
+        raise
+    try:
         params = reader(path)
         if check is not None:
             check(params, path)
     except CheckpointError:
-        _remove_hf_copy(path)
+        if not authentic:  # an authentic file: the model differs
+            _remove_hf_copy(path)
         raise
     if records.get(key) != digest:
         records.set(key, digest)

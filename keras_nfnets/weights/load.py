@@ -1,7 +1,9 @@
 """The one dispatcher: `load_weights(model, weights)` for every source.
 
 `weights` is `"imagenet"` (the published file of `variant`, from
-`presets.PRESETS`, through `download.fetch`), or a path: a DeepMind
+`presets.PRESETS`, through `download.fetch`; timm's through
+`huggingface_hub` when it is installed and no mirror is set), a Hugging
+Face handle `"hf://owner/name[@revision]"`, or a path: a DeepMind
 checkpoint (a pickle, `deepmind.py`), a timm state dict (`.safetensors`,
 `timm.py`), a Keras `.weights.h5` or a `.keras` model (`keras_files.py`).
 The constructors' `weights=` and the training program's `--weights` both
@@ -101,6 +103,17 @@ def check_available(variant, name=None):
     imagenet_preset(variant, name)
 
 
+def uses_hugging_face(row):
+    """Whether `"imagenet"` for a `presets.PRESETS` row goes through
+    `huggingface_hub` (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT`, tokens):
+    a timm row, no mirror set (`$KERAS_NFNETS_TIMM_WEIGHTS_URL`, which
+    keeps the plain download into `$KERAS_HOME/models`), and
+    `huggingface_hub` installed."""
+    return (row["source"] == "timm" and "hub_id" in row
+            and not os.environ.get(presets.URL_ENVS["timm"])
+            and download.hf_available())
+
+
 def base_url(source):
     """The source's base URL: its mirror variable, else `presets`'."""
     url = (os.environ.get(presets.URL_ENVS[source])
@@ -180,6 +193,18 @@ def load_weights(model, weights, *, variant=None, skip_layers=(),
     _check_skip_classifier(skip_classifier)
     if isinstance(weights, str) and weights == "imagenet":
         row = imagenet_preset(variant, getattr(model, "name", None))
+        if uses_hugging_face(row):
+            handle = f"{download.HF_PREFIX}{row['hub_id']}@{row['revision']}"
+            return fetch_hf_and_load(
+                model, handle,
+                classes=IMAGENET_CLASSES, skip_layers=skip_layers,
+                skip_classifier=skip_classifier, md5=row["md5"],
+                size=row["size"], file_hash=file_hash or row["sha256"],
+                cache_dir=cache_dir, label=f"{row['constructor']} ImageNet",
+                hint=(f"Or set ${presets.URL_ENVS['timm']} to a mirror of "
+                      f"{presets.BASE_URLS['timm']} holding {row['path']}, "
+                      "or download the file yourself and pass its path as "
+                      "`weights=`."))
         return fetch_and_load(
             model, row["path"], source=row["source"], fname=row["file"],
             classes=IMAGENET_CLASSES, skip_layers=skip_layers,
@@ -262,20 +287,25 @@ def fetch_and_load(model, path, *, source="deepmind", fname=None,
     return stats
 
 
-def fetch_hf_and_load(model, handle, *, skip_layers=(),
-                      skip_classifier=False, cache_dir=None, file_hash=None):
-    """`weights="hf://owner/name[@revision]"`: a timm repository's
+def fetch_hf_and_load(model, handle, *, classes=None, skip_layers=(),
+                      skip_classifier=False, md5=None, size=None,
+                      cache_dir=None, file_hash=None, label=None,
+                      hint=None):
+    """`weights="hf://owner/name[@revision]"` (and `"imagenet"` for timm's
+    models when `huggingface_hub` is installed): a timm repository's
     `model.safetensors` through `huggingface_hub` (`download.fetch_hf`),
-    verified, checked against `model` and assigned."""
+    verified, checked against `model` and assigned. With `classes`, a
+    skipped classifier is still checked to have that many outputs."""
     stats, pairs = walk.LoadStats(), []
 
     def check(params, local):
         skip = _skips(params, model, TIMM, skip_layers, skip_classifier)
-        pairs[:] = TIMM.match(params, model, skip_layers=skip, source=local,
-                              stats=stats)
+        pairs[:] = TIMM.match(params, model, skip_layers=skip,
+                              classes=classes, source=local, stats=stats)
 
-    local, _ = download.fetch_hf(handle, reader=TIMM.read, check=check,
-                                 file_hash=file_hash, cache_dir=cache_dir)
+    local, _ = download.fetch_hf(
+        handle, reader=TIMM.read, check=check, md5=md5, size=size,
+        file_hash=file_hash, cache_dir=cache_dir, label=label, hint=hint)
     _assign(pairs, stats)
     stats.path = local
     return stats

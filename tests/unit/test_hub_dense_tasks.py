@@ -1,7 +1,10 @@
 """An NFNetBackbone as the `image_encoder` of KerasHub's dense tasks
 (DeepLabV3 segmentation, RetinaNet detection), tiny configs: 2 training
 steps on synthetic data move every encoder weight (each received a
-gradient), and the task model round-trips through `.keras`."""
+gradient), and the task model round-trips through `.keras`.
+
+The 2 steps run eagerly (`run_eagerly=True`): for models this small,
+tracing the training step costs far more than running it twice."""
 
 import numpy as np
 import pytest
@@ -61,7 +64,7 @@ def test_deeplabv3_with_an_nfnet_encoder(tmp_path):
         backbone=backbone, num_classes=3)
     segmenter.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss="sparse_categorical_crossentropy",
-                      jit_compile=False)
+                      run_eagerly=True)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     y = rng.integers(0, 3, (2, SIZE, SIZE, 1))
@@ -85,7 +88,7 @@ def test_retinanet_with_an_nfnet_encoder(tmp_path):
             num_scales=1, aspect_ratios=[1.0], anchor_size=4),
         pre_logits_num_conv_layers=1)
     detector.compile(optimizer=keras.optimizers.SGD(0.01),
-                     jit_compile=False)
+                     run_eagerly=True)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     y = {"boxes": np.array([[[8, 8, 40, 40]], [[16, 4, 60, 30]]], "float32"),

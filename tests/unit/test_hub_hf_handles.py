@@ -1,6 +1,6 @@
 """`weights="hf://..."` handles (keras_nfnets/weights/download.py,
 `parse_hf_handle`): the form is checked before anything is fetched. The
-download itself: tests/integration/test_hub_weights.py."""
+download itself: tests/integration/test_hub_presets_and_weights.py."""
 
 import pytest
 

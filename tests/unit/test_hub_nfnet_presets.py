@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("keras_hub")
 
 from keras_nfnets import presets  # noqa: E402
-from keras_nfnets.hub import nfnet_presets  # noqa: E402
+from keras_nfnets.hub import NFNetBackbone, nfnet_presets  # noqa: E402
 
 
 def test_one_preset_per_published_file_on_keras_hubs_pattern():
@@ -26,6 +26,22 @@ def test_one_preset_per_published_file_on_keras_hubs_pattern():
     assert (meta["published_top1"], meta["license"], meta["file"],
             meta["image_size"]) == (row["top1"], row["license"], row["file"],
                                     row["test_size"])
+    assert meta["source_url"] == ("https://storage.googleapis.com/dm-nfnets/"
+                                  "F0_haiku.npz")
+    for name, preset in nfnet_presets.backbone_presets.items():
+        meta = preset["metadata"]
+        assert meta["description"] and meta["license"], name
+        assert 0 < meta["params"] < meta["classifier_params"], name
+
+
+def test_preset_params_are_the_real_backbones_count():
+    """KerasHub's `params` (the backbone's) from the table's count of the
+    published model, without building it; checked on the smallest real
+    backbone (NF-RegNet-B1, timm's count in the table)."""
+    meta = nfnet_presets.backbone_presets["nf_regnet_b1_imagenet"]["metadata"]
+    backbone = NFNetBackbone("B1-timm")
+    assert backbone.count_params() == meta["params"]
+    assert meta["classifier_params"] == presets.PRESETS["B1-timm"]["params"]
 
 
 def test_resolve_uses_the_cache_and_passes_other_handles(tmp_path,

@@ -205,3 +205,19 @@ def test_imagenet_f0_file_into_a_three_class_f0(tmp_path, monkeypatch):
     for a, b in zip(model.weights, source.weights):
         if not a.path.startswith("linear/"):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_imagenet_for_timm_rows_goes_through_huggingface_hub_unless_mirrored(
+        monkeypatch):
+    """Issue 29: timm's rows through `huggingface_hub` when it is installed
+    and no mirror is set (the download itself: tests/integration/
+    test_hub_presets_and_weights.py); DeepMind's rows never."""
+    monkeypatch.delenv(presets.URL_ENVS["timm"], raising=False)
+    eca, f0 = presets.PRESETS["ECA-L0"], presets.PRESETS["F0"]
+    assert eca["path"] == f"{eca['hub_id']}/resolve/{eca['revision']}/" \
+        "model.safetensors"
+    installed = nf_weights.download.hf_available()
+    assert nf_weights.load.uses_hugging_face(eca) is installed
+    assert nf_weights.load.uses_hugging_face(f0) is False
+    monkeypatch.setenv(presets.URL_ENVS["timm"], "http://127.0.0.1:9/")
+    assert nf_weights.load.uses_hugging_face(eca) is False
