@@ -73,10 +73,8 @@ def test_deeplabv3_with_an_nfnet_encoder(tmp_path):
 
 
 def test_retinanet_with_an_nfnet_encoder(tmp_path):
-    """Over 30 s on 2 cores: RetinaNet's training step (anchor matching,
-    focal and box losses over three FPN levels) traces slowly; 64 px is
-    the smallest input at which the boxes match anchors (at 32 px the
-    loss gives the encoder no gradient)."""
+    """64 px is the smallest input at which the boxes match anchors (at
+    32 px the loss gives the encoder no gradient)."""
     encoder = _encoder()
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=encoder, min_level=3, max_level=5, use_p5=False,

@@ -3,12 +3,17 @@ file of `keras_nfnets.presets.PRESETS`, cached as a preset directory."""
 
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("keras_hub")
 
-from keras_nfnets import presets  # noqa: E402
-from keras_nfnets.hub import NFNetBackbone, nfnet_presets  # noqa: E402
+import keras  # noqa: E402
+
+from conftest import deepmind_fixture, fixture_path  # noqa: E402
+from keras_nfnets import builder, presets, variants  # noqa: E402
+from keras_nfnets.hub import (NFNetBackbone,  # noqa: E402
+                              NFNetImageClassifier, nfnet_presets)
 
 
 def test_one_preset_per_published_file_on_keras_hubs_pattern():
@@ -61,3 +66,28 @@ def test_resolve_uses_the_cache_and_passes_other_handles(tmp_path,
 def test_unknown_preset_name_is_refused():
     with pytest.raises(ValueError, match="Unknown NFNet preset 'nfnet_f9'"):
         nfnet_presets.preset_variant("nfnet_f9")
+
+
+def test_a_preset_built_from_the_original_file_computes_deepminds_outputs(
+        tmp_path, monkeypatch):
+    """`build_preset` (what `from_preset("nfnet_f0_imagenet")` runs on first
+    use): the file through the one dispatcher, copied into the KerasHub
+    classifier, saved as a preset. F0's row with the architecture and
+    classifier of DeepMind's tiny fixture, whose reference outputs the
+    loaded preset must compute."""
+    monkeypatch.setitem(variants.NFNET_VARIANTS, "F0", variants.get_config(
+        str(fixture_path("nfnet_tiny_config.json"))))
+    monkeypatch.setattr(nfnet_presets, "IMAGENET_CLASSES", 10)
+    directory = str(tmp_path / "nfnet_f0_imagenet")
+    nfnet_presets.build_preset(
+        "nfnet_f0_imagenet", directory,
+        weights=str(fixture_path("nfnet_tiny_haiku.npz")))
+    classifier = NFNetImageClassifier.from_preset(directory)
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    # The reference inputs are normalised; the backbone normalises itself.
+    images = (ref["inputs"] * np.array(builder.IMAGENET_STD)
+              + np.array(builder.IMAGENET_MEAN)).astype("float32")
+    probs = keras.ops.convert_to_numpy(classifier(images))
+    np.testing.assert_allclose(
+        probs, keras.ops.convert_to_numpy(keras.ops.softmax(ref["logits"])),
+        rtol=0, atol=1e-5)
