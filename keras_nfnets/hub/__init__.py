@@ -4,7 +4,8 @@ preprocessing and presets (the `[hub]` extra: keras-hub, huggingface_hub).
 Importing this package registers the classes with Keras's serialization,
 so `keras_hub.models.Backbone.from_preset(dir)` and
 `keras_hub.models.ImageClassifier.from_preset(dir)` resolve a saved NFNet
-preset to these classes.
+preset to these classes. `import keras_nfnets` imports it by itself once
+keras_hub is imported (never keras_hub itself).
 
 Example:
 ```python
