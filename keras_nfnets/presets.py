@@ -27,9 +27,13 @@ Fields of a row:
 * `top1`: the published ImageNet-1k top-1 (%), None where this package has
   no source for it; `license`.
 * `params`: the parameter count of the published model (the 1000-class
-  classifier included), that of the built Keras model (`count_params()`;
-  equal to DeepMind's table and timm's, tests/unit/test_applications.py,
-  test_l_family.py, test_weights_timm.py).
+  classifier included) as the built Keras model counts it
+  (`count_params()`). timm's rows: timm's own counts (the Keras models
+  equal them: tests/unit/test_l_family.py, test_weights_timm.py). F0-F6:
+  the Keras count (DeepMind's table to 0.1 M: test_applications.py), from
+  one build of the F-series widths at depths (2, 2, 2, 2), each stage's
+  repeated block counted once and extended to the variant's depth (F0's
+  full build gives the same count).
 * timm rows: `hub_id` and `revision`, the Hugging Face repository and
   revision of the file (`weights="imagenet"` goes through
   `huggingface_hub` when it is installed and no mirror is set).
