@@ -12,8 +12,9 @@ images (200 per class). Each arm is one `model.fit`, with
 Arms: `<optimizer>_<agc>[_<tuning>]`
 * optimizer: `sgd` (Nesterov 0.9, lr 0.05 x batch/256... see LR) or `adamw`
   (lr 1e-3, weight decay 0.05), warmup + cosine;
-* agc: `off`, `l0.01` (skip gains clipped: the package's default exclusion),
-  `l0.01ns`, `l0.1ns` (skip gains unclipped, `SKIP_GAINS`);
+* agc: `off`, `l0.01` and `l0.1` (skip gains clipped: the package's
+  default exclusion), `l0.01ns`, `l0.1ns` (skip gains unclipped,
+  `SKIP_GAINS`); λ = 0.1 is the candidate default for adaptive optimizers;
 * tuning: full (default), `frozen` (stem, stage1, stage2 frozen) or
   `decay` (`LayerDecay`, 0.75 per block).
 
@@ -22,8 +23,10 @@ Arms: `<optimizer>_<agc>[_<tuning>]`
     python -m experiments.study_finetune --plot-only
 
 Writes docs/study/study_finetune.csv (one row per run; resumable),
-study_finetune_summary.csv (each arm against `sgd_off`, binomial and seed
-errors) and study_finetune.png / study_finetune_clip.png.
+study_finetune_summary.csv (each arm against `sgd_off` and against its
+optimizer's `<optimizer>_off`, binomial and seed errors) and
+study_finetune.png / study_finetune_clip.png. The full grid runs, per label
+count, each arm's seeds before the next arm (in `FULL_ARMS`'s order).
 """
 
 import argparse
@@ -41,12 +44,17 @@ BATCH = 32
 DECAY = 0.75
 FROZEN = ("stem", "stage1", "stage2")
 AGC = {"off": (None, False), "l0.01": (0.01, True), "l0.01ns": (0.01, False),
-       "l0.1ns": (0.1, False)}
+       "l0.1": (0.1, True), "l0.1ns": (0.1, False)}
 QUICK_ARMS = ("sgd_off", "sgd_l0.01", "sgd_l0.01ns", "adamw_off",
               "adamw_l0.01ns", "adamw_l0.1ns", "sgd_l0.01ns_frozen",
               "sgd_l0.01ns_decay")
-FULL_ARMS = QUICK_ARMS + ("adamw_l0.01", "adamw_l0.1ns_frozen",
-                          "adamw_l0.1ns_decay", "sgd_off_decay")
+# In the order they run (for each label count, both seeds of an arm before
+# the next arm), so that a run cut short leaves whole arms, the ones the
+# default for adaptive optimizers is chosen from first.
+FULL_ARMS = ("sgd_off", "adamw_off", "sgd_l0.01", "adamw_l0.01",
+             "adamw_l0.1", "adamw_l0.1ns", "adamw_l0.01ns", "sgd_l0.01ns",
+             "sgd_l0.01ns_frozen", "sgd_l0.01ns_decay",
+             "adamw_l0.1ns_frozen", "adamw_l0.1ns_decay", "sgd_off_decay")
 
 
 def split_data(per_class=(1000, 200)):
@@ -186,6 +194,14 @@ def summarize(rows, out_dir):
                 row.update(vs_sgd_off=round(d["diff"], 4),
                            binomial_se=round(d["binomial_se"], 4),
                            seed_se=round(d["seed_se"], 4))
+            # against the same optimizer without AGC (full fine-tuning)
+            off = f"{runs[0]['optimizer']}_off"
+            ref_off = [r for r in sub if r["arm"] == off]
+            if ref_off and arm != off:
+                d = common.difference(runs, ref_off, runs[0]["n_test"])
+                row.update(vs_off=round(d["diff"], 4),
+                           vs_off_binomial_se=round(d["binomial_se"], 4),
+                           vs_off_seed_se=round(d["seed_se"], 4))
             out.append(row)
     common.write_csv(out, pathlib.Path(out_dir) / f"{NAME}_summary.csv")
     return out
@@ -250,13 +266,17 @@ def main(argv=None):
     done = {(r["arm"], r["seed"], r["per_class"]) for r in rows}
     pre, target = split_data()
     t0 = time.time()
+    sources = {}
     for seed in args.seeds:
-        source, pre_acc = pretrained(seed, pre, args.pre_epochs, args.cache)
+        sources[seed], pre_acc = pretrained(seed, pre, args.pre_epochs,
+                                            args.cache)
         if pre_acc is not None:
             print(f"pretrain seed {seed}: test acc {pre_acc:.3f}", flush=True)
-        for per_class, epochs in sizes.items():
-            data = few_labels(target, per_class, seed)
-            for arm in arms:
+    for per_class, epochs in sizes.items():
+        data = {seed: few_labels(target, per_class, seed)
+                for seed in args.seeds}
+        for arm in arms:
+            for seed in args.seeds:
                 if (arm, seed, per_class) in done:
                     continue
                 if (args.max_minutes
@@ -264,7 +284,7 @@ def main(argv=None):
                     print("--max-minutes reached; rerun to resume")
                     plot(rows, summarize(rows, args.out_dir), args.out_dir)
                     return
-                row = run_arm(arm, source, data, epochs, seed)
+                row = run_arm(arm, sources[seed], data[seed], epochs, seed)
                 row["pretrain_epochs"] = args.pre_epochs
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items()

@@ -199,7 +199,10 @@ class AGC(keras.optimizers.Optimizer):
             (the non-finite-step guard stays). The default, 0.01, is
             DeepMind's for SGD at batch size 4096; with an adaptive
             optimizer (Adam and friends) AGC warns that you should choose
-            it for that optimizer.
+            it for that optimizer. There is no measured default for them:
+            the fine-tuning study (`docs/study/study_finetune_summary.csv`,
+            `docs/study/REPORT.md`) found AdamW with AGC off, 0.01 and 0.1
+            within its binomial error of one another.
         eps: floor of the unit-wise parameter norm.
         exclude: variables that are not clipped, given by variable path
             (`"linear/kernel"`) or by layer path (`"linear"`, `"head"`: all
@@ -272,7 +275,9 @@ class AGC(keras.optimizers.Optimizer):
                 "SGD with momentum at batch size 4096. Adaptive optimizers "
                 "rescale the gradient after the clip, so choose clipping "
                 "for this optimizer (pass it explicitly to silence this "
-                "warning).", AdaptiveOptimizerWarning, stacklevel=2)
+                "warning; the fine-tuning study in docs/study/REPORT.md "
+                "compares AdamW with AGC off, 0.01 and 0.1).",
+                AdaptiveOptimizerWarning, stacklevel=2)
         if name is not None:
             self.name = name
         self.clipping = None if not clipping else float(clipping)

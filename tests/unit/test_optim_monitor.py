@@ -3,7 +3,8 @@ fraction and mean clip factor `AGCMonitor` reports equal a hand count for a
 known gradient (units whose ||G|| / max(||W||, eps) exceeds lambda), per
 group (stem, stage1..4, skip_gain, head), on TensorFlow here and on JAX and
 PyTorch in a process each (this file is also the script they run); a
-one-step `fit` logs them to History and CSVLogger, and the plot draws."""
+two-epoch `fit` logs them to History, CSVLogger and TensorBoard (scalars
+and a histogram, read back from the event files), and the plot draws."""
 
 import csv
 import json
@@ -178,19 +179,40 @@ def test_clip_fraction_equals_hand_count_torch():
     _assert_check(result, ("default",))
 
 
-def test_monitor_writes_csv_and_plot(tmp_path):
+def _tensorboard_events(log_dir):
+    """`{tag: (plugin, [(step, value), ...])}` read back from the event
+    files under `log_dir` with TensorFlow's event reader."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    out = {}
+    for path in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                # (the plugin is named in a tag's first event only)
+                plugin, steps = out.setdefault(
+                    value.tag, (value.metadata.plugin_data.plugin_name, []))
+                steps.append((event.step, tf.make_ndarray(value.tensor)))
+    return out
+
+
+def test_monitor_writes_csv_tensorboard_and_plot(tmp_path):
+    """Two epochs: the CSVLogger rows and TensorBoard's scalars (read back
+    from its event file) hold the monitor's per-group clip fractions, the
+    histogram of per-variable clip fractions counts each clipped variable
+    once per epoch, and the plot draws."""
     model = _model()
     model.compile(keras_nfnets.AGC(keras.optimizers.SGD(0.01),
                                    clipping=LAMBDA, monitor=True,
                                    exclude=("linear/kernel", SKIP_GAINS)),
                   keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True))
-    log = tmp_path / "log.csv"
+    log, board = tmp_path / "log.csv", tmp_path / "tensorboard"
     history = model.fit(
         np.random.default_rng(0).normal(size=(2, 32, 32, 3)), np.array([0, 1]),
         batch_size=2, epochs=2, verbose=0,
-        callbacks=[keras_nfnets.AGCMonitor(),
-                   keras.callbacks.CSVLogger(str(log))])
+        callbacks=[keras_nfnets.AGCMonitor(histogram_dir=str(board / "agc")),
+                   keras.callbacks.CSVLogger(str(log)),
+                   keras.callbacks.TensorBoard(str(board), write_graph=False,
+                                               profile_batch=0)])
     rows = list(csv.DictReader(log.open()))
     assert len(rows) == 2
     for group in ("stem", "stage1", "stage4", "head"):
@@ -198,6 +220,26 @@ def test_monitor_writes_csv_and_plot(tmp_path):
         assert values == history.history[f"agc_clip_fraction/{group}"]
         assert all(0.0 <= x <= 1.0 for x in values)
     assert "agc_clip_fraction/skip_gain" not in rows[0]
+
+    events = _tensorboard_events(board)
+    for key in ("agc_clip_fraction", "agc_clip_factor/stage1",
+                "agc_clip_fraction/stem", "agc_clip_fraction/head"):
+        plugin, steps = events[f"epoch_{key}"]
+        assert plugin == "scalars", (key, plugin)
+        assert [s for s, _ in steps] == [0, 1]
+        np.testing.assert_allclose([float(v) for _, v in steps],
+                                   history.history[key], rtol=1e-6)
+    assert "epoch_agc_clip_fraction/skip_gain" not in events
+    plugin, steps = events["agc_clip_fraction_per_variable"]
+    assert plugin == "histograms"
+    clipped = sum(1 for v in model.trainable_variables
+                  if v.path != "linear/kernel"
+                  and not v.path.endswith("skip_gain"))
+    assert [s for s, _ in steps] == [0, 1]
+    for _, buckets in steps:  # (left edge, right edge, count) rows
+        assert buckets.shape[1] == 3
+        assert buckets[:, 2].sum() == clipped
+
     ax = keras_nfnets.plot_clip_fraction(history, tmp_path / "clip.png")
     assert (tmp_path / "clip.png").stat().st_size > 0
     assert {t.get_text() for t in ax.get_legend().get_texts()} >= {
