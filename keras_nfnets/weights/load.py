@@ -253,6 +253,18 @@ def load_weights(model, weights, *, variant=None, skip_layers=(),
     return stats
 
 
+def _checker(model, fmt, skip_layers, skip_classifier, classes, stats,
+             pairs):
+    """The structure check a download runs on a file before keeping it:
+    matches the file's tensors (`fmt`) to `model`'s variables, filling
+    `pairs` and `stats`, so the assignment after it walks nothing again."""
+    def check(params, local):
+        skip = _skips(params, model, fmt, skip_layers, skip_classifier)
+        pairs[:] = fmt.match(params, model, skip_layers=skip,
+                             classes=classes, source=local, stats=stats)
+    return check
+
+
 def fetch_and_load(model, path, *, source="deepmind", fname=None,
                    base=None, classes=None, skip_layers=(),
                    skip_classifier=False, md5=None, size=None,
@@ -270,12 +282,8 @@ def fetch_and_load(model, path, *, source="deepmind", fname=None,
     fmt = FORMATS[source]
     fname = fname or os.path.basename(path)
     stats, pairs = walk.LoadStats(), []
-
-    def check(params, local):
-        skip = _skips(params, model, fmt, skip_layers, skip_classifier)
-        pairs[:] = fmt.match(params, model, skip_layers=skip,
-                             classes=classes, source=local, stats=stats)
-
+    check = _checker(model, fmt, skip_layers, skip_classifier, classes,
+                     stats, pairs)
     local, _ = download.fetch(
         (base or base_url(source)).rstrip("/") + "/" + path, fname,
         reader=fmt.read, check=check, md5=md5, size=size,
@@ -297,12 +305,8 @@ def fetch_hf_and_load(model, handle, *, classes=None, skip_layers=(),
     verified, checked against `model` and assigned. With `classes`, a
     skipped classifier is still checked to have that many outputs."""
     stats, pairs = walk.LoadStats(), []
-
-    def check(params, local):
-        skip = _skips(params, model, TIMM, skip_layers, skip_classifier)
-        pairs[:] = TIMM.match(params, model, skip_layers=skip,
-                              classes=classes, source=local, stats=stats)
-
+    check = _checker(model, TIMM, skip_layers, skip_classifier, classes,
+                     stats, pairs)
     local, _ = download.fetch_hf(
         handle, reader=TIMM.read, check=check, md5=md5, size=size,
         file_hash=file_hash, cache_dir=cache_dir, label=label, hint=hint)
