@@ -21,6 +21,11 @@ TINY_CONFIG = {  # smaller than DeepMind's tiny config: fast on 2 cores
     "final_conv_mult": 2, "use_two_convs": True, "train_imsize": 32,
     "test_imsize": 32, "RA_level": "205", "drop_rate": 0.1,
     "stochdepth_rate": 0.1}
+#: The program tests' model (`write_config`): TINY_CONFIG's first two stages,
+#: half the blocks to trace in every `python -m training.train` run.
+PROGRAM_CONFIG = dict(TINY_CONFIG, width=[16, 32], depth=[1, 1],
+                      group_width=[8, 8], expansion=[0.5, 0.5],
+                      big_width=[True, True], strides=[1, 2])
 
 
 def make_folder(root, classes=3, train=8, test=4):
@@ -35,9 +40,10 @@ def make_folder(root, classes=3, train=8, test=4):
     return root
 
 
-def write_config(path):
+def write_config(path, config=None):
+    """`config` (PROGRAM_CONFIG by default) as a JSON file at `path`."""
     path = pathlib.Path(path)
-    path.write_text(json.dumps(TINY_CONFIG))
+    path.write_text(json.dumps(PROGRAM_CONFIG if config is None else config))
     return path
 
 
@@ -69,21 +75,26 @@ def run_train(args, timeout=300, **env_extra):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_train(args, log_dir, name, **env_extra):
-    """`python -m training.train` started in the background, to run side
-    by side with another run; its output goes to files in `log_dir` (a pipe
-    nobody reads could fill and block it). `finish` waits for it."""
+def start(cmd, log_dir, name, **env_extra):
+    """`cmd` started in the background (in the repository, `env()`), to run
+    side by side with other work; its output goes to files in `log_dir` (a
+    pipe nobody reads could fill and block it). `finish` waits for it."""
     log_dir = pathlib.Path(log_dir)
     with open(log_dir / f"{name}.out", "w") as out, \
             open(log_dir / f"{name}.err", "w") as err:
-        proc = subprocess.Popen(train_cmd(args), cwd=REPO,
-                                env=env(**env_extra), stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env(**env_extra),
+                                stdout=out, stderr=err)
     proc.log_files = (log_dir / f"{name}.out", log_dir / f"{name}.err")
     return proc
 
 
+def start_train(args, log_dir, name, **env_extra):
+    """`python -m training.train ARGS`, started with `start`."""
+    return start(train_cmd(args), log_dir, name, **env_extra)
+
+
 def finish(proc, timeout=400):
-    """Waits for a `start_train` run: a CompletedProcess with its output
+    """Waits for a `start` or `start_train` run: a CompletedProcess with its output
     (killed, and an error, after `timeout` seconds)."""
     try:
         proc.wait(timeout=timeout)

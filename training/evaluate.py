@@ -150,6 +150,16 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
     DeepMind's `crop_resize` at `image_size` / `crop_padding`.
 
     Returns {'top1', 'top5', 'examples'}."""
+    return scorer(model, strategy, source, global_batch_size, image_size,
+                  crop_padding, split, preprocessing)()
+
+
+def scorer(model, strategy, source, global_batch_size, image_size,
+           crop_padding=32, split=None, preprocessing=None):
+    """`evaluate_model` as a function of no arguments that scores the
+    weights `model` holds when it is called: the evaluation is built and
+    traced once, and scores EMA and raw weights (swapped in between calls)
+    without a second trace."""
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from . import data  # pylint: disable=import-outside-toplevel
@@ -185,9 +195,13 @@ def evaluate_model(model, strategy, source, global_batch_size, image_size,
         np.zeros((1, source.num_classes), "float32"),
         np.zeros((1,), "float32")))
     strategy_lib.fix_multi_worker_logs(probe, strategy)
-    result = probe.evaluate(dist, steps=steps, verbose=0, return_dict=True)
-    return {"top1": float(result["top1"]), "top5": float(result["top5"]),
-            "examples": n}
+
+    def score():
+        result = probe.evaluate(dist, steps=steps, verbose=0,
+                                return_dict=True)
+        return {"top1": float(result["top1"]), "top5": float(result["top5"]),
+                "examples": n}
+    return score
 
 
 #: The raw (non-EMA) weights a training run with EMA saves beside
@@ -236,20 +250,16 @@ def run():
     if raw_path is None and str(FLAGS.weights).endswith(".keras"):
         beside = data.join(os.path.dirname(FLAGS.weights), RAW_WEIGHTS)
         raw_path = beside if tf.io.gfile.exists(beside) else None
+    score = scorer(model, strategy, source, FLAGS.batch_size, None,
+                   split=source.eval_split, preprocessing=preprocessing)
     results = {}
     if raw_path:
-        results["EMA"] = evaluate_model(
-            model, strategy, source, FLAGS.batch_size, None,
-            split=source.eval_split, preprocessing=preprocessing)
+        results["EMA"] = score()
         with strategy.scope():
             model.load_weights(raw_path)
-        results["raw"] = evaluate_model(
-            model, strategy, source, FLAGS.batch_size, None,
-            split=source.eval_split, preprocessing=preprocessing)
+        results["raw"] = score()
     else:
-        results[""] = evaluate_model(
-            model, strategy, source, FLAGS.batch_size, None,
-            split=source.eval_split, preprocessing=preprocessing)
+        results[""] = score()
     for label, result in results.items():
         print(f"top-1 accuracy: {100 * result['top1']:.1f}%  (top-5 "
               f"{100 * result['top5']:.1f}%, {result['examples']} "

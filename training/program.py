@@ -113,15 +113,14 @@ def run(argv=None):
         with writing(strategy):
             model.save(data.join(model_dir, "model.keras"))
     with fitting.naming_unreadable_images(source, source.eval_split):
-        result = evaluate.evaluate_model(
+        score = evaluate.scorer(  # traced once for EMA and raw weights
             model, strategy, source, eval_batch, plan.eval_image_size,
             split=source.eval_split, preprocessing=model.preprocessing)
+        result = score()
         raw_result = None
         if raw is not None:
             ema = fitting.swap_weights(model, raw)
-            raw_result = evaluate.evaluate_model(
-                model, strategy, source, eval_batch, plan.eval_image_size,
-                split=source.eval_split, preprocessing=model.preprocessing)
+            raw_result = score()
             fitting.swap_weights(model, ema)
     metrics = {
         "top1": result["top1"], "top5": result["top5"],

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from training import data
-from training_helpers import (REPO, env, make_folder, run_train, tiny_flags,
-                              write_config)
+from training_helpers import (finish, make_folder, run_train, start,
+                              tiny_flags, write_config)
 
 # 7 classes x 2 test images = 14, at eval batch 8: 2 steps, 2 padding rows.
 CLASSES, TEST, BATCH = 7, 2, 8
@@ -68,6 +68,23 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
                                train_steps=2, eval_batch_size=BATCH),
                     timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    # The evaluation program and the two-replica evaluation run in their
+    # own processes while this one counts by hand.
+    ev = start([sys.executable, "-m", "training.evaluate",
+                f"--weights={run}/model.keras", f"--dataset=folder:{root}",
+                f"--batch_size={BATCH}"], tmp_path, "evaluate")
+    two = start([sys.executable, "-c", _TWO_REPLICAS, str(run / "model.keras"),
+                 str(root), str(BATCH)], tmp_path, "two_replicas")
+    try:
+        _check_hand_count(run, root, out, ev, two)
+    finally:
+        for proc in (ev, two):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _check_hand_count(run, root, out, ev, two):
     top1, top5, n = _hand_count(run / "model.keras", root)
     raw_top1, raw_top5, _ = _hand_count(run / "model.keras", root,
                                         run / "model_raw.weights.h5")
@@ -84,11 +101,7 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
         [metrics["top1"], metrics["top5"], metrics["raw_top1"],
          metrics["raw_top5"]], [top1, top5, raw_top1, raw_top5], atol=1e-6)
 
-    ev = subprocess.run(
-        [sys.executable, "-m", "training.evaluate",
-         f"--weights={run}/model.keras", f"--dataset=folder:{root}",
-         f"--batch_size={BATCH}"],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    ev = finish(ev, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     # Raw and EMA weights, each its own line, as training reported them.
     assert (f"top-1 accuracy: {100 * top1:.1f}%  (top-5 {100 * top5:.1f}%, "
@@ -101,10 +114,7 @@ def test_accuracy_is_a_hand_count_on_a_ragged_last_batch(tmp_path):
     assert [l.split("(")[0] for l in lines] == [
         l.split("(")[0] for l in trained]
 
-    two = subprocess.run(
-        [sys.executable, "-c", _TWO_REPLICAS, str(run / "model.keras"),
-         str(root), str(BATCH)],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    two = finish(two, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     line = [l for l in two.stdout.splitlines() if l.startswith("RESULT")][0]
     result, replicas = json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0]), \

@@ -5,7 +5,8 @@ dispatcher, remote (tf.io.gfile) files and .keras fine-tuning.
 path as gs://, which cannot be reached from here. The fine-tuning runs are
 the real program (`python -m training.train`) on a 3-class folder dataset,
 one step at 32 px without remat (--remat=false: nothing to save at
-that size, and a shorter trace), with --lr=1e-30 (it must be > 0) so that the saved
+that size, and a shorter trace) and without EMA (--ema_decay=0: one
+weight set to save and score), with --lr=1e-30 (it must be > 0) so that the saved
 model holds the loaded weights (to within 1e-20); "imagenet" is served by a real HTTP server on 127.0.0.1
 (the mirror variables), the file written by the test in the source's
 format."""
@@ -133,7 +134,7 @@ def _start_finetune(tmp_path, name, variant, weights, **env):
                       weights=weights, train_steps=1, batch_size=4,
                       eval_batch_size=4, lr=1e-30, weight_decay=0.0,
                       cutmix="false", image_size=32, eval_image_size=32,
-                      remat="false")  # one step at 32 px: no memory to save
+                      remat="false", ema_decay=0.0)
     return start_train(args, tmp_path, name,
                        KERAS_HOME=str(tmp_path / f"keras_home_{variant}"),
                        **env)

@@ -15,7 +15,7 @@ import pytest
 import keras_nfnets
 from keras_nfnets.optim import agc
 from conftest import REPO, fixture_path, relative_error
-from training_helpers import TINY_CONFIG
+from training_helpers import TINY_CONFIG, write_config
 
 
 def _tiny(include_top=True, **kwargs):
@@ -333,7 +333,7 @@ _DISTRIBUTED = textwrap.dedent("""
 """)
 
 
-def test_mirrored_strategy_clips_the_global_batch_gradient():
+def test_mirrored_strategy_clips_the_global_batch_gradient(tmp_path):
     """3 steps (global batch 8, 4 per replica) over two logical CPUs end
     where one device ends; clipping each replica's share does not.
     Deterministic kernels; the bound on what remains (the order of float32
@@ -343,17 +343,18 @@ def test_mirrored_strategy_clips_the_global_batch_gradient():
     CPU devices even without AGC, "Trying to access resource ... located in
     device CPU:1 from device CPU:0"; XLA is tested on one device below.)
 
-    Over 60 s on 2 cores: a fresh TensorFlow process (logical CPU devices
+    Over 30 s on 2 cores: a fresh TensorFlow process (logical CPU devices
     are fixed at TensorFlow's start, so process isolation is the point)
-    builds the tiny NFNet and traces its train step for each arm: two
-    replicas, the naive per-replica clip, one device, no clipping."""
+    builds a two-block NFNet (training_helpers.PROGRAM_CONFIG) and traces
+    its train step for each arm: two replicas, the naive per-replica clip,
+    one device, no clipping."""
     jit = False
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
                    "PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-c", _DISTRIBUTED,
-         str(fixture_path("nfnet_tiny_config.json")), "1" if jit else "0"],
+         str(write_config(tmp_path / "c.json")), "1" if jit else "0"],
         capture_output=True, text=True, env=env, timeout=900, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
