@@ -14,25 +14,19 @@ import pytest
 
 import keras_nfnets
 from keras_nfnets.optim import agc
-from conftest import REPO, fixture_path, relative_error
-from training_helpers import TINY_CONFIG, write_config
+from conftest import REPO, relative_error
+from training_helpers import PROGRAM_CONFIG, write_config
 
 
-def _tiny(include_top=True, **kwargs):
+def _small(include_top=True, **kwargs):
+    """Two single blocks (training_helpers.PROGRAM_CONFIG), not DeepMind's
+    six-block tiny config: these tests check what AGC does inside fit, and
+    their cost is tracing or compiling the train step."""
     return keras_nfnets.NFNet(
-        str(fixture_path("nfnet_tiny_config.json")), include_top=include_top,
-        classes=10, input_shape=(32, 32, 3), classifier_activation=None,
+        dict(PROGRAM_CONFIG), include_top=include_top, classes=10,
+        input_shape=(32, 32, 3), classifier_activation=None,
         include_preprocessing=False, drop_rate=0.0, stochdepth_rate=0.0,
         seed=1, **kwargs)
-
-
-def _small(**kwargs):
-    """Four single blocks (training_helpers.TINY_CONFIG) instead of six:
-    for the tests whose cost is tracing or compiling the train step."""
-    return keras_nfnets.NFNet(
-        dict(TINY_CONFIG), classes=10, input_shape=(32, 32, 3),
-        classifier_activation=None, include_preprocessing=False,
-        drop_rate=0.0, stochdepth_rate=0.0, seed=1, **kwargs)
 
 
 def _batch(n=4, seed=0):
@@ -69,7 +63,7 @@ def _check_one_sgd_step(model, before, grads, lr, unclipped_path):
 
 
 def test_fit_clips_everything_but_the_classifier_weight():
-    model = _tiny()
+    model = _small()
     x, y = _batch()
     before = [v.numpy() for v in model.trainable_variables]
     grads = _raw_grads(model, x, y)
@@ -87,7 +81,7 @@ def test_fit_clips_everything_but_the_classifier_weight():
 
 
 def test_agc_wrapper_for_a_user_model_around_a_backbone():
-    backbone = _tiny(include_top=False, pooling="avg")
+    backbone = _small(include_top=False, pooling="avg")
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(10, name="head")(backbone(inputs))
     model = keras.Model(inputs, outputs)
@@ -110,7 +104,7 @@ def test_exclude_that_matches_nothing_warns():
 
 
 def test_agc_off_leaves_the_optimizer_alone():
-    model = _tiny()
+    model = _small()
     model.compile(optimizer="sgd", loss="mse", agc_clipping=None)
     assert isinstance(model.optimizer, keras.optimizers.SGD)
 
@@ -147,7 +141,7 @@ def _one_step_update(policy, run_eagerly=False):
     keras.config.set_dtype_policy(policy)
     try:
         keras.utils.set_random_seed(3)
-        model = _tiny()
+        model = _small()
         keras.config.set_dtype_policy("float32")
         x, y = _batch(seed=2)
         before = [v.numpy() for v in model.trainable_variables]
