@@ -374,7 +374,9 @@ def test_fine_tuned_keras_file_keeps_its_preprocessing(
                                                            crop_pct)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    model.compile(keras.optimizers.SGD(0.01), jit_compile=False,
+    # (eager steps: tracing the full network's train step would cost more
+    # than the two steps; what is tested is the fine-tuned file)
+    model.compile(keras.optimizers.SGD(0.01), run_eagerly=True,
                   loss="sparse_categorical_crossentropy")
     model.fit(x, np.array([0, 2]), batch_size=2, epochs=2, verbose=0)
     path = tmp_path / "fine_tuned.keras"
