@@ -195,6 +195,33 @@ def route_seed_generator_to(attribute):
     return decorate
 
 
+def count_histogram_in_one_op(equalization):
+    """Gives a `keras.layers.Equalization` (RandAugment's) a histogram of
+    one TensorFlow op, for tf.data.
+
+    Keras counts the 256-bin histogram with a Python loop of 256 steps
+    (`equal`, `sum`, `one_hot` each) when its global backend is JAX (and on
+    every backend from keras-team/keras#23568): in tf.data, where the layer
+    runs on TensorFlow whatever the backend, each channel of each traced
+    augmentation is ~1,500 ops to trace and to run (25 s of a 50 s tiny
+    training run under `KERAS_BACKEND=jax`). The replacement counts the same
+    bins (Keras's scaling and clipping, then `unsorted_segment_sum`, of
+    static shape `[nbins]`). Public replacement: none (the histogram is the
+    layer's private `_custom_histogram_fixed_width`)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    require(equalization, "_custom_histogram_fixed_width",
+            "Equalization's histogram")
+
+    def histogram(values, value_range, nbins):
+        lo, hi = (float(v) for v in value_range)
+        scaled = (tf.cast(values, tf.float32) - lo) * (nbins - 1) / (hi - lo)
+        bins = tf.clip_by_value(tf.cast(scaled, tf.int32), 0, nbins - 1)
+        bins = tf.reshape(bins, [-1])
+        return tf.math.unsorted_segment_sum(tf.ones_like(bins), bins, nbins)
+
+    equalization._custom_histogram_fixed_width = histogram  # pylint: disable=protected-access
+
+
 # ------------------------------------------------------- graph inspection
 def producing_layer(tensor):
     """The layer that produced a symbolic Keras tensor (to walk a

@@ -69,6 +69,7 @@ class RandAugment(keras.layers.RandAugment):
         # Not tracked as one of the layer's seed generators (it has no state
         # variable: Layer.variables on PyTorch would ask for one).
         object.__setattr__(self, "fold_in_seeds", _FoldInSeeds())
+        compat.count_histogram_in_one_op(self.equalization)
 
     def augment(self, image, seed):
         """Augments one HWC float image in [0, 255] with a (2,) int seed."""
