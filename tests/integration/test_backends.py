@@ -20,26 +20,69 @@ from training_helpers import FAST_XLA
 SCRIPT = pathlib.Path(__file__).parents[1] / "backend_checks.py"
 
 
-def run_check(backend, check, **env):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
+def _start(backend, check, **env):
     full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                     CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **env)
     # Quick XLA:CPU compiles; numerics unchanged.
     full_env["XLA_FLAGS"] = " ".join(filter(None, (
         full_env.get("XLA_FLAGS"), FAST_XLA)))
-    out = subprocess.run([sys.executable, str(SCRIPT), check], env=full_env,
-                         capture_output=True, text=True, timeout=900)
-    for line in out.stdout.splitlines():
+    return subprocess.Popen([sys.executable, str(SCRIPT), check],
+                            env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc, backend, check):
+    try:
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise AssertionError(f"{backend} {check} failed:\n{out.stderr[-4000:]}")
+    raise AssertionError(f"{backend} {check} failed:\n{err[-4000:]}")
+
+
+def run_check(backend, check, **env):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
+    return _result(_start(backend, check, **env), backend, check)
+
+
+_PARITY = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_unused_checks():
+    """Stops a check started for a test that was then not run (-k)."""
+    yield
+    for proc in _PARITY.values():
+        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _parity(backend):
+    """The parity check's result on `backend`: the first call starts it on
+    every installed backend at once (each its own process, side by side
+    on the 2 cores), later calls collect."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
+    if not _PARITY:
+        _PARITY.update({b: _start(b, "parity") for b in ("jax", "torch")
+                        if importlib.util.find_spec(b) is not None})
+    proc = _PARITY[backend]
+    if not isinstance(proc, dict):
+        _PARITY[backend] = _result(proc, backend, "parity")
+    return _PARITY[backend]
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_parity_and_agc_on_backend(backend):
-    r = run_check(backend, "parity")
+    r = _parity(backend)
     assert r["backend"] == backend
     assert r["logits_rel_err"] < 1e-4       # tiny NFNet vs DeepMind logits
     assert r["spp_rel_err"] < 1e-4          # signal-propagation metrics

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = pathlib.Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
@@ -150,21 +151,50 @@ def test_clip_fraction_equals_hand_count_tensorflow():
     _assert_check(hand_count_check())
 
 
+_STARTED = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_unused_checks():
+    """Stops a check started for a test that was then not run (-k)."""
+    yield
+    for proc in _STARTED.values():
+        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _run_backend(backend):
+    """The hand-count check's result on `backend`, in its own process: the
+    first call starts it on JAX and PyTorch at once (side by side on the
+    2 cores), later calls collect."""
     import importlib.util  # pylint: disable=import-outside-toplevel
     import pytest  # pylint: disable=import-outside-toplevel
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS"),
-                                              FAST_XLA)))
-    out = subprocess.run([sys.executable, str(HERE)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    for line in out.stdout.splitlines():
+    if not _STARTED:
+        for name in ("jax", "torch"):
+            if importlib.util.find_spec(name) is None:
+                continue
+            env = dict(os.environ, KERAS_BACKEND=name,
+                       TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                       JAX_PLATFORMS="cpu")
+            env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS"),
+                                                      FAST_XLA)))
+            _STARTED[name] = subprocess.Popen(
+                [sys.executable, str(HERE)], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+    proc = _STARTED[backend]
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise AssertionError(f"{backend}: {out.stderr[-4000:]}")
+    raise AssertionError(f"{backend}: {err[-4000:]}")
 
 
 def test_clip_fraction_equals_hand_count_jax():
