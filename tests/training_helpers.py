@@ -129,6 +129,44 @@ def model_weights(path):
 FAST_XLA = ("--xla_backend_optimization_level=0 "
             "--xla_llvm_disable_expensive_passes=true")
 
+def backend_env(backend, **extra):
+    """The environment of a process on Keras `backend`: CPU only, quick
+    XLA compiles (FAST_XLA after any XLA_FLAGS in `extra`)."""
+    e = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+             CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **extra)
+    e["XLA_FLAGS"] = " ".join(filter(None, (e.get("XLA_FLAGS"), FAST_XLA)))
+    return e
+
+
+def start_check(cmd, env_vars):
+    """A check script started in its own process (its output piped: it
+    prints one `RESULT <json>` line); `check_result` collects it."""
+    return subprocess.Popen(cmd, env=env_vars, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def check_result(proc, timeout=900, what="the check"):
+    """The JSON of the `RESULT ` line a `start_check` process printed (it
+    is killed after `timeout` s); an AssertionError with its stderr if it
+    printed none."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_checks([proc])
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise AssertionError(f"{what} failed:\n{err[-4000:]}")
+
+
+def stop_checks(procs):
+    """Kills the processes of `procs` that still run."""
+    for proc in procs:
+        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 _JAX_PREDICT = """
 import json, sys
 import numpy as np

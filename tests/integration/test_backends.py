@@ -6,49 +6,30 @@ not installed.
 """
 
 import importlib.util
-import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 from conftest import fixture_path
-from training_helpers import FAST_XLA
+from training_helpers import (backend_env, check_result, start_check,
+                              stop_checks)
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "backend_checks.py"
 
 
 def _start(backend, check, **env):
-    full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                    CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **env)
     # Quick XLA:CPU compiles; numerics unchanged.
-    full_env["XLA_FLAGS"] = " ".join(filter(None, (
-        full_env.get("XLA_FLAGS"), FAST_XLA)))
-    return subprocess.Popen([sys.executable, str(SCRIPT), check],
-                            env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _result(proc, backend, check):
-    try:
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise AssertionError(f"{backend} {check} failed:\n{err[-4000:]}")
+    return start_check([sys.executable, str(SCRIPT), check],
+                       backend_env(backend, **env))
 
 
 def run_check(backend, check, **env):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
-    return _result(_start(backend, check, **env), backend, check)
+    return check_result(_start(backend, check, **env),
+                        what=f"{backend} {check}")
 
 
 _PARITY = {}
@@ -58,10 +39,7 @@ _PARITY = {}
 def _stop_unused_checks():
     """Stops a check started for a test that was then not run (-k)."""
     yield
-    for proc in _PARITY.values():
-        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stop_checks(_PARITY.values())
 
 
 def _parity(backend):
@@ -76,7 +54,7 @@ def _parity(backend):
                         if importlib.util.find_spec(b) is not None})
     proc = _PARITY[backend]
     if not isinstance(proc, dict):
-        _PARITY[backend] = _result(proc, backend, "parity")
+        _PARITY[backend] = check_result(proc, what=f"{backend} parity")
     return _PARITY[backend]
 
 

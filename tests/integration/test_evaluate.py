@@ -6,7 +6,6 @@ hand count preprocesses with the Keras layer the model carries
 raw and EMA weights are both scored (issue 27)."""
 
 import json
-import subprocess
 import sys
 
 import keras

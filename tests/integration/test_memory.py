@@ -4,7 +4,6 @@ It has to be applied before TensorFlow's runtime starts, so the working case
 runs in a fresh process. No memory or speed numbers here: those come from
 `make bench` (docs/performance.md)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_nfnets
+from training_helpers import check_result
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,15 +47,7 @@ def _start(mode):
 
 
 def _result(proc):
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    assert lines, err[-3000:]
-    return json.loads(lines[0][len("RESULT "):])
+    return check_result(proc, timeout=600)
 
 
 def test_lean_allocator_trains_to_the_same_numbers():

@@ -8,10 +8,8 @@ and a histogram, read back from the event files), and the plot draws."""
 
 import csv
 import json
-import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -24,7 +22,8 @@ import keras  # noqa: E402
 
 import keras_nfnets  # noqa: E402
 from keras_nfnets.optim import SKIP_GAINS, monitor  # noqa: E402
-from training_helpers import FAST_XLA  # noqa: E402
+from training_helpers import (backend_env, check_result,  # noqa: E402
+                              start_check, stop_checks)
 from training_helpers import tiny_classifier as _model  # noqa: E402
 
 LAMBDA, EPS = 0.01, 1e-3
@@ -158,10 +157,7 @@ _STARTED = {}
 def _stop_unused_checks():
     """Stops a check started for a test that was then not run (-k)."""
     yield
-    for proc in _STARTED.values():
-        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stop_checks(_STARTED.values())
 
 
 def _run_backend(backend):
@@ -169,32 +165,14 @@ def _run_backend(backend):
     first call starts it on JAX and PyTorch at once (side by side on the
     2 cores), later calls collect."""
     import importlib.util  # pylint: disable=import-outside-toplevel
-    import pytest  # pylint: disable=import-outside-toplevel
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     if not _STARTED:
-        for name in ("jax", "torch"):
-            if importlib.util.find_spec(name) is None:
-                continue
-            env = dict(os.environ, KERAS_BACKEND=name,
-                       TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-                       JAX_PLATFORMS="cpu")
-            env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS"),
-                                                      FAST_XLA)))
-            _STARTED[name] = subprocess.Popen(
-                [sys.executable, str(HERE)], env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
-    proc = _STARTED[backend]
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise AssertionError(f"{backend}: {err[-4000:]}")
+        _STARTED.update({
+            name: start_check([sys.executable, str(HERE)], backend_env(name))
+            for name in ("jax", "torch")
+            if importlib.util.find_spec(name) is not None})
+    return check_result(_STARTED[backend], timeout=600, what=backend)
 
 
 def test_clip_fraction_equals_hand_count_jax():
