@@ -159,6 +159,34 @@ def check_result(proc, timeout=900, what="the check"):
     raise AssertionError(f"{what} failed:\n{err[-4000:]}")
 
 
+class BackendChecks:
+    """One check on each installed backend of `backends`, each in its own
+    process: the first `result(backend)` starts them all at once (side by
+    side on the 2 cores), later calls collect; `stop()` kills those never
+    collected. `command(backend)` gives `(argv, environment)`."""
+
+    def __init__(self, command, backends=("jax", "torch"), timeout=900):
+        self.command, self.backends, self.timeout = command, backends, timeout
+        self.started, self.results = {}, {}
+
+    def result(self, backend):
+        import importlib.util  # pylint: disable=import-outside-toplevel
+        import pytest  # pylint: disable=import-outside-toplevel
+        if importlib.util.find_spec(backend) is None:
+            pytest.skip(f"{backend} is not installed")
+        if not self.started:
+            self.started = {b: start_check(*self.command(b))
+                            for b in self.backends
+                            if importlib.util.find_spec(b) is not None}
+        if backend not in self.results:
+            self.results[backend] = check_result(
+                self.started[backend], self.timeout, what=backend)
+        return self.results[backend]
+
+    def stop(self):
+        stop_checks(self.started.values())
+
+
 def stop_checks(procs):
     """Kills the processes of `procs` that still run."""
     for proc in procs:

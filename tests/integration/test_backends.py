@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import fixture_path
-from training_helpers import (backend_env, check_result, start_check,
-                              stop_checks)
+from training_helpers import (BackendChecks, backend_env, check_result,
+                              start_check)
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "backend_checks.py"
 
@@ -32,30 +32,21 @@ def run_check(backend, check, **env):
                         what=f"{backend} {check}")
 
 
-_PARITY = {}
+#: The parity check on JAX and PyTorch, side by side.
+_PARITY = BackendChecks(lambda backend: (
+    [sys.executable, str(SCRIPT), "parity"], backend_env(backend)))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _stop_unused_checks():
     """Stops a check started for a test that was then not run (-k)."""
     yield
-    stop_checks(_PARITY.values())
+    _PARITY.stop()
 
 
 def _parity(backend):
-    """The parity check's result on `backend`: the first call starts it on
-    every installed backend at once (each its own process, side by side
-    on the 2 cores), later calls collect."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
     fixture_path("nfnet_tiny_haiku.npz")  # skips when ../shared is absent
-    if not _PARITY:
-        _PARITY.update({b: _start(b, "parity") for b in ("jax", "torch")
-                        if importlib.util.find_spec(b) is not None})
-    proc = _PARITY[backend]
-    if not isinstance(proc, dict):
-        _PARITY[backend] = check_result(proc, what=f"{backend} parity")
-    return _PARITY[backend]
+    return _PARITY.result(backend)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

@@ -22,8 +22,7 @@ import keras  # noqa: E402
 
 import keras_nfnets  # noqa: E402
 from keras_nfnets.optim import SKIP_GAINS, monitor  # noqa: E402
-from training_helpers import (backend_env, check_result,  # noqa: E402
-                              start_check, stop_checks)
+from training_helpers import BackendChecks, backend_env  # noqa: E402
 from training_helpers import tiny_classifier as _model  # noqa: E402
 
 LAMBDA, EPS = 0.01, 1e-3
@@ -150,29 +149,20 @@ def test_clip_fraction_equals_hand_count_tensorflow():
     _assert_check(hand_count_check())
 
 
-_STARTED = {}
+#: This file's hand-count check on JAX and PyTorch, side by side.
+_CHECKS = BackendChecks(lambda backend: (
+    [sys.executable, str(HERE)], backend_env(backend)), timeout=600)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _stop_unused_checks():
     """Stops a check started for a test that was then not run (-k)."""
     yield
-    stop_checks(_STARTED.values())
+    _CHECKS.stop()
 
 
 def _run_backend(backend):
-    """The hand-count check's result on `backend`, in its own process: the
-    first call starts it on JAX and PyTorch at once (side by side on the
-    2 cores), later calls collect."""
-    import importlib.util  # pylint: disable=import-outside-toplevel
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    if not _STARTED:
-        _STARTED.update({
-            name: start_check([sys.executable, str(HERE)], backend_env(name))
-            for name in ("jax", "torch")
-            if importlib.util.find_spec(name) is not None})
-    return check_result(_STARTED[backend], timeout=600, what=backend)
+    return _CHECKS.result(backend)
 
 
 def test_clip_fraction_equals_hand_count_jax():
