@@ -124,9 +124,10 @@ def _source_model(ctor):
     return getattr(keras_nfnets, ctor)(weights=None, input_shape=(32, 32, 3))
 
 
-def _start_finetune(tmp_path, name, variant, weights, **env):
-    """`python -m training.train` fine-tuning `variant` from `weights`,
-    started in the background (`_finished` waits for it)."""
+def _start_finetune(tmp_path, name, variant, weights, backend="torch",
+                    **env):
+    """`python -m training.train` fine-tuning `variant` from `weights` on
+    `backend`, started in the background (`_finished` waits for it)."""
     data = tmp_path / "data"
     if not data.exists():
         make_folder(data, classes=3, train=4, test=2)
@@ -134,7 +135,7 @@ def _start_finetune(tmp_path, name, variant, weights, **env):
                       weights=weights, train_steps=1, batch_size=4,
                       eval_batch_size=4, lr=1e-30, weight_decay=0.0,
                       cutmix="false", image_size=32, eval_image_size=32,
-                      remat="false", ema_decay=0.0)
+                      remat="false", ema_decay=0.0, backend=backend)
     return start_train(args, tmp_path, name,
                        KERAS_HOME=str(tmp_path / f"keras_home_{variant}"),
                        **env)
@@ -172,8 +173,11 @@ def test_finetune_f0_and_eca_l0_from_imagenet_and_safetensors(tmp_path):
 
     Four program runs (start, build, one step, evaluation, save), in two
     rounds of an F0 run beside an ECA-L0 run, so that two F0s never run at
-    once while tracing, which is single-threaded, uses both cores. Over a
-    minute per round on 2 cores: two real 35M-parameter models."""
+    once. The loading is the same code on every backend; three runs are on
+    PyTorch, whose eager steps need no trace (an F0 run: ~22 s against
+    ~40 s on TensorFlow, most of it tracing and graph optimisation), and
+    the download run of ECA-L0 on TensorFlow, the program's default.
+    About a minute in all on 2 cores: real 24M and 72M-parameter models."""
     from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
     f0 = _source_model("NFNetF0")
     npz = tmp_path / "www" / presets.PRESETS["F0"]["path"]
@@ -204,6 +208,7 @@ def test_finetune_f0_and_eca_l0_from_imagenet_and_safetensors(tmp_path):
                        npz.read_bytes()).hexdigest()}),
             _start_finetune(
                 tmp_path, "l0_imagenet", "ECA-L0", "imagenet",
+                backend="tensorflow",
                 **{presets.URL_ENVS["timm"]: server.url})]
         f0_trained = _finished(runs[0], tmp_path, "f0_imagenet")
         l0_trained = _finished(runs[1], tmp_path, "l0_imagenet")

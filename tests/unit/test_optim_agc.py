@@ -2,9 +2,7 @@
 wrapper around a user-built model (the user's optimizer kept), mixed
 precision, saving, and MirroredStrategy over two logical CPU devices."""
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,7 +13,8 @@ import pytest
 import keras_nfnets
 from keras_nfnets.optim import agc
 from conftest import REPO, relative_error
-from training_helpers import PROGRAM_CONFIG, write_config
+from training_helpers import (PROGRAM_CONFIG, check_result, start_check,
+                              stop_checks, write_config)
 
 
 def _small(include_top=True, **kwargs):
@@ -285,7 +284,7 @@ _DISTRIBUTED = textwrap.dedent("""
                      for g, v in zip(grads, trainable_variables)]
             super().apply(grads, trainable_variables)
 
-    config, jit = sys.argv[1], sys.argv[2] == "1"
+    config, jit, arms, out = sys.argv[1], sys.argv[2] == "1", *sys.argv[3:]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=(24,))
@@ -296,6 +295,7 @@ _DISTRIBUTED = textwrap.dedent("""
             classifier_activation=None, include_preprocessing=False,
             drop_rate=0.0, stochdepth_rate=0.0)
 
+    keras.utils.set_random_seed(0)  # the same start in both processes
     init = build().get_weights()
 
     def run(strategy, make_optimizer):
@@ -308,23 +308,31 @@ _DISTRIBUTED = textwrap.dedent("""
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         return model.get_weights()
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert mirrored.num_replicas_in_sync == 2
-    single = tf.distribute.OneDeviceStrategy("/cpu:0")
     sgd = lambda: keras.optimizers.SGD(0.5, momentum=0.9)
     agc_ = lambda: keras_nfnets.AGC(sgd(), exclude=("linear/kernel",))
     naive = lambda: PerReplicaClipSGD(0.5, momentum=0.9)
-
-    def err(a, b):
-        return max(float(np.abs(u - v).max() / max(np.abs(v).max(), 1e-12))
-                   for u, v in zip(a, b))
-
-    ref = run(single, agc_)
-    out = {"mirrored": err(run(mirrored, agc_), ref),
-           "naive_mirrored": err(run(mirrored, naive), ref),
-           "unclipped_single": err(run(single, sgd), ref)}
-    print("RESULT" + json.dumps(out))
+    if arms == "mirrored":
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        runs = {"init_mirrored": init, "mirrored": run(strategy, agc_),
+                "naive_mirrored": run(strategy, naive)}
+    else:
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        runs = {"init_single": init, "single": run(strategy, agc_),
+                "unclipped_single": run(strategy, sgd)}
+    np.savez(out, **{f"{k}:{i}": w for k, ws in runs.items()
+                     for i, w in enumerate(ws)})
+    print("RESULT {}")
 """)
+
+
+def _weights(path):
+    """{arm: [weights]} from a file the script above wrote."""
+    with np.load(path) as f:
+        out = {}
+        for key in sorted(f.files, key=lambda k: int(k.split(":")[1])):
+            out.setdefault(key.split(":")[0], []).append(f[key])
+    return out
 
 
 def test_mirrored_strategy_clips_the_global_batch_gradient(tmp_path):
@@ -337,22 +345,39 @@ def test_mirrored_strategy_clips_the_global_batch_gradient(tmp_path):
     CPU devices even without AGC, "Trying to access resource ... located in
     device CPU:1 from device CPU:0"; XLA is tested on one device below.)
 
-    Over 30 s on 2 cores: a fresh TensorFlow process (logical CPU devices
-    are fixed at TensorFlow's start, so process isolation is the point)
-    builds a two-block NFNet (training_helpers.PROGRAM_CONFIG) and traces
-    its train step for each arm: two replicas, the naive per-replica clip,
-    one device, no clipping."""
+    Fresh TensorFlow processes (logical CPU devices are fixed at
+    TensorFlow's start, so process isolation is the point) build a
+    two-block NFNet (training_helpers.PROGRAM_CONFIG) and trace its train
+    step for each arm: two replicas and the naive per-replica clip in one,
+    one device and no clipping in the other, side by side."""
     jit = False
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
                    "PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, "-c", _DISTRIBUTED,
-         str(write_config(tmp_path / "c.json")), "1" if jit else "0"],
-        capture_output=True, text=True, env=env, timeout=900, check=False)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT"):])
+    config = str(write_config(tmp_path / "c.json"))
+    # The two-replica arms and the one-device arms side by side, each
+    # process tracing its two arms (tracing is single-threaded).
+    procs = {arms: start_check(
+        [sys.executable, "-c", _DISTRIBUTED, config, "1" if jit else "0",
+         arms, str(tmp_path / f"{arms}.npz")], env)
+        for arms in ("mirrored", "single")}
+    try:
+        for arms, proc in procs.items():
+            check_result(proc, what=f"the {arms} arms")
+    finally:
+        stop_checks(procs.values())
+    runs = {**_weights(tmp_path / "mirrored.npz"),
+            **_weights(tmp_path / "single.npz")}
+
+    def err(a, b):
+        return max(float(np.abs(u - v).max() / max(np.abs(v).max(), 1e-12))
+                   for u, v in zip(a, b))
+
+    for a, b in zip(runs["init_mirrored"], runs["init_single"]):
+        np.testing.assert_array_equal(a, b)  # both processes start alike
+    ref = runs["single"]
+    result = {arm: err(runs[arm], ref)
+              for arm in ("mirrored", "naive_mirrored", "unclipped_single")}
     print(result)
     # With deterministic kernels the only difference left is the order of
     # float32 sums: each gradient entry sums 8 x 32 x 32 = 8192 terms, which
