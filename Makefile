@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-contended bench-profile \
+.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-contended bench-profile \
 	bench-first-step bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -113,7 +113,7 @@ $(BENCH_STAMP): setup.cfg pyproject.toml
 bench-venv: $(BENCH_STAMP)
 
 # `make bench`: the peer run (the README's table) and the serving run.
-bench: bench-peers bench-serving
+bench: bench-peers bench-serving bench-remat
 
 # keras_nfnets against timm (eager, channels_last) and ONNX Runtime on
 # timm's export, interleaved over rounds in one run: the README's table.
@@ -127,6 +127,11 @@ bench-serving: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
 
 # The same under a fixed background load: a busy loop pinned to CPU 0.
+# remat="auto" by memory: F0 at the default batch with all the memory, and at
+# batch 32 in an 8.25 GB memory cgroup (needs root; else those rows say so).
+bench-remat: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/remat_memory.py --out benchmarks/results_remat.json
+
 bench-contended: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --contended --modes train \
 	  --peers timm --compare_threads 0:1 --rounds 1 --steps 2 --warmup 1 $(BENCH_ARGS) \

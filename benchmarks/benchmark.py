@@ -84,6 +84,22 @@ def matmul_gflops(n=1024, repeats=10):
 _REMAT = {"auto": "auto", "on": True, "off": False}
 
 
+def _remat_used(model, x, args):
+    """Whether the training step recomputes its blocks: forced, or
+    `remat="auto"`'s decision for this batch (as the step's trace makes
+    it); inference never does."""
+    from keras_nfnets import model as model_lib, runtime
+    if args.child != "train":
+        return False
+    if _REMAT[args.remat] != "auto":
+        return _REMAT[args.remat]
+    decided = model_lib.remat_for_step(model, x)
+    if decided is None:
+        with runtime.remat_scope(None):
+            decided = runtime.resolve_remat("auto")
+    return bool(decided)
+
+
 def _peak_rss_gb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -114,15 +130,19 @@ def run_child(args):
     flops = count_flops(model)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
+    from keras_nfnets import model as model_lib, runtime
+    free, where = runtime.available_memory()
     result = dict(impl="keras_nfnets", backend=keras.backend.backend(),
                   framework=_framework(),
                   variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
-                  remat=any(keras_nfnets.layers.resolve_remat(
-                      getattr(layer, "remat", False)) for layer in model.layers
-                      if isinstance(layer, keras_nfnets.NFBlock)),
+                  remat=_remat_used(model, x, args),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
                   remat_arg=args.remat,
+                  kept_activations_gb=model_lib.kept_activation_bytes(
+                      model, args.batch, size, size) / 1e9,
+                  free_memory_gb=None if free is None else free / 1e9,
+                  free_memory_where=where,
                   allocator=args.allocator, tf_threads=args.tf_threads,
                   cpu=peers.cpu_info(),
                   flops_per_image=flops)

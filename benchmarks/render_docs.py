@@ -129,6 +129,16 @@ def f0_serving(source="benchmarks/results_serving.json"):
     return "\n".join(lines + ["", _provenance(source)])
 
 
+def f0_remat(source="benchmarks/results_remat.json"):
+    """`remat="auto"` by memory: F0 training at the default batch with all
+    the memory, and at a large batch in a memory-limited cgroup
+    (`benchmarks/remat_memory.py`)."""
+    from benchmarks import remat_memory
+    data = _load(source)
+    return "\n".join(remat_memory.table(data["rows"]) + ["",
+                                                          _provenance(source)])
+
+
 def _summary():
     from benchmarks import summary
     return summary

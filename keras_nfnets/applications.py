@@ -70,11 +70,14 @@ Args:
         `"gelu"`).
     seed: seed for dropout and stochastic depth.
     remat: recompute each block in the backward pass (less training
-        memory, a little more compute). `"auto"` (default): on when Keras
-        sees no GPU/TPU, off otherwise, decided each time the model is
-        traced (the saved config keeps `"auto"`, so a model saved on CPU
-        runs without remat on a GPU); `True`/`False` force it. Outputs and
-        gradients are the same either way.
+        memory, more compute). `"auto"` (default): decided by memory for
+        each traced training step, from its batch and image size: on when
+        the activations the step would keep would not fit, or come close
+        to, the memory free on the device (host RAM on CPU), off otherwise, said
+        in one line (`keras_nfnets.runtime`); the saved config keeps
+        `"auto"`, so a file takes the choice of the machine it trains on.
+        `True`/`False` force it. Outputs and gradients are the same either
+        way.
     feature_extractor: `True` returns a backbone whose output is a dict of
         feature maps keyed by stride, `"P1"` (stride 2) ... `"P5"` (stride
         32, after `final_conv`), as keras-hub's `pyramid_outputs`; the

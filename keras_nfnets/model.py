@@ -1,8 +1,11 @@
 """`NFNetModel`: the functional `keras.Model` that the constructors return."""
 
 import json
+import logging
 
 import keras
+
+from keras_nfnets import runtime
 
 
 @keras.saving.register_keras_serializable(package="keras_nfnets")
@@ -58,6 +61,12 @@ class NFNetModel(keras.Model):
             # the model's tracked sublayers (Keras tracks on assignment).
             name, value = "_preprocessing_json", _preprocessing_json(value)
         super().__setattr__(name, value)
+
+    # -- remat="auto": decided once per traced training step -------------
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        with step_remat_scope(self, inputs, training):
+            return super().call(inputs, training=training, mask=mask,
+                                **kwargs)
 
     # -- adaptive gradient clipping (keras_nfnets.optim) -----------------
     def compile(self, optimizer="rmsprop", *args, agc_clipping="default",
@@ -211,3 +220,111 @@ def build_optimizer_first(model):
             and optimizer is not None and not optimizer.built):
         with model.distribute_strategy.scope():
             optimizer.build(model.trainable_variables)
+
+
+def _blocks_with_input_sizes(model, height, width):
+    """(block, input height, input width) of each NFBlock of `model` (and
+    of nested keras_nfnets models) on a `height` x `width` input, from the
+    strides of the layers before it."""
+    from keras_nfnets.layers import NFBlock  # pylint: disable=import-outside-toplevel
+    found, stride = [], 1
+    for layer in model.layers:
+        if isinstance(layer, NFBlock):
+            found.append((layer, -(-height // stride), -(-width // stride)))
+            stride *= layer.strides
+        elif isinstance(getattr(layer, "layers", None), list):
+            inner = _blocks_with_input_sizes(layer, -(-height // stride),
+                                             -(-width // stride))
+            found.extend(inner)
+        else:
+            strides = getattr(layer, "strides", 1)
+            stride *= strides[0] if isinstance(strides, (tuple, list)) \
+                else (strides or 1)
+    return found
+
+
+def kept_activation_bytes(model, batch, height, width, remat=False):
+    """Bytes a training step of `model` keeps for its backward pass in its
+    NFBlocks, at `batch` images of `height` x `width` (the compute dtype's
+    size), with or without remat: the estimate behind `remat="auto"`.
+
+    Example:
+    >>> model = keras_nfnets.NFNetF0(weights=None)
+    >>> gb = kept_activation_bytes(model, 8, 192, 192) / 1e9
+    """
+    itemsize = 2 if model.dtype_policy.compute_dtype in (
+        "float16", "bfloat16") else 4
+    elements = sum(block.kept_activations(h, w, remat)
+                   for block, h, w in _blocks_with_input_sizes(
+                       model, height, width))
+    return batch * elements * itemsize
+
+
+def _spatial_size(model, inputs):
+    """(batch, height, width) of `inputs` as known now (at trace time), or
+    None where a size is unknown."""
+    shape = tuple(getattr(inputs, "shape", ()) or ())
+    if len(shape) != 4:
+        return None
+    declared = tuple(model.inputs[0].shape) if model.inputs else shape
+    channels_first = declared[-1] is None and declared[1] is not None
+    n, h, w = ((shape[0], shape[2], shape[3]) if channels_first
+               else shape[:3])
+    sizes = []
+    for v in (n, h, w):
+        try:
+            sizes.append(int(v))
+        except (TypeError, ValueError):
+            return None
+    return tuple(sizes)
+
+
+def step_remat_scope(model, inputs, training):
+    """`runtime.remat_scope` with `model`'s decision for this call: by
+    memory in a training step (`remat_for_step`), off at inference (no
+    backward pass). The `call` of keras_nfnets' models runs in it."""
+    return runtime.remat_scope(
+        remat_for_step(model, inputs) if training else False)
+
+
+def remat_for_step(model, inputs):
+    """The `remat="auto"` decision for a training step of `model` on
+    `inputs` (see `keras_nfnets.runtime`): True when the activations the
+    step would keep without remat take more than
+    `runtime.REMAT_MEMORY_SHARE` of the memory available now; None (the device rule) when the sizes or the memory are
+    unknown at trace time. Said in one line when it changes."""
+    if not any(block.remat == "auto"
+               for block, _, _ in _blocks_with_input_sizes(model, 1, 1)):
+        return None
+    sizes = _spatial_size(model, inputs)
+    available, where = runtime.available_memory()
+    if sizes is None or available is None:
+        decision = None
+        reason = ("the batch or image size is unknown at trace time"
+                  if sizes is None else f"the {where}'s free memory is not "
+                  "reported")
+        note = (f"remat {'on' if runtime.resolve_remat('auto') else 'off'}"
+                f" (device rule: {reason})")
+    else:
+        kept = kept_activation_bytes(model, *sizes)
+        decision = runtime.remat_needed(kept, available)
+        note = (f"remat {'on' if decision else 'off'}: a step at batch "
+                f"{sizes[0]}, {sizes[1]}x{sizes[2]} keeps ~{kept / 1e9:.2f} "
+                f"GB of activations without remat, "
+                f"{available / 1e9:.1f} GB free on the {where}")
+    _say_once(model, note)
+    return decision
+
+
+def _say_once(model, note):
+    """Prints `note` (Keras-style: stdout, or the log when Keras's
+    interactive logging is off) unless it is what the model said last."""
+    key = note.split(":")[0] if ":" in note else note
+    if getattr(model, "_remat_said", None) == key:
+        return
+    object.__setattr__(model, "_remat_said", key)
+    message = f"keras_nfnets ({model.name}): {note}"
+    if keras.config.is_interactive_logging_enabled():
+        print(message, flush=True)
+    else:
+        logging.getLogger("keras_nfnets").info(message)

@@ -1,14 +1,21 @@
-"""Device-dependent choices: rematerialization and grouped convolutions.
+"""Device- and memory-dependent choices: rematerialization and grouped
+convolutions.
 
 Both "auto" settings are decided when a layer is traced (each call of
-`resolve_remat` / `grouped_conv_mode` asks the devices again), never when it
-is built or loaded, and nothing is cached: a model built (or a `.keras` file
-saved) on CPU takes the accelerator's choice when it runs on a GPU/TPU, and a
-TPU initialised after the model was built is seen.
+`resolve_remat` / `grouped_conv_mode` asks again), never when it is built or
+loaded, and nothing is cached: a model built (or a `.keras` file saved) on
+one machine takes the choice of the machine it trains on, and a TPU
+initialised after the model was built is seen.
 
 * `remat="auto"` (a block argument): recompute each block in the backward
-  pass when Keras sees no accelerator (CPU training is memory-bound; see
-  docs/performance.md), not on GPU/TPU.
+  pass when the activations a training step keeps for it would not fit, or
+  come close to, the memory available to the process (`remat_needed`). A
+  keras_nfnets model decides once per traced training step, from the
+  step's batch and image size (`NFNetModel.call`), says so in one line, and
+  its blocks follow (`remat_scope`); a block used outside one, or a step
+  whose sizes are unknown at trace time, falls back to the device rule: on
+  when Keras sees no accelerator (`on_accelerator`). At inference nothing
+  is kept for a backward pass: no remat.
 * grouped convolutions: "split" runs one convolution per group and
   concatenates (fast on CPU, where TensorFlow's grouped convolution is much
   slower); "native" hands the grouped convolution to the backend (right on
@@ -26,10 +33,24 @@ with keras_nfnets.set_grouped_conv_mode("native"):
 ```
 """
 
+import contextlib
+import contextvars
+import os
+
 import keras
 
 GROUPED_CONV_MODES = ("auto", "split", "native")
 _user_choice = {"grouped_conv": "auto"}  # the user's setting, not a cache
+#: The "auto" remat decision of the model being traced (None: no model
+#: decided; the device rule applies). Set only inside `remat_scope`.
+_auto_remat = contextvars.ContextVar("keras_nfnets_auto_remat",
+                                     default=None)
+#: `remat_needed`'s rule: remat when the kept activations would take more
+#: than this share of the available memory. A training step's peak holds
+#: more than what its blocks keep (the backward pass's own tensors, the
+#: allocator's pools): `make bench-remat` measures where F0's step stops
+#: fitting without remat (docs/performance.md).
+REMAT_MEMORY_SHARE = 0.35
 
 
 def on_accelerator():
@@ -64,8 +85,10 @@ def check_remat(remat):
 
 
 def resolve_remat(remat):
-    """Whether a block recomputes itself in the backward pass: `"auto"` is
-    True when Keras sees no accelerator now; `True`/`False` are forced.
+    """Whether a block recomputes itself in the backward pass: `True` /
+    `False` are forced; `"auto"` follows the decision of the keras_nfnets
+    model being traced (`remat_scope`; by memory, see `remat_needed`), and
+    outside one the device rule: True when Keras sees no accelerator.
     Called at trace time; the saved config keeps `"auto"`.
 
     Example:
@@ -73,7 +96,135 @@ def resolve_remat(remat):
     True
     """
     remat = check_remat(remat)
-    return (not on_accelerator()) if remat == "auto" else remat
+    if remat != "auto":
+        return remat
+    decided = _auto_remat.get()
+    return (not on_accelerator()) if decided is None else decided
+
+
+@contextlib.contextmanager
+def remat_scope(decision):
+    """Within the block, blocks with `remat="auto"` take `decision` (True,
+    False, or None for the device rule): how a model hands its blocks the
+    choice it made for one traced step.
+
+    Example:
+    >>> with keras_nfnets.runtime.remat_scope(False):
+    ...     keras_nfnets.runtime.resolve_remat("auto")
+    False
+    """
+    token = _auto_remat.set(decision)
+    try:
+        yield
+    finally:
+        _auto_remat.reset(token)
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_limits():
+    """(limit file, usage file) of this process's memory cgroup, v2 and
+    v1, from /proc/self/cgroup."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            base = os.path.join("/sys/fs/cgroup", path)
+            found.append((os.path.join(base, "memory.max"),
+                          os.path.join(base, "memory.current")))
+        elif "memory" in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup/memory", path)
+            found.append((os.path.join(base, "memory.limit_in_bytes"),
+                          os.path.join(base, "memory.usage_in_bytes")))
+    return found
+
+
+def _host_available_bytes():
+    """Bytes of host memory this process can still use: the smallest of
+    the kernel's MemAvailable and its memory cgroup's limit minus usage
+    (v2 or v1); psutil elsewhere; None when nothing says."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, usage in _cgroup_limits():
+        limit, usage = _read_int(limit), _read_int(usage)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            found.append(max(limit - usage, 0))
+    if not found:
+        try:
+            import psutil  # pylint: disable=import-outside-toplevel
+            found.append(int(psutil.virtual_memory().available))
+        except ImportError:
+            return None
+    return min(found)
+
+
+def _device_available_bytes():
+    """Free memory of the first accelerator, where the backend tells it
+    (JAX's memory_stats, torch.cuda.mem_get_info); None otherwise (e.g.
+    TensorFlow on a GPU or TPU, which does not report a limit)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax  # pylint: disable=import-outside-toplevel
+            stats = jax.local_devices()[0].memory_stats() or {}
+            if "bytes_limit" in stats:
+                return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        elif backend == "torch":
+            import torch  # pylint: disable=import-outside-toplevel
+            return int(torch.cuda.mem_get_info()[0])
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return None
+
+
+def available_memory():
+    """`(bytes, where)`: the memory a training step can still use now, on
+    the accelerator Keras sees or else on the host, and which of the two;
+    `bytes` is None when it cannot be told.
+
+    Example:
+    >>> free, where = keras_nfnets.runtime.available_memory()
+    >>> where
+    'host'
+    """
+    if on_accelerator():
+        return _device_available_bytes(), "accelerator"
+    return _host_available_bytes(), "host"
+
+
+def remat_needed(activation_bytes, available_bytes):
+    """The memory rule of `remat="auto"`: True when the activations a
+    training step would keep for its backward pass without remat,
+    `activation_bytes`, take more than `REMAT_MEMORY_SHARE` of
+    `available_bytes` (the rest is left for the backward pass's own
+    tensors, the gradients and the optimizer's update).
+
+    Example:
+    >>> keras_nfnets.runtime.remat_needed(3e9, 16e9)
+    False
+    >>> keras_nfnets.runtime.remat_needed(8e9, 16e9)
+    True
+    """
+    return activation_bytes > REMAT_MEMORY_SHARE * available_bytes
 
 
 class _Restore:

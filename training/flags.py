@@ -93,7 +93,7 @@ flags.DEFINE_string("weights", None, "Fine-tune from 'imagenet', a "
                     "DeepMind .npz, a .weights.h5 or a .keras file.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation and the data.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA.")
-flags.DEFINE_enum("remat", "auto", ["auto", "true", "false"], "Recompute each block in the backward pass (less memory, slower step); auto: keras_nfnets.runtime.resolve_remat.")
+flags.DEFINE_enum("remat", "auto", ["auto", "true", "false"], "Recompute each block in the backward pass (less memory, slower step); auto: on when the step's kept activations would not fit, or come close to, the free memory (keras_nfnets.runtime).")
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per tf.function call "
                      "(raise on TPU, e.g. 100).")
 flags.DEFINE_bool("lean_cpu_allocator", False, "Return freed memory to the "

@@ -7,6 +7,7 @@ import keras
 import keras_hub
 
 from keras_nfnets import builder, variants
+from keras_nfnets import model as nf_model
 from keras_nfnets.optim import agc
 
 
@@ -147,6 +148,12 @@ class NFNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         self.nfnet_config = config
         #: `compile()`'s AGC threshold for this family (DeepMind's).
         self.default_agc_clipping = agc.default_clipping_for(config)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        # remat="auto" decided by memory for each traced training step.
+        with nf_model.step_remat_scope(self, inputs, training):
+            return super().call(inputs, training=training, mask=mask,
+                                **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -266,6 +266,32 @@ class NFBlock(keras.layers.Layer):
                 self.se}
         return {k: v for k, v in subs.items() if v is not None}
 
+    def kept_activations(self, height, width, remat=False):
+        """Elements per example this block keeps for the backward pass of
+        a training step, on a `height` x `width` input: with `remat`, its
+        input only; without, also what its ops keep (each activation's and
+        convolution's input, the branch output and its scaled copies). An
+        estimate, used by `remat="auto"` (`keras_nfnets.runtime`).
+
+        Example:
+        >>> block.kept_activations(48, 48) > block.kept_activations(
+        ...     48, 48, remat=True)
+        True
+        """
+        x = height * width * self.in_channels
+        if remat:
+            return x
+        oh, ow = -(-height // self.strides), -(-width // self.strides)
+        wide = height * width * self.width          # conv0's output
+        mid = oh * ow * self.width                  # conv1 (and conv1b)
+        out = oh * ow * self.out_channels
+        kept = 2 * x + 2 * wide + 2 * mid + 3 * out
+        if self.conv1b is not None:
+            kept += 2 * mid
+        if self.conv_shortcut is not None:
+            kept += out
+        return kept
+
     def build(self, input_shape):
         n, h, w, _ = input_shape
         self.conv0.build(input_shape)

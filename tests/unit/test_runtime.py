@@ -1,6 +1,7 @@
 """`remat="auto"` and the grouped-convolution mode: saved as "auto",
 resolved each time a model is traced, with no process-wide cache (a model
-built or saved on CPU runs the accelerator's way on a GPU/TPU).
+built or saved on CPU runs the accelerator's way on a GPU/TPU); remat by
+the memory a training step would keep.
 
 The accelerator is simulated by making `keras.distribution.list_devices`
 report a GPU: this machine has none."""
@@ -13,7 +14,8 @@ import pytest
 
 import keras_nfnets
 from conftest import fixture_path
-from keras_nfnets import builder
+from keras_nfnets import builder, runtime
+from keras_nfnets import model as nf_model
 from keras_nfnets import layers as nfl
 
 
@@ -48,28 +50,88 @@ def _blocks(model):
     return [l for l in model.layers if isinstance(l, nfl.NFBlock)]
 
 
-def test_remat_auto_is_saved_as_auto_and_resolved_when_traced(
-        tmp_path, fake_gpu, remat_calls):
-    fake_gpu(False)
-    model = _tiny()
+@pytest.fixture
+def free_memory(monkeypatch):
+    """Sets the memory `remat="auto"` sees as available (bytes): this
+    machine's cannot be changed."""
+    def use(free):
+        monkeypatch.setattr(runtime, "available_memory",
+                            lambda: (free, "host"))
+    return use
+
+
+def test_remat_auto_is_saved_as_auto_and_decided_by_memory_when_traced(
+        tmp_path, free_memory, remat_calls, capsys):
+    model = _tiny(drop_rate=0.0, stochdepth_rate=0.0)  # training: no noise
     assert {b.remat for b in _blocks(model)} == {"auto"}
     assert {b.get_config()["remat"] for b in _blocks(model)} == {"auto"}
     path = tmp_path / "tiny.keras"
     model.save(path)
-
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(
         "float32")
-    fake_gpu(True)  # the same file, opened on a "GPU" machine
     loaded = keras.models.load_model(path, compile=False)
     assert {b.remat for b in _blocks(loaded)} == {"auto"}
-    del remat_calls[:]
-    out_gpu = keras.ops.convert_to_numpy(loaded(x, training=False))
-    assert remat_calls == []  # no recomputation on an accelerator
+    kept = nf_model.kept_activation_bytes(loaded, 2, 32, 32)
 
-    fake_gpu(False)  # on CPU, the same model recomputes its blocks
-    out_cpu = keras.ops.convert_to_numpy(loaded(x, training=False))
+    free_memory(100 * kept)  # plenty: nothing recomputed
+    out_plenty = keras.ops.convert_to_numpy(loaded(x, training=True))
+    assert remat_calls == []
+    said = capsys.readouterr().out
+    assert said.count("remat off: a step at batch 2, 32x32 keeps") == 1
+
+    free_memory(kept)  # the kept activations would take all of it
+    out_tight = keras.ops.convert_to_numpy(loaded(x, training=True))
     assert len(remat_calls) == len(_blocks(loaded))
-    np.testing.assert_allclose(out_gpu, out_cpu, rtol=1e-5, atol=1e-5)
+    assert "remat on: a step at batch 2" in capsys.readouterr().out
+    loaded(x, training=True)  # the same decision is not said again
+    assert "remat" not in capsys.readouterr().out
+    np.testing.assert_allclose(out_plenty, out_tight, rtol=1e-5, atol=1e-5)
+
+    del remat_calls[:]  # inference keeps nothing for a backward pass
+    loaded(x, training=False)
+    assert remat_calls == []
+
+
+def test_remat_rule_is_a_share_of_the_free_memory():
+    share = runtime.REMAT_MEMORY_SHARE
+    assert 0 < share < 1
+    assert not runtime.remat_needed(share * 100, 100)
+    assert runtime.remat_needed(share * 100 + 1, 100)
+    with runtime.remat_scope(True):
+        assert nfl.resolve_remat("auto") is True
+        assert nfl.resolve_remat(False) is False  # forced stays forced
+    free, where = runtime.available_memory()
+    assert where == "host" and free > 0  # /proc/meminfo (and cgroups) here
+
+
+def test_kept_activations_are_counted_from_each_block():
+    """The estimate, by hand for the tiny NFNet's first block, and summed
+    over the blocks at their input sizes (the stem's stride 2 x 2 ...)."""
+    model = _tiny()
+    block = _blocks(model)[0]
+    h = w = block.input.shape[1]
+    cin, width, cout = block.in_channels, block.width, block.out_channels
+    oh = -(-h // block.strides)
+    expected = (2 * h * w * cin + 2 * h * w * width + 2 * oh * oh * width
+                + 3 * oh * oh * cout
+                + (2 * oh * oh * width if block.conv1b is not None else 0)
+                + (oh * oh * cout if block.conv_shortcut is not None else 0))
+    assert block.kept_activations(h, w) == expected
+    assert block.kept_activations(h, w, remat=True) == h * w * cin
+    total = sum(b.kept_activations(b.input.shape[1], b.input.shape[2])
+                for b in _blocks(model))
+    assert nf_model.kept_activation_bytes(model, 3, 32, 32) == 3 * 4 * total
+
+
+def test_unknown_sizes_fall_back_to_the_device_rule(fake_gpu):
+    model = _tiny()
+    fake_gpu(False)
+    assert nf_model.remat_for_step(model, object()) is None
+    with runtime.remat_scope(None):
+        assert nfl.resolve_remat("auto") is True  # CPU: on
+    fake_gpu(True)
+    with runtime.remat_scope(None):
+        assert nfl.resolve_remat("auto") is False
 
 
 def test_forced_remat_is_kept_and_validated(fake_gpu):
@@ -142,3 +204,49 @@ def test_grouped_conv_mode_validation():
     with pytest.raises(ValueError, match="grouped conv mode"):
         nfl.set_grouped_conv_mode("fast")
     assert nfl.grouped_conv_mode() in ("split", "native")
+
+
+def _memory_cgroup(tmp_name, limit):
+    """A new memory cgroup (v1 or v2) limited to `limit` bytes, or None
+    where this process may not make one (not root, no controller)."""
+    import os  # pylint: disable=import-outside-toplevel
+    for root, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                             ("/sys/fs/cgroup", "memory.max")):
+        path = os.path.join(root, tmp_name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, limit_file), "w") as f:
+                f.write(str(limit))
+            return path
+        except OSError:
+            os.rmdir(path)
+    return None
+
+
+def test_available_memory_reads_the_process_cgroup_limit():
+    """A process in a memory cgroup limited to 3 GB sees at most 3 GB free
+    (a container's limit, not the host's MemAvailable)."""
+    import os  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    limit = 3 * 10**9
+    path = _memory_cgroup(f"keras_nfnets_test_{os.getpid()}", limit)
+    if path is None:
+        pytest.skip("no memory cgroup can be made here (needs root)")
+    try:
+        script = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()));"
+                  "from keras_nfnets import runtime;"
+                  "print(runtime.available_memory()[0])")
+        out = subprocess.run(
+            [sys.executable, "-c", script, os.path.join(path, "cgroup.procs")],
+            capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, KERAS_BACKEND="tensorflow",
+                     TF_CPP_MIN_LOG_LEVEL="3"))
+        assert out.returncode == 0, out.stderr[-2000:]
+        free = int(out.stdout.split()[-1])
+        assert 0 < free <= limit
+    finally:
+        os.rmdir(path)
