@@ -1,15 +1,14 @@
 """`remat="auto"` by memory: both sides of the trade-off, measured.
 
 NFNet-F0 training (the `benchmark.py --child train` step: SGD, AGC 0.01,
-fp32, TensorFlow) in four configurations, each in its own process,
-interleaved over `--rounds`:
-
-* the default batch (8 x 192 px) with all of the machine's memory:
-  `remat="auto"` (which decides off there) against `remat=True` (what
-  "auto" did on every CPU before issue 30): the speed remat costs;
-* a large batch (`--large_batch`, 32) in a memory cgroup of
-  `--limit_gb` (a container or a small VM): `remat="auto"` (which decides
-  on there) against `remat=False`: whether the step fits, and its peak.
+fp32, TensorFlow), each configuration in its own process, interleaved over
+`--rounds`: a large batch (`--large_batch`, 32 x 192 px) in a memory
+cgroup of `--limit_gb` (a container or a small VM), with `remat="auto"`
+(which should decide on there) against `remat=False`: whether the step
+fits, its speed and its peak. (At the default batch with all of the
+machine's memory, "auto" against `remat=True` is in the peer run,
+`benchmark.py --compare_remat`, next to the peers; `--with_default_batch`
+adds that pair here too.)
 
 Every row records the decision the step made, the activations it would
 keep without remat (`keras_nfnets.model.kept_activation_bytes`), the free
@@ -111,9 +110,12 @@ def run_config(config, args, index):
 
 
 def configs(args):
-    return [
-        dict(name="batch 8, auto", batch=args.batch, remat="auto"),
-        dict(name="batch 8, remat on", batch=args.batch, remat="on"),
+    default = [
+        dict(name=f"batch {args.batch}, auto", batch=args.batch,
+             remat="auto"),
+        dict(name=f"batch {args.batch}, remat on", batch=args.batch,
+             remat="on")] if args.with_default_batch else []
+    return default + [
         dict(name=f"batch {args.large_batch}, {args.limit_gb:g} GB, auto",
              batch=args.large_batch, remat="auto", limit_gb=args.limit_gb),
         dict(name=f"batch {args.large_batch}, {args.limit_gb:g} GB, "
@@ -151,14 +153,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout_s", type=int, default=1200)
-    p.add_argument("--only", default=None,
-                   help="comma-separated config indices (0-3) to run")
+    p.add_argument("--with_default_batch", action="store_true",
+                   help="also --batch with all the memory, auto and on")
     p.add_argument("--note", default="")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     chosen = configs(args)
-    if args.only:
-        chosen = [chosen[int(i)] for i in args.only.split(",")]
     rows = []
     for r in range(args.rounds):
         for i, config in enumerate(chosen):

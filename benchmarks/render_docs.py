@@ -130,8 +130,8 @@ def f0_serving(source="benchmarks/results_serving.json"):
 
 
 def f0_remat(source="benchmarks/results_remat.json"):
-    """`remat="auto"` by memory: F0 training at the default batch with all
-    the memory, and at a large batch in a memory-limited cgroup
+    """`remat="auto"` by memory: F0 training at a large batch in a
+    memory-limited cgroup, auto against remat off
     (`benchmarks/remat_memory.py`)."""
     from benchmarks import remat_memory
     data = _load(source)

@@ -51,6 +51,42 @@ def fixture_path(name):
                 "'missing DeepMind fixtures' names the files)")
 
 
+#: Unit-test modules that train an NFNet-F0-sized model: under pytest-xdist
+#: they share one worker, so that two such steps never run at once.
+NFNET_TRAINING_MODULES = ("test_preprocessing", "test_features",
+                          "test_hub_dense_tasks",
+                          "test_hub_nfnet_image_classifier")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs tests/unit on 2 workers with
+    `--dist loadgroup`): each test module stays whole on one worker (its
+    module-level state and fixtures, its order), and the modules of
+    NFNET_TRAINING_MODULES share one worker."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1][:-3]
+        group = ("nfnet_training" if module in NFNET_TRAINING_MODULES
+                 else module)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionfinish(session):
+    # An xdist worker hands its missing fixtures to the controller.
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["keras_nfnets_missing"] = dict(_MISSING)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pylint: disable=unused-argument
+    """pytest-xdist's controller: a worker's missing fixtures."""
+    output = getattr(node, "workeroutput", None) or {}
+    for name, count in output.get("keras_nfnets_missing", {}).items():
+        _MISSING[name] = _MISSING.get(name, 0) + count
+
+
 def pytest_terminal_summary(terminalreporter):
     if _MISSING:
         names = ", ".join(f"{n} ({k} test{'s' * (k > 1)})"

@@ -99,7 +99,7 @@ def test_an_interleaved_round_pairs_each_mode_with_its_peers():
         "keras", "keras", "keras", "timm", "timm", "timm_channels_last"]
     assert train[4]["agc_clipping"] == 0  # timm without AGC
     assert {c["size"] for c in train} == {192}
-    assert [c.get("remat") for c in train[:2]] == ["auto", "off"]
+    assert [c.get("remat") for c in train[:2]] == ["auto", "on"]
     assert train[2]["tf_threads"] == "0:1"
     # ONNX Runtime is an inference peer only.
     assert [c.get("impl", "keras") for c in infer] == [
