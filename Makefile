@@ -100,8 +100,9 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_PEERS := timm,timm_channels_last,onnxruntime
 # The experiments in the peer run: remat off, one inter-op thread, and
-# timm without AGC (its default training has none).
-BENCH_EXPERIMENTS := --compare_remat --compare_threads 0:1 --compare_peer_agc
+# timm and keras_nfnets without AGC (timm's default training has none; the
+# pair gives each one's AGC share per step).
+BENCH_EXPERIMENTS := --compare_remat --compare_threads 0:1 --compare_peer_agc --compare_agc
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): setup.cfg pyproject.toml
