@@ -112,10 +112,11 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_PEERS := timm,timm_channels_last,onnxruntime
 # The experiments in the peer run: remat forced on (the CPU default before
-# remat="auto" decided by memory) and timm without AGC (its default
-# training has none). (`--compare_threads 0:1`, one inter-op thread, was
-# measured no faster: results_peers.json at 64a158d.)
-BENCH_EXPERIMENTS := --compare_remat --compare_peer_agc
+# remat="auto" decided by memory), and timm and keras_nfnets without AGC
+# (timm's default training has none; the pair gives each one's AGC share
+# per step). (`--compare_threads 0:1`, one inter-op thread, was measured no
+# faster: results_peers.json at 64a158d.)
+BENCH_EXPERIMENTS := --compare_remat --compare_peer_agc --compare_agc
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): setup.cfg pyproject.toml

@@ -155,6 +155,7 @@ def run_child(args):
             # "auto" is eager on PyTorch.
             jit_compile=args.jit if args.backend == "tensorflow" else "auto")
         compile_kwargs.update(_agc_kwargs(args))
+        result["agc_clipping"] = compile_kwargs.get("agc_clipping", None)
         model.compile(**compile_kwargs)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
         work = 3 * flops  # forward + backward
@@ -361,7 +362,8 @@ def spawn(config, common):
            "--variant", common.variant, "--batch", str(config["batch"]),
            "--size", str(config["size"]), "--precision", common.precision,
            "--steps", str(common.steps), "--warmup", str(common.warmup),
-           "--agc_clipping", str(common.agc_clipping),
+           "--agc_clipping", str(config.get("agc_clipping",
+                                            common.agc_clipping)),
            "--backend", config.get("backend", "tensorflow")]
     if common.jit:
         cmd.append("--jit")
@@ -469,6 +471,11 @@ def build_configs(args, train_size, infer_size, peer_names):
                 if mode == "train" and args.compare_allocator:
                     base["allocator"] = "default"
                     configs.append(dict(base, allocator="lean"))
+                if (mode == "train" and getattr(args, "compare_agc", False)
+                        and args.agc_clipping > 0):
+                    # AGC off: the same step without the clip and the
+                    # non-finite skip, for AGC's per-step share.
+                    configs.append(dict(base, agc_clipping=0))
                 if backend == "tensorflow" and mode in args.compare_threads_modes:
                     for spec in args.compare_threads:
                         configs.append(dict(base, tf_threads=spec))
@@ -527,6 +534,11 @@ def main(argv=None):
     p.add_argument("--compare_peer_agc", action="store_true",
                    help="also train timm eager without AGC (timm's "
                         "default training has none)")
+    p.add_argument("--compare_agc", action="store_true",
+                   help="also train keras_nfnets without AGC "
+                        "(agc_clipping=None: no clip, no non-finite skip), "
+                        "for AGC's per-step share beside timm's "
+                        "(--compare_peer_agc)")
     p.add_argument("--contended", action="store_true",
                    help="a busy-loop process pinned to one CPU for the "
                         "whole run (recorded in each row)")
@@ -644,21 +656,24 @@ def print_table(results):
     def key(r):
         return (r.get("backend", "tensorflow"), r["mode"], r["grouped_conv"],
                 r["size"], r["remat"], r.get("allocator", "default"),
-                r.get("tf_threads") or "default")
+                r.get("tf_threads") or "default",
+                "off" if r["mode"] == "train" and "agc_clipping" in r
+                and r["agc_clipping"] is None else "-" if r["mode"] != "train"
+                else "on")
     keys = sorted({key(r) for r in results})
     print()
     print("| backend | mode | grouped conv | remat | allocator | threads | "
-          "batch x px | "
+          "AGC | batch x px | "
           "img/s (median of rounds) | "
           "img/s per round | peak RSS GB | first step s | GFLOP/img | "
           "matmul GFLOP/s | MFU |")
-    print("| --- " * 14 + "|")
+    print("| --- " * 15 + "|")
     for k in keys:
-        backend, mode, gc, size, remat, allocator, threads = k
+        backend, mode, gc, size, remat, allocator, threads, agc = k
         rs = [r for r in results if key(r) == k]
         ips = [r["images_per_s"] for r in rs]
         print(f"| {backend} | {mode} | {gc} | {'on' if remat else 'off'} | "
-              f"{allocator} | {threads} | "
+              f"{allocator} | {threads} | {agc} | "
               f"{rs[0]['batch']} x {size} | "
               f"{statistics.median(ips):.2f} | "
               f"{', '.join(f'{v:.2f}' for v in ips)} | "

@@ -32,7 +32,9 @@ Configurations (`--configs`, each a fresh process): `defaults`; `remat_off`
 True})`); `no_<option>` for each of grappler's switchable passes
 (`no_remapping`, `no_constant_folding`, ...); `onednn_off`
 (`TF_ENABLE_ONEDNN_OPTS=0`); `agc_off` (`agc_clipping=None`, a diagnostic:
-AGC's share of tracing the update); and `top_passes`, which stands for `no_<pass>`
+AGC's share of tracing the update); `agc_skip_only` (AGC's non-finite-step
+skip without its clip, `AGC(SGD, clipping=None)`: which part of that share
+is the skip); and `top_passes`, which stands for `no_<pass>`
 of the `--top_passes` passes that took the longest in the `defaults` run
 before it. Public TensorFlow / Keras switches only; no package default is
 changed.
@@ -108,6 +110,12 @@ CONFIGS = {
     # optimizer's trace is.
     "agc_off": dict(agc_clipping=0, description="AGC off (agc_clipping=None;"
                                                 " a diagnostic)"),
+    # The non-finite skip alone (AGC(SGD, clipping=None)): what of AGC's
+    # share is the skip rather than the clip. Also a diagnostic.
+    "agc_skip_only": dict(agc_clipping=0, skip_only=True,
+                          description="AGC's non-finite skip without the "
+                                      "clip (AGC(SGD, clipping=None); a "
+                                      "diagnostic)"),
     "onednn_off": dict(env={"TF_ENABLE_ONEDNN_OPTS": "0"},
                        description="TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
     **{pass_config_name(option): _pass_config(option)
@@ -287,8 +295,11 @@ def run_child(args):
                                classifier_activation=None,
                                remat=benchmark._REMAT[remat])
     _stamp(times, "built_s", start)
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+    if config.get("skip_only"):
+        optimizer = keras_nfnets.AGC(optimizer, clipping=None)
     model.compile(
-        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         **benchmark._agc_kwargs(argparse.Namespace(
             agc_clipping=config.get("agc_clipping", args.agc_clipping))))
@@ -445,10 +456,11 @@ def main(argv=None):
                    help="steps after the first (the steady-state time)")
     p.add_argument("--agc_clipping", type=float, default=0.01)
     p.add_argument("--configs", default="defaults,remat_off,grappler_off,"
-                   "top_passes,agc_off,onednn_off",
+                   "top_passes,agc_off,agc_skip_only,onednn_off",
                    help="comma-separated: " + ", ".join(
                        ["defaults", "remat_off", "grappler_off", "agc_off",
-                        "onednn_off", "no_<grappler option>", "top_passes"]))
+                        "agc_skip_only", "onednn_off",
+                        "no_<grappler option>", "top_passes"]))
     p.add_argument("--top_passes", type=int, default=2,
                    help="top_passes: how many of the longest grappler "
                         "passes to turn off, one per process")

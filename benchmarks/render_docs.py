@@ -250,10 +250,117 @@ def f0_first_step(source="benchmarks/results_first_step.json"):
     return "\n".join(parts + ["", _provenance(source)])
 
 
+def _agc_per_step(source):
+    """AGC's per-step share in the peer run: (our step s with, without,
+    timm eager's with, without), each None where the run lacks the row."""
+    summary = _summary()
+    by = {(r["mode"], r["label"]): r for r in summary.summarize(
+        _load(source))}
+
+    def step(name):
+        row = by.get(("train", name))
+        return row["batch"] / row["images_per_s"] if row else None
+    timm = summary.PEER_NAMES["timm"]
+    return (step("keras_nfnets (defaults)"), step("keras_nfnets, no AGC"),
+            step(timm), step(timm + ", no AGC"))
+
+
+def f0_agc(source="benchmarks/results_agc_graph.json",
+           first_step_source="benchmarks/results_first_step.json",
+           peers_source="benchmarks/results_peers.json"):
+    """What AGC adds to NFNet-F0's training: the traced train step's
+    graph, before and after the clip was batched (benchmarks/agc_graph.py),
+    the first step (benchmarks/first_step.py's agc_off rows) and the steady
+    step against timm's own AGC (the peer run's rows without AGC)."""
+    data = _load(source)
+    runs = data["runs"]
+    lines = [_summary().cpu_line(runs) + ".", "",
+             f"NFNet-F0's train step traced at batch {data['batch']} x "
+             f"{data['size']} px (`tf.function` of `train_step`: graph "
+             "nodes, with the functions it calls, do not depend on the "
+             "machine's load; the trace times do).", "",
+             "| package | configuration | graph nodes | AGC's nodes (vs "
+             "AGC off) | per clipped variable | trace s | of it the "
+             "optimizer update s |", "| --- | --- | --- | --- | --- | --- "
+             "| --- |"]
+    names = {"agc": "AGC (defaults)", "skip_only": "non-finite skip only",
+             "off": "AGC off"}
+    any_off = next((r for r in runs if r["config"] == "off"), None)
+    borrowed = False
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rows = {r["config"]: r for r in runs if r["label"] == label}
+        off = rows.get("off")
+        if off is None and any_off is not None:
+            # AGC off is plain SGD: no AGC code runs in it.
+            off, borrowed = any_off, True
+        for config in ("agc", "skip_only", "off"):
+            r = rows.get(config)
+            if r is None:
+                continue
+            extra = (r["total_nodes"] - off["total_nodes"]
+                     if off and config != "off" else None)
+            per = (f"{extra / r['clipped_variables']:.1f}"
+                   if extra is not None and r["clipped_variables"] else "-")
+            lines.append(
+                f"| {label} | {names[config]} | {r['total_nodes']} | "
+                f"{'-' if extra is None else extra} | {per} | "
+                f"{r['trace_s']:.1f} | {r.get('trace_update_s', 0):.1f} |")
+    if borrowed:
+        lines += ["", f"A package without its own AGC off row is compared "
+                      f"with the AGC off row of `{any_off['label']}` (the "
+                      "step without AGC runs no AGC code)."]
+    lines += ["", _provenance(source)]
+    first = {r["config"]: r for r in _load(first_step_source)["runs"]}
+    on, off = first.get("defaults"), first.get("agc_off")
+    if on and off:
+        d_on, d_off = on["durations_s"], off["durations_s"]
+
+        def delta(key):
+            return d_on.get(key, 0.0) - d_off.get(key, 0.0)
+        share_off = off["first_step_s_since_start"]
+        trace = sum(delta(k) for k in (
+            "trace_start_s", "trace_forward_s", "trace_gradient_s",
+            "trace_update_s", "trace_done_s"))
+        text = (f"First step from process start, AGC on against off "
+                f"(`first_step.py` rows `defaults` and `agc_off`): "
+                f"{on['first_step_s_since_start']:.1f} s against "
+                f"{off['first_step_s_since_start']:.1f} s, AGC's share "
+                f"{on['first_step_s_since_start'] - share_off:+.1f}"
+                f" s (tracing {trace:+.1f} s, of it the optimizer update "
+                f"{delta('trace_update_s'):+.1f} s; grappler "
+                f"{delta('grappler_end_s'):+.1f} s")
+        nodes = (on["grappler"].get("nodes_before"),
+                 off["grappler"].get("nodes_before"))
+        if None not in nodes:
+            text += (f", on a graph of {nodes[0]} nodes against "
+                     f"{nodes[1]}")
+        text += ")"
+        skip = first.get("agc_skip_only")
+        if skip:
+            text += (f"; with the non-finite skip alone "
+                     f"{skip['first_step_s_since_start']:.1f} s")
+            if skip["grappler"].get("nodes_before") is not None:
+                text += f" ({skip['grappler']['nodes_before']} nodes)"
+        lines += ["", text + ".", "", _provenance(first_step_source)]
+    ours, ours_off, timm, timm_off = _agc_per_step(peers_source)
+    if ours and timm and timm_off:
+        text = (f"Steady training step with AGC against without it "
+                f"(the peer run, medians over rounds): timm eager "
+                f"{timm:.2f} against {timm_off:.2f} s/step "
+                f"({100 * (timm / timm_off - 1):+.1f} %); keras_nfnets ")
+        text += (f"{ours:.2f} against {ours_off:.2f} s/step "
+                 f"({100 * (ours / ours_off - 1):+.1f} %)" if ours_off else
+                 f"{ours:.2f} s/step with AGC, and not run without it "
+                 "(`--compare_agc` was not in this run)")
+        lines += ["", text + ".", "", _provenance(peers_source)]
+    return "\n".join(lines)
+
+
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
           "f0_serving": f0_serving, "f0_peers": f0_peers,
           "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
-          "f0_profile": f0_profile, "f0_first_step": f0_first_step}
+          "f0_profile": f0_profile, "f0_first_step": f0_first_step,
+          "f0_agc": f0_agc}
 
 
 def repository_slug():

@@ -38,6 +38,9 @@ def label(row):
                   (("intra-op", intra), ("inter-op", inter)) if n != "0"]
     if row.get("allocator", "default") != "default":
         parts.append(f"{row['allocator']} allocator")
+    if row.get("mode") == "train" and "agc_clipping" in row and (
+            row["agc_clipping"] is None):
+        parts.append("no AGC")
     if row.get("jit"):
         parts.append("XLA")
     if row.get("grouped_conv") == "native":

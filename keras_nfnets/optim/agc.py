@@ -22,6 +22,19 @@ place where every backend hands over the gradient the update uses:
   weight decay and EMA of the base optimizer are untouched. 16-bit
   gradients are clipped in float32.
 
+Where the gradients `apply()` receives are already the ones `update_step`
+will get, and the weights are the ones it sees (one replica: TensorFlow
+without a multi-replica strategy, JAX, PyTorch; no gradient accumulation,
+no Keras `clipnorm` / `clipvalue` / `global_clipnorm`, `loss_scale_factor`
+or decoupled `weight_decay`, which act between the two; no `monitor`),
+`apply()` clips them all at once with
+`keras_nfnets.optim.clip.adaptive_clip_grads` and `update_step` passes them
+on: the same values bit for bit, but the clip factors of all variables whose
+unit norms have one shape are computed together, so the traced train step
+holds a few ops per clipped variable instead of a dozen (a shorter first
+step: less to trace and for grappler to optimise). Otherwise each
+`update_step` clips its own variable, as above.
+
 It cannot switch off silently: `update_step` counts its calls, and an
 `apply()` that updates variables without calling it raises
 `compat.CompatError` naming the Keras version. Non-finite steps are skipped
@@ -36,8 +49,11 @@ import keras
 
 from keras_nfnets import compat
 from keras_nfnets.optim import skip
+from keras_nfnets.optim import clip as _clip
 # `clip_gradient` is looked up in this module at each step (so a test can
-# bypass it here); the other names are re-exported for `keras_nfnets.agc`.
+# bypass or watch it here: while it is replaced, every variable is clipped
+# through it, one by one, in `update_step`); the other names are
+# re-exported for `keras_nfnets.agc`.
 from keras_nfnets.optim.clip import (GRAD_NORM_FLOOR,  # noqa: F401
                                      adaptive_clip_grads, clip_gradient,
                                      clip_statistics, matches, normalize_exclude,
@@ -171,6 +187,16 @@ def _resolve(optimizer):
 _AGC_ARGUMENTS = {"eps", "exclude", "skip_nonfinite", "monitor", "name"}
 
 
+def _one_replica():
+    """Whether the gradients `apply()` receives are the global batch's: not
+    one replica's share under a `tf.distribute` strategy with several (those
+    are all-reduced only inside Keras's per-variable update)."""
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
 def _check_clipping(clipping):
     if clipping is not None and not 0 <= float(clipping) < float("inf"):
         raise ValueError(f"AGC clipping={clipping!r}: must be a finite "
@@ -239,6 +265,8 @@ class AGC(keras.optimizers.Optimizer):
     base_class = None
     #: calls of `update_step` so far (a Python count, made while tracing).
     agc_update_calls = 0
+    #: True while `apply` hands on gradients it has clipped already.
+    _agc_clipped_ahead = False
 
     def __new__(cls, optimizer="sgd", clipping=DEFAULT_CLIPPING, *args,
                 **kwargs):  # pylint: disable=keyword-arg-before-vararg
@@ -325,17 +353,53 @@ class AGC(keras.optimizers.Optimizer):
     def clip(self, grads, variables):
         """Clips `grads` of `variables` (variables this optimizer was built
         with) with AGC, leaving excluded variables and `None` gradients
-        alone: what `update_step` does to each reduced gradient."""
-        return [g if g is None or not self.should_clip(v)
-                else clip_gradient(g, v, self.clipping, self.eps)
-                for g, v in zip(grads, variables)]
+        alone: what `update_step` does to each reduced gradient (computed
+        all at once, `adaptive_clip_grads`)."""
+        return self._clip_where(grads, variables, self.should_clip)
+
+    def _clip_where(self, grads, variables, pick):
+        grads, variables = list(grads), list(variables)
+        chosen = [i for i, (g, v) in enumerate(zip(grads, variables))
+                  if g is not None and pick(v)]
+        clipped = adaptive_clip_grads([grads[i] for i in chosen],
+                                      [variables[i] for i in chosen],
+                                      self.clipping, self.eps)
+        for i, g in zip(chosen, clipped):
+            grads[i] = g
+        return grads
+
+    def _clips_ahead(self):
+        """Whether `apply` clips all gradients before Keras's per-variable
+        update (see the module's docstring): where nothing between the two
+        changes the gradients (unscaling, accumulation, Keras's clipping)
+        or the weights whose norms the clip reads (Keras's decoupled weight
+        decay), and `clip_gradient` is the package's own."""
+        return (bool(self.clipping) and not self.monitor
+                and clip_gradient is _clip.clip_gradient
+                and not getattr(self, "gradient_accumulation_steps", None)
+                and not getattr(self, "weight_decay", None)
+                and all(getattr(self, name, None) is None for name in (
+                    "clipnorm", "clipvalue", "global_clipnorm",
+                    "loss_scale_factor"))
+                and _one_replica())
+
+    def _clip_ahead(self, grads, variables):
+        """`grads` with every gradient AGC clips clipped, all at once.
+        Keras's `overwrite_with_gradient` variables never reach
+        `update_step`, so they are left alone here too."""
+        if variables is None:  # JAX's stateless step: the build order
+            variables = self.agc_built_on.value
+        return self._clip_where(grads, variables, lambda v: (
+            self.should_clip(v)
+            and not getattr(v, "overwrite_with_gradient", False)))
 
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
-        """Clips the reduced gradient of `variable`, then the base class's
-        `update_step`."""
+        """Clips the reduced gradient of `variable` (unless `apply` clipped
+        it already), then the base class's `update_step`."""
         self.agc_update_calls += 1
-        if gradient is not None and self.should_clip(variable):
+        if (gradient is not None and not self._agc_clipped_ahead
+                and self.should_clip(variable)):
             if self.monitor:
                 self._record(gradient, variable)
             gradient = clip_gradient(gradient, variable, self.clipping,
@@ -350,9 +414,10 @@ class AGC(keras.optimizers.Optimizer):
                                 "agc_factor_sum"), stats):
             getattr(self, name).assign_add(hot * value)
 
-    def _apply_checked(self, grads, trainable_variables):
+    def _apply_checked(self, grads, trainable_variables, clipped=False):
         """The base optimizer's `apply`, then the check that it called
-        `update_step` (once per trace)."""
+        `update_step` (once per trace). `clipped`: `grads` were clipped
+        ahead, and `update_step` passes them on."""
         expected = any(g is not None for g in grads)
         if (keras.backend.backend() == "torch"
                 and self.gradient_accumulation_steps
@@ -360,7 +425,11 @@ class AGC(keras.optimizers.Optimizer):
                 % self.gradient_accumulation_steps):
             expected = False  # an accumulation step: no update on eager torch
         before = self.agc_update_calls
-        super().apply(grads, trainable_variables)
+        self._agc_clipped_ahead = clipped
+        try:
+            super().apply(grads, trainable_variables)
+        finally:
+            self._agc_clipped_ahead = False
         if expected and self.agc_update_calls == before:
             raise compat.CompatError(
                 f"AGC: {compat.versions()} updated the variables without "
@@ -378,12 +447,20 @@ class AGC(keras.optimizers.Optimizer):
                 self.built = True
         if not grads:
             return
+        apply_fn = self._apply_checked
+        if self._clips_ahead():
+            # Clipped here, before the skip's test (which still reads the
+            # gradients as they came) and outside its `cond`: inside it,
+            # Keras's all-reduce would get tensors of two graphs.
+            clipped = self._clip_ahead(grads, trainable_variables)
+
+            def apply_fn(_, variables):
+                self._apply_checked(clipped, variables, clipped=True)
         if not self.skip_nonfinite:
-            self._apply_checked(grads, trainable_variables)
+            apply_fn(grads, trainable_variables)
             return
         built_on = getattr(self, "agc_built_on", None)
-        skip.apply_or_skip(self, grads, trainable_variables,
-                           self._apply_checked,
+        skip.apply_or_skip(self, grads, trainable_variables, apply_fn,
                            built_on=built_on.value if built_on else ())
 
     # -------------------------------------------------------------- saving

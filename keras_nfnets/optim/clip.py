@@ -3,6 +3,14 @@ functions (`keras.ops` only, any backend); DeepMind's `agc_optax.py`.
 
     ||G_i|| > clipping * max(||W_i||, eps)
         =>  G_i <- G_i * clipping * max(||W_i||, eps) / max(||G_i||, 1e-6)
+
+Computed as one factor per unit, `G_i <- G_i * f_i` with `f_i = 1` for the
+units left alone (an exact multiply by one), so the only operation on the
+whole gradient is that multiply; everything else acts on one number per
+unit. `adaptive_clip_grads` computes the factors of many variables together
+(the units of every variable whose unit norms have the same shape, stacked),
+so a model's clip is a few small ops per variable and a few per shape, not a
+dozen per variable: the values are those of `clip_gradient` bit for bit.
 """
 
 import keras
@@ -10,6 +18,39 @@ from keras import ops
 
 #: DeepMind's guard on the gradient norm in the divisor.
 GRAD_NORM_FLOOR = 1e-6
+
+_16_BIT = ("float16", "bfloat16")
+
+
+def unit_axes(shape):
+    """The axes `unitwise_norm` sums over for a tensor of `shape`: `None`
+    (the whole tensor) for scalars and vectors (at most one non-unit
+    dimension), 0 for rank-2 and rank-3 tensors, `(0, 1, 2)` for rank-4
+    (HWIO) kernels.
+
+    Example:
+    >>> unit_axes((3, 3, 8, 16)), unit_axes((8, 16)), unit_axes((1, 16))
+    ((0, 1, 2), 0, None)
+    """
+    shape = tuple(shape)
+    if sum(1 for d in shape if d != 1) <= 1:  # jnp.squeeze(x).ndim <= 1
+        return None
+    if len(shape) in (2, 3):
+        return 0
+    if len(shape) == 4:
+        return (0, 1, 2)
+    raise ValueError(
+        f"unitwise_norm: got a tensor of shape {shape}; AGC supports "
+        "scalars, vectors, rank-2/3 (dense) and rank-4 (HWIO conv) "
+        "tensors.")
+
+
+def _sum_of_squares(x, axis, keepdims=False):
+    if len(x.shape) == 0:  # a scalar is its own sum (no reduction op)
+        return ops.square(x)
+    if axis is None:
+        return ops.sum(ops.square(x))
+    return ops.sum(ops.square(x), axis=axis, keepdims=keepdims)
 
 
 def unitwise_norm(x):
@@ -31,19 +72,36 @@ def unitwise_norm(x):
     (1, 1, 1, 16)
     """
     x = ops.convert_to_tensor(x)
-    shape = tuple(x.shape)
-    if sum(1 for d in shape if d != 1) <= 1:  # jnp.squeeze(x).ndim <= 1
-        return ops.sqrt(ops.sum(ops.square(x)))
-    if len(shape) in (2, 3):
-        axis = 0
-    elif len(shape) == 4:
-        axis = (0, 1, 2)
-    else:
-        raise ValueError(
-            f"unitwise_norm: got a tensor of shape {shape}; AGC supports "
-            "scalars, vectors, rank-2/3 (dense) and rank-4 (HWIO conv) "
-            "tensors.")
-    return ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return ops.sqrt(_sum_of_squares(x, unit_axes(x.shape), keepdims=True))
+
+
+def _clip_factor(param_sumsq, grad_sumsq, clipping, eps):
+    """Each unit's factor from its sums of squares: `max_norm / max(||G_i||,
+    1e-6)` where ||G_i|| > max_norm = clipping * max(||W_i||, eps), else 1.
+    Elementwise, so many variables' units can go through it at once."""
+    max_norm = ops.multiply(ops.maximum(ops.sqrt(param_sumsq), eps),
+                            clipping)
+    grad_norm = ops.sqrt(grad_sumsq)
+    return ops.where(ops.greater(grad_norm, max_norm),
+                     ops.divide(max_norm,
+                                ops.maximum(grad_norm, GRAD_NORM_FLOOR)),
+                     1.0)
+
+
+def _prepared(grad, param):
+    """`grad` as a tensor in the dtype the clip runs in (float32 for 16-bit
+    gradients), `param` in that dtype, and `grad`'s own dtype."""
+    grad = ops.convert_to_tensor(grad)
+    dtype = keras.backend.standardize_dtype(grad.dtype)
+    if dtype in _16_BIT:
+        grad = ops.cast(grad, "float32")
+    param = ops.cast(ops.convert_to_tensor(param), grad.dtype)
+    return grad, param, dtype
+
+
+def _finished(grad, factor, dtype):
+    out = ops.multiply(grad, factor)
+    return ops.cast(out, dtype) if dtype in _16_BIT else out
 
 
 def clip_gradient(grad, param, clipping=0.01, eps=1e-3):
@@ -59,20 +117,11 @@ def clip_gradient(grad, param, clipping=0.01, eps=1e-3):
     """
     if grad is None:
         return None
-    grad = ops.convert_to_tensor(grad)
-    dtype = keras.backend.standardize_dtype(grad.dtype)
-    if dtype in ("float16", "bfloat16"):
-        return ops.cast(clip_gradient(ops.cast(grad, "float32"), param,
-                                      clipping, eps), dtype)
-    param = ops.cast(ops.convert_to_tensor(param), grad.dtype)
-    param_norm = ops.maximum(unitwise_norm(param),
-                             ops.cast(eps, grad.dtype))
-    grad_norm = unitwise_norm(grad)
-    max_norm = param_norm * ops.cast(clipping, grad.dtype)
-    trigger = ops.greater(grad_norm, max_norm)
-    clipped = grad * (max_norm / ops.maximum(
-        grad_norm, ops.cast(GRAD_NORM_FLOOR, grad.dtype)))
-    return ops.where(trigger, clipped, grad)
+    grad, param, dtype = _prepared(grad, param)
+    axis = unit_axes(grad.shape)
+    factor = _clip_factor(_sum_of_squares(param, axis),
+                          _sum_of_squares(grad, axis), clipping, eps)
+    return _finished(grad, factor, dtype)
 
 
 def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
@@ -81,8 +130,12 @@ def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
     Each gradient unit `G_i` (see `unitwise_norm`) whose norm exceeds
     `clipping * max(||W_i||, eps)` is rescaled to exactly that norm (the
     divisor is floored at 1e-6); the others pass unchanged. `None` gradients
-    stay `None`. This is the pure function; to clip inside training use
-    `keras_nfnets.AGC` or `NFNetModel.compile(agc_clipping=...)`.
+    stay `None`. The result equals `clip_gradient` of each pair, bit for
+    bit; the clip factors of all variables whose unit norms have the same
+    shape are computed together (a few ops per shape instead of a dozen per
+    variable, which is what a traced train step is made of). This is the
+    pure function; to clip inside training use `keras_nfnets.AGC` or
+    `NFNetModel.compile(agc_clipping=...)`.
 
     Args:
         grads: list of gradients.
@@ -104,8 +157,33 @@ def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
         raise ValueError(
             f"adaptive_clip_grads: got {len(grads)} gradients for "
             f"{len(variables)} variables.")
-    return [clip_gradient(g, v, clipping, eps)
-            for g, v in zip(grads, variables)]
+    prepared, groups = {}, {}
+    for i, (g, v) in enumerate(zip(grads, variables)):
+        if g is None:
+            continue
+        grad, param, dtype = _prepared(g, v)
+        axis = unit_axes(grad.shape)
+        sums = (_sum_of_squares(param, axis), _sum_of_squares(grad, axis))
+        prepared[i] = (grad, dtype)
+        shape = tuple(sums[0].shape)
+        key = ((shape, keras.backend.standardize_dtype(grad.dtype))
+               if None not in shape else i)  # a dynamic shape: its own
+        groups.setdefault(key, []).append((i, sums))
+    out = [None] * len(grads)
+    for members in groups.values():
+        if len(members) == 1:
+            (i, (param_sumsq, grad_sumsq)), = members
+            factors = [_clip_factor(param_sumsq, grad_sumsq, clipping,
+                                    eps)]
+        else:
+            factors = ops.unstack(_clip_factor(
+                ops.stack([s[0] for _, s in members]),
+                ops.stack([s[1] for _, s in members]), clipping, eps),
+                num=len(members))
+        for (i, _), factor in zip(members, factors):
+            grad, dtype = prepared[i]
+            out[i] = _finished(grad, factor, dtype)
+    return out
 
 
 def normalize_exclude(exclude):

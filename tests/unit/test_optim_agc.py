@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_nfnets
-from keras_nfnets.optim import agc
+from keras_nfnets.optim import agc, clip
 from conftest import REPO, relative_error
 from training_helpers import (PROGRAM_CONFIG, check_result, start_check,
                               stop_checks, write_config)
@@ -434,3 +434,64 @@ def test_agc_refuses_bad_arguments_before_touching_the_optimizer():
     assert type(sgd) is keras.optimizers.SGD
     with pytest.raises(ValueError, match="already clips"):
         keras_nfnets.AGC(keras_nfnets.AGC(keras.optimizers.SGD(0.1)))
+
+
+# ------------------------------------------------------------- graph size
+#: An NFNet's kinds of variables (HWIO kernels, SE dense kernels, biases,
+#: gains, a scalar skip gain) and the classifier weight AGC leaves alone.
+_SHAPES = [(3, 3, 3, 8), (3, 3, 8, 8), (3, 3, 8, 8), (1, 1, 8, 16),
+           (16, 4), (4, 16), (8,), (8,), (16,), (1, 1, 1, 8), ()]
+
+
+def _update_graph_nodes(variables, clipping):
+    """Nodes of the traced optimizer update (the function and the functions
+    it calls) for `AGC(SGD(momentum))` around `variables`."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    opt = keras_nfnets.AGC(keras.optimizers.SGD(0.1, momentum=0.9),
+                           clipping=clipping, exclude=("linear",),
+                           skip_nonfinite=False)
+    opt.build(variables)
+    update = tf.function(lambda grads: opt.apply(grads, variables))
+    graph = update.get_concrete_function(
+        [tf.TensorSpec(v.shape, v.dtype) for v in variables]
+    ).graph.as_graph_def()
+    return len(graph.node) + sum(len(f.node_def)
+                                 for f in graph.library.function), opt
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="counts the nodes of a traced TensorFlow graph")
+def test_the_traced_clip_is_a_few_ops_per_clipped_variable():
+    """The clip in a traced train step (here: the optimizer update of an
+    NFNet's kinds of variables, with and without the clip) grows by at most
+    8 nodes per clipped variable and 15 per shape of unit norms, counted
+    from what the clip computes:
+
+    * per clipped variable: the weight read, its sum of squares per unit
+      (square, sum, the axes) and the gradient's (3 more), and the one op on
+      the whole gradient, `G * factor`: 8;
+    * per shape of unit norms (their factors computed together): the two
+      square roots, `max(., eps) * clipping` (2 ops, 2 constants), the
+      test, `max(., 1e-6)` and the divide (3 ops, 1 constant), `where(.,
+      ., 1)` (1 op, 1 constant), stacking the two sums and unstacking the
+      factors (3): 15.
+
+    Clipping each variable on its own in its `update_step` (as before,
+    about 20 nodes each: the factor's ops, constants and a full-size select
+    per variable) is over this bound; so is any per-variable growth."""
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"),
+                                name=f"w{i}") for i, s in enumerate(_SHAPES)]
+    variables.append(keras.Variable(np.ones((16, 10), "float32"),
+                                    name="linear"))
+    plain, _ = _update_graph_nodes(variables, None)
+    clipped, opt = _update_graph_nodes(variables, 0.01)
+    chosen = [v for v, m in zip(variables, opt.clip_mask) if m]
+    shapes = {np.sum(np.zeros(v.shape), axis=clip.unit_axes(v.shape)).shape
+              for v in chosen}
+    assert len(chosen) == len(_SHAPES)  # all but the classifier weight
+    grown = clipped - plain
+    bound = 8 * len(chosen) + 15 * len(shapes)
+    print(f"{len(chosen)} clipped variables, {len(shapes)} shapes: "
+          f"{grown} nodes (bound {bound})")
+    assert 0 < grown <= bound, (grown, bound)

@@ -69,3 +69,31 @@ def test_clip_gradient_keeps_16_bit_dtype():
     assert str(np.asarray(out).dtype) == "float16"
     np.testing.assert_allclose(np.asarray(out, "float32"),
                                [[0.3, 0.0], [0.0, 1e-4]], rtol=1e-3)
+
+
+def test_adaptive_clip_grads_is_clip_gradient_bit_for_bit():
+    """The list function computes the factors of every variable whose unit
+    norms have one shape together; each result is `clip_gradient`'s, bit
+    for bit (same ops on each unit), for clipped and untouched units, the
+    eps floor (a zero weight), a 16-bit gradient and a `None`."""
+    rng = np.random.default_rng(1)
+    shapes = [(3, 3, 4, 8), (3, 3, 4, 8), (1, 1, 8, 8), (8, 5), (8, 5),
+              (8,), (8,), (), (2, 3, 5)]
+    params = [rng.normal(size=s).astype("float32") for s in shapes]
+    params[5][:] = 0.0  # eps floor
+    scales = [1.0, 1e-4, 1.0, 1e-4, 1.0, 1.0, 1e-4, 1.0, 1e-4]
+    grads = [(rng.normal(size=s) * k).astype("float32")
+             for s, k in zip(shapes, scales)]
+    grads[6] = grads[6].astype("float16")
+    grads.append(None)
+    params.append(params[0])
+    together = clip.adaptive_clip_grads(grads, params, 0.01, 1e-3)
+    assert together[-1] is None
+    touched = 0
+    for g, p, c in zip(grads[:-1], params[:-1], together[:-1]):
+        alone = np.asarray(clip.clip_gradient(g, p, 0.01, 1e-3))
+        c = np.asarray(c)
+        assert c.dtype == g.dtype and c.shape == g.shape
+        assert np.array_equal(c, alone)
+        touched += int(not np.array_equal(c, g))
+    assert 0 < touched < len(shapes)  # both branches taken
