@@ -96,14 +96,15 @@ def test_an_interleaved_round_pairs_each_mode_with_its_peers():
     train = [c for c in configs if c["mode"] == "train"]
     infer = [c for c in configs if c["mode"] == "infer"]
     assert [c.get("impl", "keras") for c in train] == [
-        "keras", "keras", "keras", "timm", "timm", "timm_channels_last"]
+        "keras", "keras", "keras", "timm", "timm", "timm_channels_last",
+        "timm_compile"]
     assert train[4]["agc_clipping"] == 0  # timm without AGC
     assert {c["size"] for c in train} == {192}
     assert [c.get("remat") for c in train[:2]] == ["auto", "off"]
     assert train[2]["tf_threads"] == "0:1"
     # ONNX Runtime is an inference peer only.
     assert [c.get("impl", "keras") for c in infer] == [
-        "keras", "timm", "timm_channels_last", "onnxruntime"]
+        "keras", "timm", "timm_channels_last", "timm_compile", "onnxruntime"]
     common = types.SimpleNamespace(steps=3, warmup=1, agc_clipping=0.01)
     cmd = benchmark.peer_command(infer[-1], common,
                                  dict(path="/x.onnx", flops_per_image=2e9))
