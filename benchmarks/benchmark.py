@@ -378,21 +378,26 @@ def peer_command(config, common, onnx=None):
                                             common.agc_clipping))]
     if config.get("precision", "float32") != "float32":
         cmd += ["--precision", config["precision"]]
+    if getattr(common, "timm_model", None):
+        cmd += ["--model", common.timm_model]
     if config["impl"] == "onnxruntime":
         cmd += ["--onnx", onnx["path"],
                 "--flops_per_image", str(onnx["flops_per_image"])]
     return cmd
 
 
-def peer_error_row(config, reason):
+def peer_error_row(config, reason, common=None):
     """The row of a peer whose child died without a result: the
     configuration, this machine's CPU and why, so that the run goes on
     and the tables name it."""
-    return dict(impl=config["impl"], mode=config["mode"],
-                batch=config["batch"], size=config["size"],
-                precision=config.get("precision", "float32"),
-                agc_clipping=config.get("agc_clipping"),
-                cpu=peers.cpu_info(), error=reason, error_phase="process")
+    row = dict(impl=config["impl"], mode=config["mode"],
+               batch=config["batch"], size=config["size"],
+               precision=config.get("precision", "float32"),
+               cpu=peers.cpu_info(), error=reason, error_phase="process")
+    if config["mode"] == "train":
+        clip = config.get("agc_clipping", getattr(common, "agc_clipping", 0))
+        row["agc_clipping"] = clip if clip and clip > 0 else None
+    return row
 
 
 def spawn_peer(config, common):
@@ -401,7 +406,7 @@ def spawn_peer(config, common):
     env = dict(os.environ)
     if config["impl"] == "onnxruntime" and common.onnx_export.get("error"):
         return peer_error_row(config, "timm's ONNX export failed: "
-                              + common.onnx_export["error"])
+                              + common.onnx_export["error"], common)
     out = subprocess.run(peer_command(config, common, common.onnx_export),
                          capture_output=True, text=True, env=env)
     try:
@@ -409,20 +414,21 @@ def spawn_peer(config, common):
     except RuntimeError:
         tail = " ".join(out.stderr.strip().splitlines()[-3:])
         return peer_error_row(config, f"the child exited with "
-                              f"{out.returncode} and no result: {tail}"[:800])
+                              f"{out.returncode} and no result: {tail}"[:800],
+                              common)
     if config["impl"] == "onnxruntime":
         result["onnx_export_s"] = common.onnx_export["export_s"]
     return result
 
 
-def export_peer_onnx(size, folder):
+def export_peer_onnx(size, folder, model=None):
     """timm's model exported once, before the rounds, for onnxruntime;
     `{"error": ...}` where the export failed (the ONNX Runtime rows then
     say so)."""
     path = os.path.join(folder, "dm_nfnet_f0.onnx")
     cmd = [sys.executable, os.path.join(os.path.dirname(
         os.path.abspath(__file__)), "peers.py"), "--export_onnx", path,
-        "--size", str(size)]
+        "--size", str(size)] + (["--model", model] if model else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     try:
         return _child_result(out, "onnx export")
@@ -593,6 +599,10 @@ def main(argv=None):
     p.add_argument("--compare_peer_agc", action="store_true",
                    help="also train timm eager without AGC (timm's "
                         "default training has none)")
+    p.add_argument("--timm_model", default=None,
+                   help="the peers' timm model (default dm_nfnet_f0, against "
+                        "--variant F0; the tests: test_nfnet against a tiny "
+                        "config)")
     p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
                    help="bf16 rows (keras_nfnets mixed_bfloat16, timm "
                         "under torch.autocast bf16) next to the fp32 "
@@ -645,9 +655,10 @@ def main(argv=None):
     cfg = variants.get_config(args.variant)
     train_size = args.train_size or cfg.train_imsize
     infer_size = args.infer_size or cfg.test_imsize
-    if peer_names and args.variant != "F0":
+    if peer_names and args.variant != "F0" and not args.timm_model:
         raise SystemExit(f"the peers are timm's dm_nfnet_f0: --variant F0 "
-                         f"(got {args.variant!r}) or --peers none")
+                         f"(got {args.variant!r}), --peers none, or name "
+                         f"their model with --timm_model")
     configs = build_configs(args, train_size, infer_size, peer_names)
     cpu = peers.cpu_info()
     print(f"{cpu['model']}: {cpu['usable_cpus']} usable CPUs, {cpu['isa']}",
@@ -669,9 +680,12 @@ def main(argv=None):
             args.onnx_export = None
             if "onnxruntime" in peer_names and any(
                     c["mode"] == "infer" for c in configs):
-                args.onnx_export = export_peer_onnx(infer_size, tmp)
-                print(f"timm -> ONNX export "
-                      f"{args.onnx_export['export_s']:.0f} s", flush=True)
+                args.onnx_export = export_peer_onnx(infer_size, tmp,
+                                                    args.timm_model)
+                print("timm -> ONNX export " + (
+                    f"failed: {args.onnx_export['error']}"
+                    if "error" in args.onnx_export else
+                    f"{args.onnx_export['export_s']:.0f} s"), flush=True)
             for r in range(args.rounds):
                 for config in configs:
                     res = spawn(config, args)

@@ -334,7 +334,6 @@ def run_timm(args):
                 adaptive_clip_grad(model.parameters(), clip_factor=clip)
             opt.step()
             return loss.item()  # synchronises
-        result["agc_clipping"] = clip if clip > 0 else None
         work = 3 * result["flops_per_image"]
     else:
         model.eval()
@@ -412,15 +411,19 @@ def export_onnx(args):
 
 def _row(args, **fields):
     torch_peer = args.impl != "onnxruntime"
-    return dict(impl=args.impl, backend="torch" if torch_peer
-                else "onnxruntime",
-                variant="F0" if args.model == TIMM_MODEL else args.model,
-                model=args.model, mode=args.mode, batch=args.batch,
-                size=args.size, precision=args.precision,
-                memory_format=("channels_last" if uses_channels_last(args)
-                               else "contiguous"),
-                compile=torch_peer and uses_compile(args),
-                device=args.device, cpu=cpu_info(), **fields)
+    row = dict(impl=args.impl,
+               backend="torch" if torch_peer else "onnxruntime",
+               variant="F0" if args.model == TIMM_MODEL else args.model,
+               model=args.model, mode=args.mode, batch=args.batch,
+               size=args.size, precision=args.precision,
+               memory_format=("channels_last" if uses_channels_last(args)
+                              else "contiguous"),
+               compile=torch_peer and uses_compile(args),
+               device=args.device, cpu=cpu_info(), **fields)
+    if args.mode == "train":  # AGC's clip factor; None: no AGC
+        row["agc_clipping"] = args.agc_clipping if args.agc_clipping > 0 \
+            else None
+    return row
 
 
 def _finish(result, measured, work, matmul, via):
@@ -493,17 +496,42 @@ def parse_args(argv=None):
     return args
 
 
+def cold_compile_cache():
+    """A fresh, empty directory for inductor's and Triton's caches (unless
+    the caller set TORCHINDUCTOR_CACHE_DIR): each process compiles from
+    nothing, as a first run does, instead of reusing the compilation of
+    an earlier round. Set before torch is imported. Returns the directory
+    made, or None."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return None
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="peers_inductor_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(folder, "triton"))
+    return folder
+
+
 def main(argv=None):
     args = parse_args(argv)
     if "tensorflow" in sys.modules:  # pragma: no cover - a guard
         raise RuntimeError("peers.py must run in a process without "
                            "TensorFlow (torch after TF has crashed here)")
-    if args.export_onnx:
-        result = export_onnx(args)
-    elif args.impl == "onnxruntime":
-        result = run_onnxruntime(args)
-    else:
-        result = run_timm(args)
+    cache = None
+    if uses_compile(args) and not args.export_onnx:
+        cache = cold_compile_cache()
+    try:
+        if args.export_onnx:
+            result = export_onnx(args)
+        elif args.impl == "onnxruntime":
+            result = run_onnxruntime(args)
+        else:
+            result = run_timm(args)
+    finally:
+        if cache:
+            import shutil
+            shutil.rmtree(cache, ignore_errors=True)
+    if cache:
+        result["compile_cache"] = "cold (a fresh directory per process)"
     # The peers' processes stay free of TensorFlow, checked at the end
     # (timm, torch.compile's inductor and onnx import what they import).
     result["tensorflow_in_process"] = "tensorflow" in sys.modules
