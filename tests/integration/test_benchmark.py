@@ -202,6 +202,7 @@ def test_a_compile_peer_without_a_compiler_is_an_error_row(monkeypatch):
     # A real peer child (timm's tiny test_nfnet): with no C++ compiler
     # inductor cannot run on CPU; the child says why in an error row, and
     # the parent keeps it as a row rather than stopping the run.
+    _needs("torch", "timm")
     benchmark = _benchmark()
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     common = types.SimpleNamespace(steps=1, warmup=0, agc_clipping=0.01,
@@ -506,6 +507,15 @@ def test_recorded_first_step_rows_name_the_cpu():
         assert len(row["steady_step_s"]) >= 1
 
 
+def _needs(*modules):
+    """Skips unless `modules` are installed (found, not imported: torch
+    is not imported into a process that holds TensorFlow)."""
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (test extras)")
+
+
 def _tiny_config():
     from conftest import fixture_path
     return str(fixture_path("nfnet_tiny_config.json"))
@@ -519,6 +529,7 @@ def test_gpu_harness_end_to_end_on_cpu(tmp_path):
     import json
     import subprocess
     from training_helpers import backend_env
+    _needs("jax", "torch", "timm")
     out = tmp_path / "results_gpu.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device",
@@ -566,6 +577,7 @@ def test_benchmark_run_with_forced_bf16_rows_and_the_compile_peer(tmp_path):
     # an error row that names why.
     import json
     import subprocess
+    _needs("torch", "timm")
     out = tmp_path / "peers.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "benchmark.py"),
