@@ -28,8 +28,12 @@ and flags).
 
 Nothing here imports TensorFlow: the machine that runs this has JAX and
 PyTorch and no TensorFlow. The keras_nfnets child sets
-`KERAS_BACKEND=jax` before Keras is imported and fails (an error row) if
-TensorFlow is in its process at the end; the timm child is
+`KERAS_BACKEND=jax` before Keras is imported and makes TensorFlow
+unimportable in its process, as it is there (Keras imports TensorFlow
+opportunistically wherever it is installed, e.g. to serialize a layer's
+config, and does without it where it is not); anything that needs it
+fails the child, naming it, and the child checks at its end that
+TensorFlow is not in its process; the timm child is
 benchmarks/peers.py (`--device cuda`), which checks the same. A child that
 fails or runs past `--child_timeout_s` leaves an error row, and the run
 goes on. The JSON (`--out`) is rewritten after every row, so a run cut
@@ -94,9 +98,33 @@ def jax_matmul_gflops(dtype, n=4096, repeats=10):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+class NoTensorFlow:
+    """A meta-path finder that makes TensorFlow unimportable, as it is on
+    the GPU machine: Keras's optional uses of it (`tf.available`) then see
+    none, as they would there, and anything that needs it fails, naming
+    it, here as it would there."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(
+                f"{name} is blocked in the keras_nfnets child of "
+                f"benchmarks/gpu.py: the GPU machine has no TensorFlow, "
+                f"and KERAS_BACKEND=jax must not need it",
+                name=name)
+        return None
+
+
+def block_tensorflow():
+    """Installs `NoTensorFlow` (before Keras is imported)."""
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("TensorFlow is already imported in this process")
+    sys.meta_path.insert(0, NoTensorFlow())
+
+
 def run_keras_child(args):
-    """One keras_nfnets measurement on JAX in this process; prints a
-    `RESULT {json}` line."""
+    """One keras_nfnets measurement on JAX in this process, TensorFlow
+    blocked (`block_tensorflow`); prints a `RESULT {json}` line."""
+    block_tensorflow()
     os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported
     sys.path.insert(0, REPO)  # keras_nfnets from this checkout
     import numpy as np
@@ -160,12 +188,12 @@ def run_keras_child(args):
         result["device_peak_gb"] = stats["peak_bytes_in_use"] / 1e9
     dtype = "bfloat16" if "bfloat16" in args.precision else "float32"
     result["matmul_dtype"] = dtype
-    result["matmul_gflops"] = jax_matmul_gflops(
-        dtype, n=4096 if args.device == "cuda" else 512)
+    result["matmul_gflops"] = jax_matmul_gflops(dtype, n=args.matmul_n)
     result["achieved_gflops"] = work * args.batch / median / 1e9
     result["mfu"] = result["achieved_gflops"] / result["matmul_gflops"]
     # The machine this runs on has no TensorFlow; here it would be a
-    # dependency that crept in.
+    # dependency that crept in past the block.
+    result["tensorflow_blocked"] = True
     result["tensorflow_in_process"] = "tensorflow" in sys.modules
     if result["tensorflow_in_process"]:
         raise SystemExit("the keras_nfnets child imported TensorFlow "
@@ -183,7 +211,8 @@ def child_command(name, mode, args):
     common = ["--mode", mode, "--batch", str(args.batch), "--size",
               str(size), "--steps", str(args.steps), "--warmup",
               str(args.warmup), "--agc_clipping", str(args.agc_clipping),
-              "--device", args.device, "--precision", config["precision"]]
+              "--device", args.device, "--precision", config["precision"],
+              "--matmul_n", str(args.matmul_n)]
     if config["impl"] == "keras_nfnets":
         return [sys.executable, os.path.abspath(__file__), "--child",
                 "keras", "--variant", args.variant, *common]
@@ -343,6 +372,9 @@ def main(argv=None):
     p.add_argument("--agc_clipping", type=float, default=0.01)
     p.add_argument("--compile_mode", default="default")
     p.add_argument("--child_timeout_s", type=float, default=1200)
+    p.add_argument("--matmul_n", type=int, default=None,
+                   help="the matmul that measures each device's rate "
+                        "(default 4096 on cuda, 1024 on cpu)")
     p.add_argument("--out", default=None,
                    help="the JSON (rewritten after every row)")
     # child only
@@ -356,6 +388,8 @@ def main(argv=None):
                 f"and {args.size}")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1, --warmup >= 0")
+    if args.matmul_n is None:
+        args.matmul_n = 4096 if args.device == "cuda" else 1024
     if args.child:
         if args.size is None:
             p.error("--child needs --size")

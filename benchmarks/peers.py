@@ -360,8 +360,8 @@ def run_timm(args):
                     else "float32")
     result["matmul_dtype"] = matmul_dtype
     return _finish(result, measured, work,
-                   torch_matmul_gflops(device=device, dtype=matmul_dtype),
-                   "torch")
+                   torch_matmul_gflops(n=args.matmul_n, device=device,
+                                       dtype=matmul_dtype), "torch")
 
 
 def run_onnxruntime(args):
@@ -464,6 +464,9 @@ def parse_args(argv=None):
     p.add_argument("--agc_clipping", type=float, default=0.01,
                    help="training: timm's adaptive_clip_grad with this "
                         "clip factor (0: no clipping)")
+    p.add_argument("--matmul_n", type=int, default=1024,
+                   help="the size of the matmul that measures the device's "
+                        "rate (the MFU's denominator)")
     p.add_argument("--onnx", default=None,
                    help="onnxruntime: the exported model")
     p.add_argument("--flops_per_image", type=float, default=None,

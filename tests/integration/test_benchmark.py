@@ -521,6 +521,70 @@ def _tiny_config():
     return str(fixture_path("nfnet_tiny_config.json"))
 
 
+def _gpu_row(config, ips, rnd=0, **kw):
+    cfg = dict(keras_bf16=dict(impl="keras_nfnets", backend="jax",
+                               precision="mixed_bfloat16"),
+               timm_bf16_cl=dict(impl="timm", precision="bfloat16",
+                                 memory_format="channels_last"),
+               timm_bf16_cl_compile=dict(impl="timm", precision="bfloat16",
+                                         memory_format="channels_last",
+                                         compile=True))[config]
+    row = _row(cfg.pop("impl"), "train", ips, rnd, config=config, batch=64,
+               device="cuda", device_peak_gb=20.0, first_step_s=40.0,
+               **cfg)
+    row.update(kw)
+    return row
+
+
+def test_gpu_harness_commands_table_and_block(tmp_path):
+    # What `make bench-gpu` runs and writes, without running it: each
+    # configuration's child command, TensorFlow blocked in the keras_nfnets
+    # child, the table (ratios within bf16) and the docs block from a JSON.
+    import json
+    gpu = importlib.import_module("benchmarks.gpu")
+    args = types.SimpleNamespace(
+        batch=64, train_size=192, infer_size=256, steps=10, warmup=3,
+        agc_clipping=0.01, device="cuda", variant="F0",
+        timm_model="dm_nfnet_f0", compile_mode="default", matmul_n=4096)
+    ours = gpu.child_command("keras_bf16", "train", args)
+    assert ours[1].endswith("gpu.py") and ours[2:4] == ["--child", "keras"]
+    assert ours[ours.index("--precision") + 1] == "mixed_bfloat16"
+    timm = peers.parse_args(gpu.child_command("timm_bf16_cl_compile",
+                                              "infer", args)[2:])
+    assert (timm.device, timm.precision, timm.size, timm.batch) == (
+        "cuda", "bfloat16", 256, 64)
+    assert peers.uses_channels_last(timm) and peers.uses_compile(timm)
+    assert gpu.child_env("cpu")["JAX_PLATFORMS"] == "cpu"
+    with pytest.raises(ModuleNotFoundError, match="no TensorFlow"):
+        gpu.NoTensorFlow().find_spec("tensorflow.python")
+    assert gpu.NoTensorFlow().find_spec("tensorboard") is None
+    rows = [_gpu_row("keras_bf16", 300.0), _gpu_row("timm_bf16_cl", 250.0),
+            _gpu_row("timm_bf16_cl_compile", 400.0),
+            dict(_gpu_row("keras_bf16", 0, 1), error="exit 1, no result")]
+    del rows[-1]["images_per_s"]
+    table = gpu.table(rows)
+    assert ("| train | keras_nfnets, jax, mixed_bfloat16 | 64 x 192 | 300.0 "
+            "(300.0) | 0.75× | 20.00 | 40.0; 20.0 | 50 % |") in table
+    assert "timm channels_last + torch.compile, bf16 autocast | 64 x 192 " \
+        "| 400.0 (400.0) | best peer |" in table
+    assert table.endswith("train keras_nfnets, jax, mixed_bfloat16: not "
+                          "measured, failed in 1 process of the run: exit 1,"
+                          " no result")
+    out = tmp_path / "results_gpu.json"
+    out.write_text(json.dumps(dict(date="2026-12-06", device="cuda",
+                                   gpus="NVIDIA H100 80GB HBM3", rows=rows,
+                                   command="python benchmarks/gpu.py")))
+    render_docs = importlib.import_module("benchmarks.render_docs")
+    block = render_docs.f0_gpu(str(out))
+    assert block.startswith("Device: NVIDIA H100 80GB HBM3 (cuda)")
+    assert block.endswith(f"Source: `{out}`, measured 2026-12-06 on NVIDIA "
+                          f"H100 80GB HBM3; command: `python "
+                          f"benchmarks/gpu.py`.")
+
+
+@pytest.mark.slow  # two fresh processes, JAX's import and XLA compiling a
+# train step among them: about 80 s of CPU time (the keras_nfnets child
+# alone is over 10 s).
 def test_gpu_harness_end_to_end_on_cpu(tmp_path):
     # benchmarks/gpu.py as `make bench-gpu` runs it, on CPU and tiny models:
     # keras_nfnets on JAX under mixed_bfloat16 and timm's test_nfnet under
@@ -536,8 +600,8 @@ def test_gpu_harness_end_to_end_on_cpu(tmp_path):
          "cpu", "--variant", _tiny_config(), "--timm_model", "test_nfnet",
          "--configs", "keras_bf16,timm_bf16_cl", "--modes", "train",
          "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
-         "--rounds", "1", "--out", str(out)],
-        capture_output=True, text=True, env=backend_env("jax"), timeout=600,
+         "--rounds", "1", "--matmul_n", "64", "--out", str(out)],
+        capture_output=True, text=True, env=backend_env("jax"), timeout=900,
         check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -545,6 +609,7 @@ def test_gpu_harness_end_to_end_on_cpu(tmp_path):
     assert not ours.get("error") and not timm.get("error"), data["rows"]
     assert (ours["backend"], ours["precision"], ours["config"]) == (
         "jax", "mixed_bfloat16", "keras_bf16")
+    assert ours["tensorflow_blocked"]
     assert (timm["precision"], timm["memory_format"], timm["model"]) == (
         "bfloat16", "channels_last", "test_nfnet")
     for row in (ours, timm):
