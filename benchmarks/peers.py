@@ -419,7 +419,8 @@ def _row(args, **fields):
                memory_format=("channels_last" if uses_channels_last(args)
                               else "contiguous"),
                compile=torch_peer and uses_compile(args),
-               device=args.device, cpu=cpu_info(), **fields)
+               device=args.device, warmup=args.warmup, steps=args.steps,
+               cpu=cpu_info(), **fields)
     if args.mode == "train":  # AGC's clip factor; None: no AGC
         row["agc_clipping"] = args.agc_clipping if args.agc_clipping > 0 \
             else None

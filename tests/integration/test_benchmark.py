@@ -164,6 +164,10 @@ def test_bf16_rows_are_added_only_where_the_cpu_has_bf16():
                                    timm_model=None)
     cmd = benchmark.peer_command(added[1], common)
     assert peers.parse_args(cmd[2:]).precision == "bfloat16"
+    compiled = peers.parse_args(benchmark.peer_command(
+        dict(impl="timm_compile", mode="train", batch=8, size=192),
+        common)[2:])
+    assert (compiled.warmup, compiled.steps) == (2, 3)
 
 
 def test_bf16_rows_are_compared_with_bf16_peers_only():
