@@ -272,6 +272,11 @@ def failed(result, phase, reason):
 
 
 def run_timm(args):
+    if uses_compile(args) and args.device == "cpu" and not cxx_compiler():
+        # Known before torch is imported: no measurement is possible.
+        return failed(_row(args, cxx=None), "torch.compile", (
+            "inductor needs a C++ compiler on CPU ($CXX or g++); none was "
+            "found"))
     import contextlib
     import numpy as np
     import torch
@@ -298,10 +303,6 @@ def run_timm(args):
         result["compile_mode"] = args.compile_mode
         if device.type == "cpu":
             result["cxx"] = cxx_compiler()
-            if result["cxx"] is None:
-                return failed(result, "torch.compile", (
-                    "inductor needs a C++ compiler on CPU ($CXX or g++); "
-                    "none was found"))
         # Lazy: inductor compiles at the first call, inside the first step.
         run = torch.compile(model, mode=args.compile_mode)
 
