@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-contended bench-profile \
-	bench-first-step bench-all bench-venv clean
+	bench-first-step bench-all bench-venv bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,7 +110,7 @@ demo: $(STAMP)
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
-BENCH_PEERS := timm,timm_channels_last,onnxruntime
+BENCH_PEERS := timm,timm_channels_last,timm_compile,onnxruntime
 # The experiments in the peer run: remat forced on (the CPU default before
 # remat="auto" decided by memory), and timm and keras_nfnets without AGC
 # (timm's default training has none; the pair gives each one's AGC share
@@ -130,8 +130,10 @@ bench-venv: $(BENCH_STAMP)
 # `make bench`: the peer run (the README's table) and the serving run.
 bench: bench-peers bench-serving bench-remat
 
-# keras_nfnets against timm (eager, channels_last) and ONNX Runtime on
-# timm's export, interleaved over rounds in one run: the README's table.
+# keras_nfnets against timm (eager, channels_last, torch.compile) and ONNX
+# Runtime on timm's export, interleaved over rounds in one run: the
+# README's table. On a CPU with avx512_bf16 or AMX the run adds bf16 rows
+# on both sides (--bf16 auto).
 bench-peers: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --peers $(BENCH_PEERS) \
 	  $(BENCH_EXPERIMENTS) --rounds 2 --steps 3 --warmup 1 $(BENCH_ARGS) --out benchmarks/results_peers.json
@@ -141,12 +143,25 @@ bench-peers: $(BENCH_STAMP)
 bench-serving: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
 
-# The same under a fixed background load: a busy loop pinned to CPU 0.
+# NFNet-F0 on a GPU: keras_nfnets on JAX (mixed_bfloat16 and float32)
+# against timm on CUDA (bf16 autocast + channels_last, eager and
+# torch.compile), each in its own process, interleaved; writes
+# benchmarks/results_gpu.json (render it with python -m
+# benchmarks.render_docs). For a machine with JAX (CUDA), PyTorch and timm
+# and no TensorFlow: no venv is built; GPU_PY is its python, which also
+# needs keras (keras, namex, optree). GPU_ARGS: e.g. --batch 128
+# --train_size 224 --rounds 1 --configs keras_bf16,timm_bf16_cl_compile.
+GPU_PY ?= python3
+GPU_ARGS ?=
+bench-gpu:
+	$(GPU_PY) benchmarks/gpu.py --device cuda $(GPU_ARGS) --out benchmarks/results_gpu.json
+
 # remat="auto" by memory: F0 at batch 32 in an 8.25 GB memory cgroup, auto
 # against remat off (needs root; else the rows say so).
 bench-remat: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/remat_memory.py --out benchmarks/results_remat.json
 
+# The same under a fixed background load: a busy loop pinned to CPU 0.
 bench-contended: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --contended --modes train \
 	  --peers timm --compare_threads 0:1 --rounds 1 --steps 2 --warmup 1 $(BENCH_ARGS) \

@@ -8,17 +8,25 @@ machine is shared and noisy: compare numbers only within one run.
     python benchmarks/benchmark.py --variant F0 --rounds 3 --out bench.json
     python benchmarks/benchmark.py --child train --variant F0 --batch 8 --size 192
     python benchmarks/benchmark.py --serving --out serving.json  # see below
-    python benchmarks/benchmark.py --peers timm,timm_channels_last,onnxruntime \
+    python benchmarks/benchmark.py --peers timm,timm_channels_last,timm_compile,onnxruntime \
         --compare_remat --compare_threads 0:1 --out results_peers.json
     python benchmarks/benchmark.py --contended --modes train --peers timm
 
 Peers (`--peers`, what `make bench` runs): timm's `dm_nfnet_f0` in
-PyTorch, eager and `channels_last` (training: SGD with Nesterov momentum
-and timm's `adaptive_clip_grad` at the same clip factor, batch 8 at 192
-px; inference: batch 8 at 256 px), and ONNX Runtime on timm's ONNX export
-(exported once, before the rounds). Each is its own child process of
-benchmarks/peers.py, which never imports TensorFlow, interleaved with the
-keras_nfnets configurations in every round. The run prints each
+PyTorch, eager, `channels_last` and under `torch.compile` (training: SGD
+with Nesterov momentum and timm's `adaptive_clip_grad` at the same clip
+factor, batch 8 at 192 px; inference: batch 8 at 256 px), and ONNX
+Runtime on timm's ONNX export (exported once, before the rounds). Each is
+its own child process of benchmarks/peers.py, which never imports
+TensorFlow, interleaved with the keras_nfnets configurations in every
+round. A peer that fails (`torch.compile` without a C++ compiler, say)
+leaves an error row with its reason in the JSON and the tables, and the
+run goes on. Where the CPU has bf16 arithmetic (`avx512_bf16` or AMX;
+`--bf16 auto`, the default), each round also runs keras_nfnets' defaults
+under `mixed_bfloat16` and the timm peers under
+`torch.autocast("cpu", torch.bfloat16)`; those rows are compared with
+each other, and the fp32 rows stay the headline (`--bf16 on` forces them,
+`off` leaves them out). The run prints each
 keras_nfnets configuration's ratio to the best peer (images/s), and a
 roofline: the step's model FLOPs at the measured matmul rate against the
 step time the 1.5x target would need. Every row records the CPU model and
@@ -374,45 +382,87 @@ def spawn(config, common):
     threads = config.get("tf_threads", common.tf_threads)
     if threads:
         cmd += ["--tf_threads", threads]
+    if config.get("precision"):  # a bf16 row (bf16_configs): the last wins
+        cmd += ["--precision", config["precision"]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     return _child_result(out, config)
 
 
 def peer_command(config, common, onnx=None):
-    """The command line of one peer measurement (benchmarks/peers.py)."""
+    """The command line of one peer measurement (benchmarks/peers.py).
+    The torch.compile peer warms up for at least two steps: its first step
+    compiles, and a second compilation at the second call (a guard that
+    fails once) is not a steady-state step."""
+    warmup = common.warmup
+    if config["impl"] == "timm_compile":
+        warmup = max(warmup, 2)
     cmd = [sys.executable, os.path.join(os.path.dirname(
                os.path.abspath(__file__)), "peers.py"),
            "--impl", config["impl"], "--mode", config["mode"],
            "--batch", str(config["batch"]), "--size", str(config["size"]),
-           "--steps", str(common.steps), "--warmup", str(common.warmup),
+           "--steps", str(common.steps), "--warmup", str(warmup),
            "--agc_clipping", str(config.get("agc_clipping",
                                             common.agc_clipping))]
+    if config.get("precision", "float32") != "float32":
+        cmd += ["--precision", config["precision"]]
+    if getattr(common, "timm_model", None):
+        cmd += ["--model", common.timm_model]
     if config["impl"] == "onnxruntime":
         cmd += ["--onnx", onnx["path"],
                 "--flops_per_image", str(onnx["flops_per_image"])]
     return cmd
 
 
+def peer_error_row(config, reason, common=None):
+    """The row of a peer whose child died without a result: the
+    configuration, this machine's CPU and why, so that the run goes on
+    and the tables name it."""
+    row = dict(impl=config["impl"], mode=config["mode"],
+               batch=config["batch"], size=config["size"],
+               precision=config.get("precision", "float32"),
+               cpu=peers.cpu_info(), error=reason, error_phase="process")
+    if config["mode"] == "train":
+        clip = config.get("agc_clipping", getattr(common, "agc_clipping", 0))
+        row["agc_clipping"] = clip if clip and clip > 0 else None
+    return row
+
+
 def spawn_peer(config, common):
-    """One peer measurement in a fresh process without TensorFlow."""
+    """One peer measurement in a fresh process without TensorFlow; a
+    peer that fails gives an error row (`error`), never an exception."""
     env = dict(os.environ)
+    if config["impl"] == "onnxruntime" and common.onnx_export.get("error"):
+        return peer_error_row(config, "timm's ONNX export failed: "
+                              + common.onnx_export["error"], common)
     out = subprocess.run(peer_command(config, common, common.onnx_export),
                          capture_output=True, text=True, env=env)
-    result = _child_result(out, config)
+    try:
+        result = _child_result(out, config)
+    except RuntimeError:
+        tail = " ".join(out.stderr.strip().splitlines()[-3:])
+        return peer_error_row(config, f"the child exited with "
+                              f"{out.returncode} and no result: {tail}"[:800],
+                              common)
     if config["impl"] == "onnxruntime":
         result["onnx_export_s"] = common.onnx_export["export_s"]
     return result
 
 
-def export_peer_onnx(size, folder):
-    """timm's model exported once, before the rounds, for onnxruntime."""
+def export_peer_onnx(size, folder, model=None):
+    """timm's model exported once, before the rounds, for onnxruntime;
+    `{"error": ...}` where the export failed (the ONNX Runtime rows then
+    say so)."""
     path = os.path.join(folder, "dm_nfnet_f0.onnx")
     cmd = [sys.executable, os.path.join(os.path.dirname(
         os.path.abspath(__file__)), "peers.py"), "--export_onnx", path,
-        "--size", str(size)]
+        "--size", str(size)] + (["--model", model] if model else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
-    return _child_result(out, "onnx export")
+    try:
+        return _child_result(out, "onnx export")
+    except RuntimeError:
+        tail = " ".join(out.stderr.strip().splitlines()[-3:])
+        return dict(error=f"exit {out.returncode}: {tail}"[:800])
 
 
 def check_peers(names):
@@ -425,6 +475,7 @@ def check_peers(names):
                              f"{', '.join(peers.PEERS)} (or none)")
     needed = {"timm": ["torch", "timm"],
               "timm_channels_last": ["torch", "timm"],
+              "timm_compile": ["torch", "timm"],
               "onnxruntime": ["torch", "timm", "onnx", "onnxruntime"]}
     missing = sorted({m for n in names for m in needed[n]
                       if importlib.util.find_spec(m) is None})
@@ -433,6 +484,55 @@ def check_peers(names):
                          f"pip install -e '.[bench]' (make bench builds "
                          f".venv-bench with it), or --peers none")
     return names
+
+
+# The timm peers that get a bf16 row (torch.compile's would add its
+# compilation again for little: the eager bf16 rows show bf16's effect).
+BF16_PEERS = ("timm", "timm_channels_last")
+# keras_nfnets' bf16 policy (fp32 variables, bf16 compute).
+KERAS_BF16 = "mixed_bfloat16"
+
+
+def wants_bf16(setting, cpu):
+    """Whether a run adds the bf16 rows: `setting` is "on", "off" or
+    "auto" (when `cpu`, a `peers.cpu_info()` record, has bf16 arithmetic:
+    `avx512_bf16` or AMX's `amx_bf16`)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"--bf16 must be auto, on or off, got {setting!r}")
+    if setting == "auto":
+        return bool(cpu.get("avx512_bf16") or cpu.get("amx_bf16"))
+    return setting == "on"
+
+
+def bf16_configs(configs, precision="float32"):
+    """bf16 copies of one round's configurations, per mode: keras_nfnets'
+    defaults (the first keras_nfnets configuration of the mode, under
+    `mixed_bfloat16`) and the timm peers of `BF16_PEERS` that the round
+    has, with AGC (under `torch.autocast(..., torch.bfloat16)`). Nothing
+    when the run's own precision is not fp32."""
+    if precision != "float32":
+        return []
+    out = []
+    for mode in dict.fromkeys(c["mode"] for c in configs):
+        of_mode = [c for c in configs if c["mode"] == mode]
+        ours = next((c for c in of_mode
+                     if c.get("impl", "keras_nfnets") == "keras_nfnets"),
+                    None)
+        if ours is not None:
+            out.append(dict(ours, precision=KERAS_BF16))
+        out += [dict(c, precision="bfloat16") for c in of_mode
+                if c.get("impl") in BF16_PEERS and "agc_clipping" not in c]
+    return out
+
+
+def progress_line(r, res):
+    """One row of a run, as it comes in."""
+    head = f"round {r} {res['mode']:5s} {summary.label(res):50s} "
+    if res.get("error"):
+        return head + f"FAILED: {res['error']}"
+    return (head + f"{res['images_per_s']:.2f} img/s  "
+            f"rss {res['peak_rss_gb']:.2f} GB  "
+            f"first step {res['first_step_s_since_start']:.1f} s")
 
 
 BUSY_LOOP = ("import os, sys\n"
@@ -539,6 +639,15 @@ def main(argv=None):
                         "(agc_clipping=None: no clip, no non-finite skip), "
                         "for AGC's per-step share beside timm's "
                         "(--compare_peer_agc)")
+    p.add_argument("--timm_model", default=None,
+                   help="the peers' timm model (default dm_nfnet_f0, against "
+                        "--variant F0; the tests: test_nfnet against a tiny "
+                        "config)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 rows (keras_nfnets mixed_bfloat16, timm "
+                        "under torch.autocast bf16) next to the fp32 "
+                        "ones: auto adds them where the CPU has "
+                        "avx512_bf16 or AMX")
     p.add_argument("--contended", action="store_true",
                    help="a busy-loop process pinned to one CPU for the "
                         "whole run (recorded in each row)")
@@ -586,13 +695,19 @@ def main(argv=None):
     cfg = variants.get_config(args.variant)
     train_size = args.train_size or cfg.train_imsize
     infer_size = args.infer_size or cfg.test_imsize
-    if peer_names and args.variant != "F0":
+    if peer_names and args.variant != "F0" and not args.timm_model:
         raise SystemExit(f"the peers are timm's dm_nfnet_f0: --variant F0 "
-                         f"(got {args.variant!r}) or --peers none")
+                         f"(got {args.variant!r}), --peers none, or name "
+                         f"their model with --timm_model")
     configs = build_configs(args, train_size, infer_size, peer_names)
     cpu = peers.cpu_info()
     print(f"{cpu['model']}: {cpu['usable_cpus']} usable CPUs, {cpu['isa']}",
           flush=True)
+    if wants_bf16(args.bf16, cpu):
+        added = bf16_configs(configs, args.precision)
+        configs += added
+        print(f"bf16 rows: {len(added)} configurations ({args.bf16}; "
+              f"CPU bf16: {cpu['bf16']})", flush=True)
     contention = None
     results = []
     import tempfile
@@ -605,9 +720,12 @@ def main(argv=None):
             args.onnx_export = None
             if "onnxruntime" in peer_names and any(
                     c["mode"] == "infer" for c in configs):
-                args.onnx_export = export_peer_onnx(infer_size, tmp)
-                print(f"timm -> ONNX export "
-                      f"{args.onnx_export['export_s']:.0f} s", flush=True)
+                args.onnx_export = export_peer_onnx(infer_size, tmp,
+                                                    args.timm_model)
+                print("timm -> ONNX export " + (
+                    f"failed: {args.onnx_export['error']}"
+                    if "error" in args.onnx_export else
+                    f"{args.onnx_export['export_s']:.0f} s"), flush=True)
             for r in range(args.rounds):
                 for config in configs:
                     res = spawn(config, args)
@@ -615,12 +733,7 @@ def main(argv=None):
                     if contention:
                         res["contended"] = record
                     results.append(res)
-                    print(f"round {r} {res['mode']:5s} "
-                          f"{summary.label(res):50s} "
-                          f"{res['images_per_s']:.2f} img/s  "
-                          f"rss {res['peak_rss_gb']:.2f} GB  "
-                          f"first step {res['first_step_s_since_start']:.1f}"
-                          f" s", flush=True)
+                    print(progress_line(r, res), flush=True)
         finally:
             if contention:
                 contention.kill()
@@ -628,7 +741,8 @@ def main(argv=None):
     if args.out:  # first: a table that fails to print loses nothing
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
-    print_table([r for r in results if not summary.is_peer(r)])
+    print_table([r for r in results if not summary.is_peer(r)
+                 and r.get("precision", "float32") == args.precision])
     if peer_names:
         print_peer_table(results)
 
@@ -641,6 +755,8 @@ def print_peer_table(results):
     print(summary.cpu_line(results))
     print()
     print(summary.ratio_table(s))
+    for line in summary.failed_lines(results):
+        print(line)
     print()
     for line in summary.ratio_lines(s):
         print(line)

@@ -1,17 +1,34 @@
 """Peer implementations for benchmarks/benchmark.py: timm's `dm_nfnet_f0`
-in PyTorch (eager, and `channels_last`) and ONNX Runtime on timm's ONNX
-export, each measured the way benchmark.py measures keras_nfnets (one
-fresh process, the same warm-up and step counts, median step time, peak
-RSS, first-step time, the process's own fp32 matmul rate).
+in PyTorch (eager, `channels_last`, and `torch.compile`) and ONNX Runtime
+on timm's ONNX export, each measured the way benchmark.py measures
+keras_nfnets (one fresh process, the same warm-up and step counts, median
+step time, peak RSS, first-step time, the process's own matmul rate).
 
 This module imports neither TensorFlow nor Keras (importing torch into a
 process that already holds TensorFlow has crashed here), and nothing
-heavy at import time: benchmark.py imports it for `cpu_info`.
+heavy at import time: benchmark.py imports it for `cpu_info`. Every row
+records whether TensorFlow was in the process at its end
+(`tensorflow_in_process`); a row where it was is an error row.
 
     python benchmarks/peers.py --impl timm --mode train --batch 8 --size 192
     python benchmarks/peers.py --impl timm_channels_last --mode infer --size 256
+    python benchmarks/peers.py --impl timm_compile --mode train --size 192
+    python benchmarks/peers.py --impl timm --precision bfloat16 --mode train
+    python benchmarks/peers.py --impl timm --device cuda --channels_last \
+        --compile --precision bfloat16 --mode train --batch 64 --size 192
     python benchmarks/peers.py --export_onnx /tmp/f0.onnx --size 256
     python benchmarks/peers.py --impl onnxruntime --onnx /tmp/f0.onnx --size 256
+
+`timm_compile` is timm's model under `torch.compile` (inductor, default
+mode): its first step includes the compilation, recorded like every
+peer's. Inductor needs a C++ compiler on CPU; where it is missing or the
+compilation fails, the child prints an error row (`error`, with the
+reason) instead of a measurement, and the run goes on without it.
+`--precision bfloat16` runs the forward and the loss under
+`torch.autocast(device, torch.bfloat16)` (the weights and the optimizer
+stay fp32). `--device cuda` (the GPU harness, benchmarks/gpu.py) moves
+the model and batch to the GPU, synchronises after every step and records
+the device's peak memory.
 
 Each measurement prints one line `RESULT {json}`.
 """
@@ -26,7 +43,9 @@ import time
 
 _START = time.time()
 
-PEERS = ("timm", "timm_channels_last", "onnxruntime")
+PEERS = ("timm", "timm_channels_last", "timm_compile", "onnxruntime")
+# The peers that run timm's model in PyTorch (the others: ONNX Runtime).
+TORCH_PEERS = ("timm", "timm_channels_last", "timm_compile")
 TIMM_MODEL = "dm_nfnet_f0"
 # ImageNet mean / std (timm's default for dm_nfnet_f0): inputs are drawn in
 # 0-255 like keras_nfnets' (which normalizes inside the model) and
@@ -35,14 +54,23 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
+# The /proc/cpuinfo flags recorded in every row: the vector and matrix
+# units that fp32 / bf16 / int8 convolutions run on.
+ISA_FLAGS = ("sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw",
+             "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def parse_cpuinfo(text):
     """The CPU model and the instruction-set flags that matter for fp32 /
     bf16 convolutions, from the text of /proc/cpuinfo.
 
     Returns a dict: `model` (the first "model name"), `logical_cpus` (the
     number of "processor" entries), `avx2`, `fma`, `avx512` (avx512f),
-    `avx512_bf16`, `avx_vnni`, `amx` (amx_tile), and `isa`, a short
-    summary such as "AVX2, no AVX-512, no AMX".
+    `avx512_bf16`, `avx512_vnni`, `avx_vnni`, `amx` (amx_tile), `amx_bf16`,
+    `flags` (those of `ISA_FLAGS` the CPU has, in that order), `bf16`
+    (whether the CPU has bf16 arithmetic: `avx512_bf16` or `amx_bf16`) and
+    `isa`, a short summary such as "AVX2, no AVX-512, no AMX".
     """
     model, flags, logical = None, set(), 0
     for line in text.splitlines():
@@ -59,8 +87,11 @@ def parse_cpuinfo(text):
                 avx2="avx2" in flags, fma="fma" in flags,
                 avx512="avx512f" in flags,
                 avx512_bf16="avx512_bf16" in flags,
+                avx512_vnni="avx512_vnni" in flags,
                 avx_vnni="avx_vnni" in flags,
-                amx="amx_tile" in flags)
+                amx="amx_tile" in flags, amx_bf16="amx_bf16" in flags,
+                flags=[f for f in ISA_FLAGS if f in flags])
+    info["bf16"] = info["avx512_bf16"] or info["amx_bf16"]
     parts = ["AVX2" if info["avx2"] else "no AVX2",
              "AVX-512" + (" (bf16)" if info["avx512_bf16"] else "")
              if info["avx512"] else "no AVX-512",
@@ -93,18 +124,24 @@ def _peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def torch_matmul_gflops(n=1024, repeats=10):
-    """fp32 matrix-multiply rate through torch (as benchmark.py's
-    `matmul_gflops` is through Keras)."""
+def torch_matmul_gflops(n=1024, repeats=10, device="cpu", dtype="float32"):
+    """Matrix-multiply rate through torch on `device` in `dtype` (as
+    benchmark.py's `matmul_gflops` is through Keras); synchronised on a
+    GPU."""
     import torch
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
-    torch.matmul(a, b)
+    a = torch.randn(n, n, generator=g).to(device, getattr(torch, dtype))
+    b = torch.randn(n, n, generator=g).to(device, getattr(torch, dtype))
+
+    def run():
+        torch.matmul(a, b)
+        if a.device.type == "cuda":
+            torch.cuda.synchronize()
+    run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        torch.matmul(a, b)
+        run()
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
@@ -135,18 +172,36 @@ def images(batch, size, seed=0):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def uses_channels_last(args):
+    """Whether the timm child runs in `channels_last` (the impl or the
+    flag)."""
+    return args.impl == "timm_channels_last" or args.channels_last
+
+
+def uses_compile(args):
+    """Whether the timm child runs under `torch.compile`."""
+    return args.impl == "timm_compile" or args.compile
+
+
+def cxx_compiler():
+    """The C++ compiler inductor calls on CPU (`$CXX`, else g++), as a
+    path, or None where there is none."""
+    import shutil
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
 def _timm_model(args):
     import timm
     import torch
     torch.manual_seed(0)
-    model = timm.create_model(TIMM_MODEL, pretrained=False,
+    model = timm.create_model(args.model, pretrained=False,
                               num_classes=1000)
-    if args.impl == "timm_channels_last":
+    if uses_channels_last(args):
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def _timm_flops_per_image(model, size):
+def _timm_flops_per_image(model, size, device="cpu"):
     """Forward FLOPs (multiply-adds x 2) of one image, by PyTorch's
     FlopCounterMode (convolutions and matmuls, as keras_nfnets' count)."""
     import torch
@@ -155,9 +210,19 @@ def _timm_flops_per_image(model, size):
     model.eval()
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size, device=device))
     model.train(was_training)
     return counter.get_total_flops()
+
+
+def gpu_info():
+    """The CUDA device torch runs on: name, compute capability, memory,
+    CUDA and cuDNN versions."""
+    import torch
+    props = torch.cuda.get_device_properties(0)
+    return dict(name=props.name, capability=f"{props.major}.{props.minor}",
+                memory_gb=props.total_memory / 1e9, cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version())
 
 
 def current_rss_gb():
@@ -177,9 +242,11 @@ def current_rss_gb():
 def timed(step, warmup, steps, result, start=_START):
     """Runs `step` warmup + steps times; the measured times after warm-up.
     Records in `result` the seconds from `start` (the process start) to the
-    end of the first and second step, and the resident memory just before
-    the first step (the runtime, the model and its input: what the peak
-    holds before any step's own memory)."""
+    end of the first and second step, the first step's own duration
+    (`first_step_s`: with `torch.compile` or a traced step, the compilation
+    is in it), and the resident memory just before the first step (the
+    runtime, the model and its input: what the peak holds before any
+    step's own memory)."""
     times = []
     for i in range(warmup + steps):
         if i == 0:
@@ -188,28 +255,70 @@ def timed(step, warmup, steps, result, start=_START):
         step()
         times.append(time.perf_counter() - t)
         if i == 0:
+            result["first_step_s"] = times[0]
             result["first_step_s_since_start"] = time.time() - start
         if i == 1:
             result["second_step_s_since_start"] = time.time() - start
     return times[warmup:]
 
 
+def failed(result, phase, reason):
+    """`result` made an error row: no measurement, the phase that failed
+    and why (first lines of the exception), the peak memory so far."""
+    text = " ".join(str(reason).strip().split())
+    result.update(error=f"{phase}: {text[:600]}", error_phase=phase,
+                  peak_rss_gb=_peak_rss_gb())
+    return result
+
+
 def run_timm(args):
+    if uses_compile(args) and args.device == "cpu" and not cxx_compiler():
+        # Known before torch is imported: no measurement is possible.
+        return failed(_row(args, cxx=None), "torch.compile", (
+            "inductor needs a C++ compiler on CPU ($CXX or g++); none was "
+            "found"))
+    import contextlib
+    import numpy as np
     import torch
     import timm
-    model = _timm_model(args)
-    x = torch.from_numpy(images(args.batch, args.size))
-    if args.impl == "timm_channels_last":
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device "
+                         "(torch.cuda.is_available() is False)")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as timm's train.py
+    model = _timm_model(args).to(device)
+    x = torch.from_numpy(images(args.batch, args.size)).to(device)
+    if uses_channels_last(args):
         x = x.contiguous(memory_format=torch.channels_last)
     result = _row(args, framework=f"torch {torch.__version__}, "
                   f"timm {timm.__version__}",
                   threads=torch.get_num_threads(),
-                  flops_per_image=_timm_flops_per_image(model, args.size))
+                  flops_per_image=_timm_flops_per_image(model, args.size,
+                                                        device))
+    if device.type == "cuda":
+        result["gpu"] = gpu_info()
+    run = model
+    if uses_compile(args):
+        result["compile_mode"] = args.compile_mode
+        if device.type == "cpu":
+            result["cxx"] = cxx_compiler()
+        # Lazy: inductor compiles at the first call, inside the first step.
+        run = torch.compile(model, mode=args.compile_mode)
+
+    def autocast():
+        if args.precision == "bfloat16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     if args.mode == "train":
         model.train()
-        y = torch.from_numpy(
-            __import__("numpy").random.default_rng(0).integers(
-                0, 1000, (args.batch,)))
+        y = torch.from_numpy(np.random.default_rng(0).integers(
+            0, 1000, (args.batch,))).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                               nesterov=True)
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -219,23 +328,41 @@ def run_timm(args):
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with autocast():
+                loss = loss_fn(run(x), y)
             loss.backward()
             if clip > 0:
                 adaptive_clip_grad(model.parameters(), clip_factor=clip)
             opt.step()
-            return loss.item()
-        result["agc_clipping"] = clip if clip > 0 else None
+            return loss.item()  # synchronises
         work = 3 * result["flops_per_image"]
     else:
         model.eval()
 
         def step():
-            with torch.inference_mode():
-                return model(x)
+            with torch.inference_mode(), autocast():
+                out = run(x)
+            sync()
+            return out
         work = result["flops_per_image"]
-    measured = timed(step, args.warmup, args.steps, result)
-    return _finish(result, measured, work, torch_matmul_gflops(), "torch")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        measured = timed(step, args.warmup, args.steps, result)
+    except Exception as e:  # pylint: disable=broad-except
+        if not uses_compile(args):
+            raise
+        # Inductor's failures (no compiler, a compiler error, a backend
+        # that cannot lower an op) end this peer, recorded, not the run.
+        return failed(result, "torch.compile", f"{type(e).__name__}: {e}")
+    if device.type == "cuda":
+        result["device_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    matmul_dtype = ("bfloat16" if args.precision == "bfloat16"
+                    else "float32")
+    result["matmul_dtype"] = matmul_dtype
+    return _finish(result, measured, work,
+                   torch_matmul_gflops(n=args.matmul_n, device=device,
+                                       dtype=matmul_dtype), "torch")
 
 
 def run_onnxruntime(args):
@@ -284,14 +411,21 @@ def export_onnx(args):
 
 
 def _row(args, **fields):
-    return dict(impl=args.impl, backend={
-                    "onnxruntime": "onnxruntime"}.get(args.impl, "torch"),
-                variant="F0", model=TIMM_MODEL, mode=args.mode,
-                batch=args.batch, size=args.size, precision="float32",
-                memory_format=("channels_last"
-                               if args.impl == "timm_channels_last"
-                               else "contiguous"),
-                cpu=cpu_info(), **fields)
+    torch_peer = args.impl != "onnxruntime"
+    row = dict(impl=args.impl,
+               backend="torch" if torch_peer else "onnxruntime",
+               variant="F0" if args.model == TIMM_MODEL else args.model,
+               model=args.model, mode=args.mode, batch=args.batch,
+               size=args.size, precision=args.precision,
+               memory_format=("channels_last" if uses_channels_last(args)
+                              else "contiguous"),
+               compile=torch_peer and uses_compile(args),
+               device=args.device, warmup=args.warmup, steps=args.steps,
+               cpu=cpu_info(), **fields)
+    if args.mode == "train":  # AGC's clip factor; None: no AGC
+        row["agc_clipping"] = args.agc_clipping if args.agc_clipping > 0 \
+            else None
+    return row
 
 
 def _finish(result, measured, work, matmul, via):
@@ -316,9 +450,25 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--model", default=TIMM_MODEL,
+                   help="timm's model name (tests: test_nfnet)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["float32", "bfloat16"],
+                   default="float32",
+                   help="bfloat16: forward and loss under torch.autocast")
+    p.add_argument("--channels_last", action="store_true",
+                   help="model and input in channels_last (any timm impl)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (any timm impl)")
+    p.add_argument("--compile_mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"])
     p.add_argument("--agc_clipping", type=float, default=0.01,
                    help="training: timm's adaptive_clip_grad with this "
                         "clip factor (0: no clipping)")
+    p.add_argument("--matmul_n", type=int, default=1024,
+                   help="the size of the matmul that measures the device's "
+                        "rate (the MFU's denominator)")
     p.add_argument("--onnx", default=None,
                    help="onnxruntime: the exported model")
     p.add_argument("--flops_per_image", type=float, default=None,
@@ -330,13 +480,40 @@ def parse_args(argv=None):
     if args.batch < 1 or args.size < 32:
         p.error(f"--batch must be >= 1 and --size >= 32, got "
                 f"{args.batch} and {args.size}")
+    if args.steps < 1 or args.warmup < 0:
+        p.error(f"--steps must be >= 1 and --warmup >= 0, got "
+                f"{args.steps} and {args.warmup}")
     if args.impl == "onnxruntime" and not args.export_onnx:
         if args.mode != "infer":
             p.error("onnxruntime is an inference peer: use --mode infer")
         if not args.onnx:
             p.error("--impl onnxruntime needs --onnx PATH (made by "
                     "--export_onnx PATH)")
+        changed = [flag for flag, on in (
+            ("--device cuda", args.device != "cpu"),
+            ("--precision bfloat16", args.precision != "float32"),
+            ("--channels_last", args.channels_last),
+            ("--compile", args.compile)) if on]
+        if changed:
+            p.error(f"{', '.join(changed)}: only for the timm peers, not "
+                    f"onnxruntime (ONNX Runtime runs the export on CPU in "
+                    f"fp32)")
     return args
+
+
+def cold_compile_cache():
+    """A fresh, empty directory for inductor's and Triton's caches (unless
+    the caller set TORCHINDUCTOR_CACHE_DIR): each process compiles from
+    nothing, as a first run does, instead of reusing the compilation of
+    an earlier round. Set before torch is imported. Returns the directory
+    made, or None."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return None
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="peers_inductor_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(folder, "triton"))
+    return folder
 
 
 def main(argv=None):
@@ -344,12 +521,30 @@ def main(argv=None):
     if "tensorflow" in sys.modules:  # pragma: no cover - a guard
         raise RuntimeError("peers.py must run in a process without "
                            "TensorFlow (torch after TF has crashed here)")
-    if args.export_onnx:
-        result = export_onnx(args)
-    elif args.impl == "onnxruntime":
-        result = run_onnxruntime(args)
-    else:
-        result = run_timm(args)
+    cache = None
+    if uses_compile(args) and not args.export_onnx:
+        cache = cold_compile_cache()
+    try:
+        if args.export_onnx:
+            result = export_onnx(args)
+        elif args.impl == "onnxruntime":
+            result = run_onnxruntime(args)
+        else:
+            result = run_timm(args)
+    finally:
+        if cache:
+            import shutil
+            shutil.rmtree(cache, ignore_errors=True)
+    if cache:
+        result["compile_cache"] = "cold (a fresh directory per process)"
+    # The peers' processes stay free of TensorFlow, checked at the end
+    # (timm, torch.compile's inductor and onnx import what they import).
+    result["tensorflow_in_process"] = "tensorflow" in sys.modules
+    if result["tensorflow_in_process"] and "error" not in result:
+        failed(result, "isolation", "TensorFlow was imported into the peer's "
+               "process; its measurement is not kept")
+        for key in ("images_per_s", "step_times_s"):
+            result.pop(key, None)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -150,8 +150,11 @@ def f0_peers(source="benchmarks/results_peers.json"):
     summary = _summary()
     rows = _load(source)
     s = summary.summarize(rows)
+    failed = summary.failed_lines(rows)
     return "\n".join([summary.cpu_line(rows) + ".", "",
-                      summary.ratio_table(s), "", _provenance(source)])
+                      summary.ratio_table(s), *([""] + failed if failed
+                                                 else []),
+                      "", _provenance(source)])
 
 
 def f0_targets(source="benchmarks/results_peers.json"):
@@ -378,6 +381,37 @@ def render_links(text, slug=None):
     """`text` with every link to the repository pointing at `slug`."""
     slug = slug or repository_slug()
     return REPO_LINK.sub(lambda m: m.group("host") + slug, text)
+
+
+# When no GPU run is committed: the day and machine on which that was
+# last said (the harness was written on a machine without a GPU).
+GPU_NOT_MEASURED = dict(
+    date="2026-12-05",
+    machine="the project's CPU machine class, which has no GPU (none was "
+            "lent to the session that wrote the harness)")
+
+
+def f0_gpu(source="benchmarks/results_gpu.json"):
+    """keras_nfnets on JAX against timm on CUDA (`make bench-gpu`,
+    benchmarks/gpu.py), or that it was not measured."""
+    if not (REPO / source).exists():
+        return (f"Not measured: no GPU was available. `make bench-gpu` on a "
+                f"machine with one writes `{source}`, and this block renders "
+                f"it.\n\nSource: `{source}` (not present), not measured "
+                f"{GPU_NOT_MEASURED['date']} on "
+                f"{GPU_NOT_MEASURED['machine']}; command: `make bench-gpu "
+                f"(benchmarks/gpu.py --device cuda --out {source})`.")
+    from benchmarks import gpu
+    data = _load(source)
+    meta = json.loads((REPO / "benchmarks" / "sources.json").read_text())
+    provenance = (_provenance(source) if source in meta else
+                  f"Source: `{source}`, measured {data['date']} on "
+                  f"{data['gpus']}; command: `{data['command']}`.")
+    return "\n".join([gpu.device_line(data), "", gpu.table(data["rows"]),
+                      "", provenance])
+
+
+TABLES["f0_gpu"] = f0_gpu
 
 
 def render(text):

@@ -1,7 +1,8 @@
 """Summaries of a benchmark run's rows (benchmarks/benchmark.py's JSON):
 one line per configuration, medians over rounds, each keras_nfnets
-configuration's ratio to the best peer, and a roofline floor from the
-matmul rate. Pure Python: benchmark.py prints these tables and
+configuration's ratio to the best peer of its precision (fp32 rows against
+fp32 peers, bf16 against bf16: fp32 is the headline), the peers that
+failed and why, and a roofline floor from the matmul rate. Pure Python: benchmark.py prints these tables and
 render_docs.py renders the same ones into README.md / docs/.
 """
 
@@ -9,6 +10,7 @@ import statistics
 
 PEER_NAMES = {"timm": "timm eager",
               "timm_channels_last": "timm channels_last",
+              "timm_compile": "timm torch.compile",
               "onnxruntime": "ONNX Runtime (timm export)"}
 # The speed-up over the best peer that issue 16 asks for.
 TARGET_RATIO = 1.5
@@ -18,18 +20,40 @@ def is_peer(row):
     return row.get("impl", "keras_nfnets") != "keras_nfnets"
 
 
+def precision_class(row):
+    """"fp32", "bf16" or "fp16": what a row computes in (keras_nfnets'
+    `mixed_bfloat16` and timm's bf16 autocast are both "bf16")."""
+    precision = row.get("precision") or "float32"
+    if "bfloat16" in precision:
+        return "bf16"
+    return "fp16" if "float16" in precision else "fp32"
+
+
 def label(row):
     """A configuration's name: the peer's, or keras_nfnets with what
     differs from its defaults."""
     impl = row.get("impl", "keras_nfnets")
     if impl != "keras_nfnets":
         name = PEER_NAMES.get(impl, impl)
+        extras = []
+        if (row.get("memory_format") == "channels_last"
+                and impl != "timm_channels_last"):
+            extras.append("channels_last")
+        if row.get("compile") and impl != "timm_compile":
+            extras.append("torch.compile")
+        if extras:
+            name = ("timm " if impl == "timm" else name + " + ") + \
+                " + ".join(extras)
+        if precision_class(row) == "bf16":
+            name += ", bf16 autocast"
         if row.get("mode") == "train" and row.get("agc_clipping") is None:
             name += ", no AGC"
         return name
     parts = []
     if row.get("backend", "tensorflow") != "tensorflow":
         parts.append(row["backend"])
+    if (row.get("precision") or "float32") != "float32":
+        parts.append(row["precision"])
     if row.get("remat_arg", "auto") != "auto":
         parts.append(f"remat {row['remat_arg']}")
     if row.get("tf_threads"):
@@ -51,8 +75,10 @@ def label(row):
 
 def summarize(rows):
     """One dict per (mode, configuration), in first-seen order: medians
-    over rounds, `ratio` to the best peer of that mode (keras_nfnets rows;
-    None without peers) and `vs` (the ratio to each peer)."""
+    over rounds, `ratio` to the best peer of that mode and precision
+    (keras_nfnets rows; None without such peers) and `vs` (the ratio to
+    each of those peers). Error rows (a peer that failed) are left out:
+    `failed_lines` names them."""
     groups = {}
     for row in rows:
         if "images_per_s" not in row:
@@ -64,6 +90,7 @@ def summarize(rows):
         mfus = [r["mfu"] for r in rs if r.get("mfu") is not None]
         out.append(dict(
             mode=mode, label=name, peer=is_peer(rs[0]),
+            precision=precision_class(rs[0]),
             batch=rs[0]["batch"], size=rs[0]["size"],
             images_per_s=statistics.median(r["images_per_s"] for r in rs),
             rounds=[r["images_per_s"] for r in rs],
@@ -79,11 +106,12 @@ def summarize(rows):
             matmul_gflops=statistics.median(r["matmul_gflops"] for r in rs),
             mfu=statistics.median(mfus) if mfus else None,
             flops_per_image=rs[0].get("flops_per_image")))
-    for mode in {s["mode"] for s in out}:
-        peers = [s for s in out if s["mode"] == mode and s["peer"]]
+    for mode, precision in {(s["mode"], s["precision"]) for s in out}:
+        peers = [s for s in out if s["mode"] == mode and s["peer"]
+                 and s["precision"] == precision]
         best = max(peers, key=lambda s: s["images_per_s"], default=None)
         for s in out:
-            if s["mode"] != mode:
+            if s["mode"] != mode or s["precision"] != precision:
                 continue
             s["best_peer"] = best["label"] if best else None
             s["ratio"] = (s["images_per_s"] / best["images_per_s"]
@@ -122,7 +150,9 @@ def ratio_table(summary):
     lines = ["| mode | configuration | batch x px | img/s, median (per round) "
              "| ratio to best peer | peak RSS GB | first step s | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for s in sorted(summary, key=lambda s: (s["mode"] != "train", s["peer"])):
+    for s in sorted(summary, key=lambda s: (
+            s["mode"] != "train", s.get("precision", "fp32") != "fp32",
+            s["peer"])):
         rounds = ", ".join(f"{v:.2f}" for v in s["rounds"])
         ratio = ("peer" if s["peer"] and s["label"] != s["best_peer"]
                  else "best peer" if s["peer"]
@@ -133,6 +163,19 @@ def ratio_table(summary):
             f"{s['peak_rss_gb']:.2f} | {s['first_step_s']:.1f} | "
             f"{_fmt(s['mfu'] and 100 * s['mfu'], '.0f')} % |")
     return "\n".join(lines)
+
+
+def failed_lines(rows):
+    """One line per configuration that failed (a peer's error rows): its
+    mode, name, in how many of the run's processes, and the reason."""
+    failed = {}
+    for row in rows:
+        if row.get("error"):
+            failed.setdefault((row.get("mode"), label(row), row["error"]),
+                              []).append(row)
+    return [f"{mode} {name}: not measured, failed in {len(rs)} "
+            f"process{'es' if len(rs) > 1 else ''} of the run: {error}"
+            for (mode, name, error), rs in failed.items()]
 
 
 def ratio_lines(summary):
@@ -155,10 +198,13 @@ def roofline(summary, rows):
     for mode in ("train", "infer"):
         ours = [s for s in summary if s["mode"] == mode and not s["peer"]
                 and s["label"] == "keras_nfnets (defaults)"]
-        peers = [s for s in summary if s["mode"] == mode and s["peer"]]
-        if not ours or not peers or not ours[0]["flops_per_image"]:
+        if not ours:
             continue
         s = ours[0]
+        peers = [p for p in summary if p["mode"] == mode and p["peer"]
+                 and p.get("precision") == s.get("precision")]
+        if not peers or not s["flops_per_image"]:
+            continue
         best = max(peers, key=lambda p: p["images_per_s"])
         factor = 3 if mode == "train" else 1
         work = factor * s["flops_per_image"] * s["batch"] / 1e9

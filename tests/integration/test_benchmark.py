@@ -39,9 +39,13 @@ def test_cpuinfo_parser_names_the_cpu_and_its_vector_units():
     assert info["avx2"] and info["fma"]
     assert not info["avx512"] and not info["amx"]
     assert info["isa"] == "AVX2, no AVX-512, no AMX"
+    assert info["flags"] == ["avx", "fma", "avx2"] and not info["bf16"]
     info = peers.parse_cpuinfo(SAPPHIRE)
     assert info["avx512"] and info["avx512_bf16"] and info["amx"]
     assert info["isa"] == "AVX2, AVX-512 (bf16), AMX"
+    assert info["bf16"] and info["amx_bf16"] and info["avx_vnni"]
+    assert info["flags"] == ["fma", "avx2", "avx512f", "avx512_bf16",
+                             "avx_vnni", "amx_tile", "amx_bf16"]
 
 
 def test_cpuinfo_of_this_machine_and_of_a_missing_file(tmp_path):
@@ -60,6 +64,24 @@ def test_peer_child_arguments():
                 ["--impl", "onnxruntime"],  # no --onnx
                 ["--impl", "tf"],
                 ["--batch", "0"]):
+        with pytest.raises(SystemExit):
+            peers.parse_args(bad)
+
+
+def test_compile_bf16_and_cuda_peer_arguments():
+    args = peers.parse_args(["--impl", "timm_compile", "--mode", "train"])
+    assert peers.uses_compile(args) and not peers.uses_channels_last(args)
+    args = peers.parse_args(["--device", "cuda", "--channels_last",
+                             "--compile", "--precision", "bfloat16",
+                             "--model", "test_nfnet"])
+    assert peers.uses_compile(args) and peers.uses_channels_last(args)
+    assert (args.device, args.precision, args.model) == (
+        "cuda", "bfloat16", "test_nfnet")
+    for bad in (["--impl", "onnxruntime", "--onnx", "m", "--compile"],
+                ["--impl", "onnxruntime", "--onnx", "m", "--precision",
+                 "bfloat16"],
+                ["--precision", "float16"], ["--device", "tpu"],
+                ["--steps", "0"]):
         with pytest.raises(SystemExit):
             peers.parse_args(bad)
 
@@ -96,19 +118,116 @@ def test_an_interleaved_round_pairs_each_mode_with_its_peers():
     train = [c for c in configs if c["mode"] == "train"]
     infer = [c for c in configs if c["mode"] == "infer"]
     assert [c.get("impl", "keras") for c in train] == [
-        "keras", "keras", "keras", "timm", "timm", "timm_channels_last"]
+        "keras", "keras", "keras", "timm", "timm", "timm_channels_last",
+        "timm_compile"]
     assert train[4]["agc_clipping"] == 0  # timm without AGC
     assert {c["size"] for c in train} == {192}
     assert [c.get("remat") for c in train[:2]] == ["auto", "on"]
     assert train[2]["tf_threads"] == "0:1"
     # ONNX Runtime is an inference peer only.
     assert [c.get("impl", "keras") for c in infer] == [
-        "keras", "timm", "timm_channels_last", "onnxruntime"]
+        "keras", "timm", "timm_channels_last", "timm_compile", "onnxruntime"]
     common = types.SimpleNamespace(steps=3, warmup=1, agc_clipping=0.01)
     cmd = benchmark.peer_command(infer[-1], common,
                                  dict(path="/x.onnx", flops_per_image=2e9))
     assert cmd[1].endswith("peers.py")
     assert peers.parse_args(cmd[2:]).onnx == "/x.onnx"
+
+
+def test_bf16_rows_are_added_only_where_the_cpu_has_bf16():
+    benchmark = _benchmark()
+    epyc, sapphire = peers.parse_cpuinfo(EPYC), peers.parse_cpuinfo(SAPPHIRE)
+    assert not benchmark.wants_bf16("auto", epyc)
+    assert benchmark.wants_bf16("auto", sapphire)
+    assert benchmark.wants_bf16("on", epyc)  # forced: the tests' way
+    assert not benchmark.wants_bf16("off", sapphire)
+    with pytest.raises(ValueError, match="--bf16 must be auto, on or off"):
+        benchmark.wants_bf16("yes", epyc)
+    args = types.SimpleNamespace(
+        grouped_conv=None, compare_grouped_conv=False, modes="train,infer",
+        backend="tensorflow", batch=8, compare_remat=True,
+        compare_allocator=False, compare_threads=[],
+        compare_threads_modes=["train"], compare_peer_agc=True)
+    configs = benchmark.build_configs(args, 192, 256, list(peers.PEERS))
+    added = benchmark.bf16_configs(configs)
+    # Per mode: keras_nfnets' defaults and timm eager / channels_last with
+    # AGC; not torch.compile, timm without AGC or ONNX Runtime.
+    assert [(c["mode"], c.get("impl", "keras"), c["precision"])
+            for c in added] == [
+        ("train", "keras", "mixed_bfloat16"), ("train", "timm", "bfloat16"),
+        ("train", "timm_channels_last", "bfloat16"),
+        ("infer", "keras", "mixed_bfloat16"), ("infer", "timm", "bfloat16"),
+        ("infer", "timm_channels_last", "bfloat16")]
+    assert added[0]["remat"] == "auto" and added[0]["size"] == 192
+    assert benchmark.bf16_configs(configs, "mixed_bfloat16") == []
+    common = types.SimpleNamespace(steps=3, warmup=1, agc_clipping=0.01,
+                                   timm_model=None)
+    cmd = benchmark.peer_command(added[1], common)
+    assert peers.parse_args(cmd[2:]).precision == "bfloat16"
+    compiled = peers.parse_args(benchmark.peer_command(
+        dict(impl="timm_compile", mode="train", batch=8, size=192),
+        common)[2:])
+    assert (compiled.warmup, compiled.steps) == (2, 3)
+
+
+def test_bf16_rows_are_compared_with_bf16_peers_only():
+    rows = ROWS + [
+        _row("keras_nfnets", "train", 3.0, 0, precision="mixed_bfloat16"),
+        _row("timm", "train", 2.5, 0, precision="bfloat16"),
+        _row("timm_channels_last", "train", 4.0, 0, precision="bfloat16",
+             memory_format="channels_last")]
+    s = {(x["mode"], x["label"]): x for x in summary.summarize(rows)}
+    bf16 = s["train", "keras_nfnets, mixed_bfloat16"]
+    assert bf16["best_peer"] == "timm channels_last, bf16 autocast"
+    assert bf16["ratio"] == pytest.approx(3.0 / 4.0)
+    assert set(bf16["vs"]) == {"timm eager, bf16 autocast",
+                               "timm channels_last, bf16 autocast"}
+    # fp32 stays the headline: its best peer is an fp32 peer.
+    ours = s["train", "keras_nfnets (defaults)"]
+    assert ours["best_peer"] == "timm eager"
+    assert ours["ratio"] == pytest.approx(1.1 / 1.9)
+    targets = summary.targets(summary.summarize(rows))
+    assert targets[0]["measured"] == "0.58× timm eager"
+    assert summary.roofline(summary.summarize(rows), rows)[0][
+        "best_peer"] == "timm eager"
+    table = summary.ratio_table(summary.summarize(rows)).splitlines()
+    fp32_last = max(i for i, line in enumerate(table)
+                    if "| train |" in line and "bf16" not in line
+                    and "bfloat16" not in line)
+    assert all(i > fp32_last for i, line in enumerate(table)
+               if "bf16" in line or "bfloat16" in line)
+    assert summary.label(dict(impl="timm", mode="infer", compile=True,
+                              memory_format="channels_last",
+                              precision="bfloat16")) == \
+        "timm channels_last + torch.compile, bf16 autocast"
+
+
+def test_a_compile_peer_without_a_compiler_is_an_error_row(monkeypatch):
+    # A real peer child: with no C++ compiler inductor cannot run on CPU;
+    # the child says why in an error row (before it imports torch), and
+    # the parent keeps it as a row rather than stopping the run.
+    _needs("torch", "timm")
+    benchmark = _benchmark()
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    common = types.SimpleNamespace(steps=1, warmup=0, agc_clipping=0.01,
+                                   onnx_export=None, timm_model="test_nfnet")
+    row = benchmark.spawn_peer(dict(impl="timm_compile", mode="train",
+                                    batch=1, size=32), common)
+    assert row["error"].startswith(
+        "torch.compile: inductor needs a C++ compiler on CPU")
+    assert "images_per_s" not in row and row["compile"]
+    assert row["tensorflow_in_process"] is False and row["cxx"] is None
+    assert row["cpu"]["model"] and "flags" in row["cpu"]
+    row["round"] = 0
+    assert summary.summarize([row]) == []
+    assert summary.failed_lines([row]) == [
+        "train timm torch.compile: not measured, failed in 1 process of the "
+        "run: " + row["error"]]
+    assert "FAILED: torch.compile" in benchmark.progress_line(0, row)
+    # A child that dies without a result: an error row too.
+    dead = benchmark.peer_error_row(dict(impl="timm", mode="infer", batch=8,
+                                         size=256), "exit 1")
+    assert dead["cpu"]["isa"] and summary.label(dead) == "timm eager"
 
 
 def test_unknown_peer_is_named():
@@ -390,3 +509,170 @@ def test_recorded_first_step_rows_name_the_cpu():
                 "loadavg_1min"} <= set(row["cpu"])
         assert row["first_step_s_since_start"] > 0
         assert len(row["steady_step_s"]) >= 1
+
+
+def _needs(*modules):
+    """Skips unless `modules` are installed (found, not imported: torch
+    is not imported into a process that holds TensorFlow)."""
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (test extras)")
+
+
+def _tiny_config():
+    from conftest import fixture_path
+    return str(fixture_path("nfnet_tiny_config.json"))
+
+
+def _gpu_row(config, ips, rnd=0, **kw):
+    cfg = dict(keras_bf16=dict(impl="keras_nfnets", backend="jax",
+                               precision="mixed_bfloat16"),
+               timm_bf16_cl=dict(impl="timm", precision="bfloat16",
+                                 memory_format="channels_last"),
+               timm_bf16_cl_compile=dict(impl="timm", precision="bfloat16",
+                                         memory_format="channels_last",
+                                         compile=True))[config]
+    row = _row(cfg.pop("impl"), "train", ips, rnd, config=config, batch=64,
+               device="cuda", device_peak_gb=20.0, first_step_s=40.0,
+               **cfg)
+    row.update(kw)
+    return row
+
+
+def test_gpu_harness_commands_table_and_block(tmp_path):
+    # What `make bench-gpu` runs and writes, without running it: each
+    # configuration's child command, TensorFlow blocked in the keras_nfnets
+    # child, the table (ratios within bf16) and the docs block from a JSON.
+    import json
+    gpu = importlib.import_module("benchmarks.gpu")
+    args = types.SimpleNamespace(
+        batch=64, train_size=192, infer_size=256, steps=10, warmup=3,
+        agc_clipping=0.01, device="cuda", variant="F0",
+        timm_model="dm_nfnet_f0", compile_mode="default", matmul_n=4096)
+    ours = gpu.child_command("keras_bf16", "train", args)
+    assert ours[1].endswith("gpu.py") and ours[2:4] == ["--child", "keras"]
+    assert ours[ours.index("--precision") + 1] == "mixed_bfloat16"
+    timm = peers.parse_args(gpu.child_command("timm_bf16_cl_compile",
+                                              "infer", args)[2:])
+    assert (timm.device, timm.precision, timm.size, timm.batch) == (
+        "cuda", "bfloat16", 256, 64)
+    assert peers.uses_channels_last(timm) and peers.uses_compile(timm)
+    assert gpu.child_env("cpu")["JAX_PLATFORMS"] == "cpu"
+    with pytest.raises(ModuleNotFoundError, match="no TensorFlow"):
+        gpu.NoTensorFlow().find_spec("tensorflow.python")
+    assert gpu.NoTensorFlow().find_spec("tensorboard") is None
+    rows = [_gpu_row("keras_bf16", 300.0), _gpu_row("timm_bf16_cl", 250.0),
+            _gpu_row("timm_bf16_cl_compile", 400.0),
+            dict(_gpu_row("keras_bf16", 0, 1), error="exit 1, no result")]
+    del rows[-1]["images_per_s"]
+    table = gpu.table(rows)
+    assert ("| train | keras_nfnets, jax, mixed_bfloat16 | 64 x 192 | 300.0 "
+            "(300.0) | 0.75× | 20.00 | 40.0; 20.0 | 50 % |") in table
+    assert "timm channels_last + torch.compile, bf16 autocast | 64 x 192 " \
+        "| 400.0 (400.0) | best peer |" in table
+    assert table.endswith("train keras_nfnets, jax, mixed_bfloat16: not "
+                          "measured, failed in 1 process of the run: exit 1,"
+                          " no result")
+    out = tmp_path / "results_gpu.json"
+    out.write_text(json.dumps(dict(date="2026-12-06", device="cuda",
+                                   gpus="NVIDIA H100 80GB HBM3", rows=rows,
+                                   command="python benchmarks/gpu.py")))
+    render_docs = importlib.import_module("benchmarks.render_docs")
+    block = render_docs.f0_gpu(str(out))
+    assert block.startswith("Device: NVIDIA H100 80GB HBM3 (cuda)")
+    assert block.endswith(f"Source: `{out}`, measured 2026-12-06 on NVIDIA "
+                          f"H100 80GB HBM3; command: `python "
+                          f"benchmarks/gpu.py`.")
+
+
+@pytest.mark.slow  # two fresh processes, JAX's import and XLA compiling a
+# train step among them: about 80 s of CPU time (the keras_nfnets child
+# alone is over 10 s).
+def test_gpu_harness_end_to_end_on_cpu(tmp_path):
+    # benchmarks/gpu.py as `make bench-gpu` runs it, on CPU and tiny models:
+    # keras_nfnets on JAX under mixed_bfloat16 and timm's test_nfnet under
+    # bf16 autocast + channels_last, each in its own process; then the
+    # table and the docs block from its JSON.
+    import json
+    import subprocess
+    from training_helpers import backend_env
+    _needs("jax", "torch", "timm")
+    out = tmp_path / "results_gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device",
+         "cpu", "--variant", _tiny_config(), "--timm_model", "test_nfnet",
+         "--configs", "keras_bf16,timm_bf16_cl", "--modes", "train",
+         "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
+         "--rounds", "1", "--matmul_n", "64", "--out", str(out)],
+        capture_output=True, text=True, env=backend_env("jax"), timeout=900,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    ours, timm = data["rows"]
+    assert not ours.get("error") and not timm.get("error"), data["rows"]
+    assert (ours["backend"], ours["precision"], ours["config"]) == (
+        "jax", "mixed_bfloat16", "keras_bf16")
+    assert ours["tensorflow_blocked"]
+    assert (timm["precision"], timm["memory_format"], timm["model"]) == (
+        "bfloat16", "channels_last", "test_nfnet")
+    for row in (ours, timm):
+        assert row["tensorflow_in_process"] is False
+        assert row["images_per_s"] > 0 and row["first_step_s"] > 0
+        assert row["cpu"]["model"] and "flags" in row["cpu"]
+    gpu = importlib.import_module("benchmarks.gpu")
+    table = gpu.table(data["rows"])
+    assert "| train | keras_nfnets, jax, mixed_bfloat16 | 2 x 32 |" in table
+    assert "| train | timm channels_last, bf16 autocast | 2 x 32 |" in table
+    render_docs = importlib.import_module("benchmarks.render_docs")
+    block = render_docs.f0_gpu(str(out))
+    assert f"Source: `{out}`, measured {data['date']} on no GPU" in block
+    assert "command: `python benchmarks/gpu.py --device cpu" in block
+
+
+def test_gpu_block_says_not_measured_without_its_json(tmp_path):
+    render_docs = importlib.import_module("benchmarks.render_docs")
+    block = render_docs.f0_gpu(str(tmp_path / "absent.json"))
+    assert block.startswith("Not measured: no GPU was available.")
+    assert "command: `make bench-gpu" in block
+
+
+@pytest.mark.slow  # TensorFlow's import and two traced train steps, and
+# inductor compiling timm's test model: about a minute on 2 cores.
+def test_benchmark_run_with_forced_bf16_rows_and_the_compile_peer(tmp_path):
+    # The whole peer run on tiny models, the bf16 rows forced (this CPU
+    # has no bf16: `--bf16 auto` would leave them out) and torch.compile's
+    # peer measured (inductor works on this CPU) or, where it cannot run,
+    # an error row that names why.
+    import json
+    import subprocess
+    _needs("torch", "timm")
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "benchmark.py"),
+         "--variant", _tiny_config(), "--timm_model", "test_nfnet",
+         "--peers", "timm,timm_compile", "--bf16", "on", "--modes", "train",
+         "--train_size", "32", "--batch", "2", "--rounds", "1", "--steps",
+         "1", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, check=False,
+        env=dict(__import__("os").environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(summary.label(r), r.get("precision")) for r in rows] == [
+        ("keras_nfnets (defaults)", "float32"), ("timm eager", "float32"),
+        ("timm torch.compile", "float32"),
+        ("keras_nfnets, mixed_bfloat16", "mixed_bfloat16"),
+        ("timm eager, bf16 autocast", "bfloat16")]
+    for row in rows:
+        assert row["cpu"]["model"] and "flags" in row["cpu"]
+        if summary.is_peer(row):
+            assert row["tensorflow_in_process"] is False
+    compiled = rows[2]
+    assert "images_per_s" in compiled or compiled["error"].startswith(
+        "torch.compile:"), compiled
+    s = {x["label"]: x for x in summary.summarize(rows)}
+    assert s["keras_nfnets, mixed_bfloat16"]["best_peer"] == \
+        "timm eager, bf16 autocast"
+    assert s["keras_nfnets (defaults)"]["best_peer"] != \
+        "timm eager, bf16 autocast"
+    assert "bf16 rows: 2 configurations (on; CPU bf16: False)" in proc.stdout
