@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-contended bench-profile \
+.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-int8 bench-contended bench-profile \
 	bench-first-step bench-all bench-venv clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -112,8 +112,9 @@ $(BENCH_STAMP): setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_STAMP)
 
-# `make bench`: the peer run (the README's table) and the serving run.
-bench: bench-peers bench-serving
+# `make bench`: the peer run (the README's table), the serving run and the
+# int8 accuracy of the demo model.
+bench: bench-peers bench-serving bench-int8
 
 # keras_nfnets against timm (eager, channels_last) and ONNX Runtime on
 # timm's export, interleaved over rounds in one run: the README's table.
@@ -121,10 +122,19 @@ bench-peers: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --peers $(BENCH_PEERS) \
 	  $(BENCH_EXPERIMENTS) --rounds 2 --steps 3 --warmup 1 $(BENCH_ARGS) --out benchmarks/results_peers.json
 
-# F0 inference at batch 1 and 8: the Keras model, its folded copy and the
-# three export formats (docs/performance.md, "Inference and export").
+# F0 inference at batch 1 and 8: the Keras model, its folded copy, its
+# three export formats and its int8 exports, against timm (eager,
+# channels_last) and ONNX Runtime on timm's export, interleaved over rounds
+# (docs/performance.md, "Inference and export").
 bench-serving: $(BENCH_STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --serving_peers $(BENCH_PEERS) \
+	  --rounds 2 --steps 3 --warmup 2 --note "$(BENCH_NOTE)" $(BENCH_ARGS) --out benchmarks/results_serving.json
+
+# The int8 exports' accuracy change: the offline demo model (trained first
+# when --model_dir has none) on its held-out images, fp32 Keras against
+# each int8 export (docs/performance.md).
+bench-int8: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/int8_accuracy.py --note "$(BENCH_NOTE)" --out benchmarks/results_int8.json
 
 # The same under a fixed background load: a busy loop pinned to CPU 0.
 bench-contended: $(BENCH_STAMP)
