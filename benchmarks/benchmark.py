@@ -418,9 +418,10 @@ def serving_rows(data):
     for row in groups.values():
         export = exports.get(row["runtime"], {}) if not row["peer"] else {}
         rel = export.get("rel_diff_vs_keras")
+        rss = row.pop("rss")
         rows.append(dict(
             row, images_per_s=_median_rounds(row["rounds"]),
-            peak_rss_gb=max(row.pop("rss")), export_s=export.get("export_s"),
+            peak_rss_gb=max(rss), export_s=export.get("export_s"),
             file_mb=export.get("file_mb"), rel_diff_vs_keras=rel,
             exact=(not row["peer"] and row["precision"] == "fp32"
                    and (rel is None or rel <= SERVING_EXACT))))

@@ -332,8 +332,9 @@ def quantize_onnx_file(source, path, samples=None, workdir=None):
         from onnxruntime.quantization.shape_inference import (
             quant_pre_process)
         quant_pre_process(source, prepared)
-        name = onnx.load(prepared, load_external_data=False).graph.input[
-            0].name
+        graph = onnx.load(prepared, load_external_data=False).graph
+        weights = {t.name for t in graph.initializer}
+        name = next(t.name for t in graph.input if t.name not in weights)
 
         class Reader(quantization.CalibrationDataReader):
             def __init__(self):
