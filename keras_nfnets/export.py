@@ -309,29 +309,29 @@ def _onnx_int8(model, path, samples, workdir):
 
 def quantize_onnx_file(source, path, samples=None, workdir=None):
     """Writes an int8 copy of the float ONNX model `source` to `path` with
-    onnxruntime's quantizer: `quantize_dynamic` (weights uint8, the
-    activations quantized per call: onnxruntime's CPU `ConvInteger` has
-    only the uint8 x uint8 kernel) without `samples`, else `quantize_static`
-    in QDQ form (per-channel int8 weights, uint8 activations with the
-    ranges of `samples`, a list of input batches). The result is loaded
-    once in an `InferenceSession`, so that a graph onnxruntime cannot run
-    fails here rather than at serving time."""
+    onnxruntime's quantizer, after its recommended pre-processing (shape
+    inference, and graph optimization, which also folds constant
+    sub-graphs such as the grouped convolutions' kernel splits into
+    plain weights): `quantize_dynamic` (weights uint8, the activations
+    quantized per call: onnxruntime's CPU `ConvInteger` has only the uint8
+    x uint8 kernel) without `samples`, else `quantize_static` in QDQ form
+    (per-channel int8 weights, uint8 activations with the ranges of
+    `samples`, a list of input batches). The result is loaded once in an
+    `InferenceSession`, so that a graph onnxruntime cannot run fails here
+    rather than at serving time."""
     # pylint: disable=import-outside-toplevel
     ort = optional.require("onnxruntime", "int8 ONNX export")
     quantization = optional.require("onnxruntime.quantization",
                                     "int8 ONNX export")
     onnx = optional.require("onnx", "int8 ONNX export")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    workdir = workdir or os.path.dirname(os.path.abspath(path))
+    prepared = os.path.join(workdir, "prepared.onnx")
+    quant_pre_process(source, prepared)
     if samples is None:
         quantization.quantize_dynamic(
-            source, path, weight_type=quantization.QuantType.QUInt8)
+            prepared, path, weight_type=quantization.QuantType.QUInt8)
     else:
-        workdir = workdir or os.path.dirname(os.path.abspath(path))
-        prepared = os.path.join(workdir, "prepared.onnx")
-        # onnxruntime's recommended pre-processing (shape inference and
-        # graph optimization) before static quantization.
-        from onnxruntime.quantization.shape_inference import (
-            quant_pre_process)
-        quant_pre_process(source, prepared)
         graph = onnx.load(prepared, load_external_data=False).graph
         weights = {t.name for t in graph.initializer}
         name = next(t.name for t in graph.input if t.name not in weights)
