@@ -327,7 +327,9 @@ def quantize_onnx_file(source, path, samples=None, workdir=None):
     from onnxruntime.quantization.shape_inference import quant_pre_process
     workdir = workdir or os.path.dirname(os.path.abspath(path))
     prepared = os.path.join(workdir, "prepared.onnx")
-    quant_pre_process(source, prepared)
+    # (Symbolic shape inference is for transformer graphs; it gives up on
+    # the convolutions' padding, and ONNX's own shape inference runs.)
+    quant_pre_process(source, prepared, skip_symbolic_shape=True)
     if samples is None:
         quantization.quantize_dynamic(
             prepared, path, weight_type=quantization.QuantType.QUInt8)
