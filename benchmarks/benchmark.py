@@ -412,6 +412,8 @@ def serving_rows(data):
             row = groups.setdefault((name, batch), dict(
                 label=name, runtime=runtime, peer=summary.is_peer(run),
                 precision=precision, batch=batch, rounds=[], rss=[]))
+            if "export_s" in run:  # runs recorded before `exports`
+                exports.setdefault(runtime, dict(export_s=run["export_s"]))
             row["rounds"].append(ips)
             row["rss"].append(run["peak_rss_gb"])
     rows = []

@@ -135,7 +135,8 @@ def f0_int8(source="benchmarks/results_int8.json"):
     images (`benchmarks/int8_accuracy.py`)."""
     data = _load(source)
     metrics = data["demo_metrics"]
-    lines = [f"{data['model']}, {data['held_out_images']} held-out images "
+    model = data["model"][:1].upper() + data["model"][1:]
+    lines = [f"{model}, {data['held_out_images']} held-out images "
              f"at {data['image_size']} px; full-integer exports calibrated "
              f"on {data['calibration_images']} images of the "
              f"{data['calibration_from']}. The demo run's own held-out "
