@@ -3,8 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-contended bench-profile \
-	bench-first-step bench-all bench-venv bench-gpu clean
+.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-int8 bench-contended \
+	bench-profile bench-first-step bench-all bench-venv bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -127,8 +127,9 @@ $(BENCH_STAMP): setup.cfg pyproject.toml
 
 bench-venv: $(BENCH_STAMP)
 
-# `make bench`: the peer run (the README's table) and the serving run.
-bench: bench-peers bench-serving bench-remat
+# `make bench`: the peer run (the README's table), the serving run, remat by
+# memory and the int8 accuracy of the demo model.
+bench: bench-peers bench-serving bench-remat bench-int8
 
 # keras_nfnets against timm (eager, channels_last, torch.compile) and ONNX
 # Runtime on timm's export, interleaved over rounds in one run: the
@@ -138,10 +139,20 @@ bench-peers: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --peers $(BENCH_PEERS) \
 	  $(BENCH_EXPERIMENTS) --rounds 2 --steps 3 --warmup 1 $(BENCH_ARGS) --out benchmarks/results_peers.json
 
-# F0 inference at batch 1 and 8: the Keras model, its folded copy and the
-# three export formats (docs/performance.md, "Inference and export").
+# F0 inference at batch 1 and 8: the Keras model, its folded copy, its
+# three export formats and its int8 exports, against timm (eager,
+# channels_last) and ONNX Runtime on timm's export, interleaved over rounds
+# (docs/performance.md, "Inference and export").
 bench-serving: $(BENCH_STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --note "$(BENCH_NOTE)" --out benchmarks/results_serving.json
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --serving_peers $(BENCH_PEERS) \
+	  --rounds 2 --steps 3 --warmup 2 --note "$(BENCH_NOTE)" $(BENCH_ARGS) --out benchmarks/results_serving.json
+
+# The int8 exports' accuracy change: the offline demo model (trained first
+# when --model_dir has none) on its held-out images, fp32 Keras against
+# each int8 export (docs/performance.md). An accuracy, not a speed: it runs
+# in the test venv, which has the training program's packages.
+bench-int8: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/int8_accuracy.py --note "$(BENCH_NOTE)" --out benchmarks/results_int8.json
 
 # NFNet-F0 on a GPU: keras_nfnets on JAX (mixed_bfloat16 and float32)
 # against timm on CUDA (bf16 autocast + channels_last, eager and

@@ -48,12 +48,23 @@ Measured per configuration:
     and the model-FLOP utilisation it implies (training counts 3x the
     forward FLOPs).
 
-`--serving` measures CPU inference instead, at batch 1 and 8 (`--batches`),
-one fresh process per runtime: the Keras model as built (`keras`), its
-`fold_weight_standardization` copy (`keras_folded`), and that copy exported
+`--serving` measures CPU inference instead (`make bench-serving`), at
+batch 1 and 8 (`--batches`): the Keras model as built (`keras`), its
+`fold_weight_standardization` copy (`keras_folded`), that copy exported
 (dynamic batch) and run by `tf.saved_model.load` (`saved_model`),
-onnxruntime (`onnx`) and the LiteRT interpreter (`litert`), with the
-export time of each artefact.
+onnxruntime (`onnx`) and the LiteRT interpreter (`litert`), and its int8
+exports (`keras_nfnets.export_quantized`: `onnx_int8`, `litert_int8`
+calibrated on `--calibration` images; `onnx_int8_dynamic`,
+`litert_int8_dynamic`); against the peers (`--serving_peers`: timm eager,
+timm channels_last, ONNX Runtime on timm's export) at the same batches
+and size. Each artefact is exported once, before the rounds, in a process
+of its own that also compares its logits with the Keras model's; then
+every runtime and every peer runs in a fresh process (an exported
+artefact is loaded by its runtime alone, without Keras), interleaved over
+`--rounds`. The run prints and saves each route's ratio to the best peer
+at each batch and names the recommended route: of the routes that give
+the model's numbers (float, logits as the Keras model's), the one whose
+slowest batch is fastest against the best peer.
 """
 
 import argparse
@@ -214,71 +225,123 @@ def _framework():
     return text
 
 
-SERVING_RUNTIMES = ("keras", "keras_folded", "saved_model", "onnx", "litert")
+# The serving runtimes: name -> (label, precision, artefact file name; None:
+# the Keras model itself, built in the measuring process).
+SERVING = {
+    "keras": ("Keras, as built", "fp32", None),
+    "keras_folded": ("Keras, folded", "fp32", None),
+    "saved_model": ("SavedModel (folded)", "fp32", "saved_model"),
+    "onnx": ("ONNX Runtime (folded export)", "fp32", "folded.onnx"),
+    "litert": ("LiteRT (folded export)", "fp32", "folded.tflite"),
+    "onnx_int8": ("ONNX Runtime int8, calibrated", "int8 full-integer",
+                  "int8.onnx"),
+    "onnx_int8_dynamic": ("ONNX Runtime int8, dynamic-range",
+                          "int8 dynamic-range", "int8_dynamic.onnx"),
+    "litert_int8": ("LiteRT int8, calibrated", "int8 full-integer",
+                    "int8.tflite"),
+    "litert_int8_dynamic": ("LiteRT int8, dynamic-range",
+                            "int8 dynamic-range", "int8_dynamic.tflite"),
+}
+SERVING_RUNTIMES = tuple(SERVING)
+SERVING_PEERS = "timm,timm_channels_last,onnxruntime"
+# The issue's target for the recommended serving route.
+SERVING_TARGET = 1.2
+# An export "gives the model's numbers" when its logits are within this of
+# the Keras model's (relative to their largest magnitude), as the export
+# tests require of the float artefacts.
+SERVING_EXACT = 1e-3
 
 
-def run_serving_child(args):
-    """CPU inference of one runtime at each batch size; a JSON line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tempfile
-    import numpy as np
-    import keras
-    import keras_nfnets
-    runtime = args.runtime
-    size = args.size
-    model = keras_nfnets.NFNet(args.variant, weights=None,
-                               input_shape=(size, size, 3))
-    result = dict(backend=keras.backend.backend(), variant=args.variant,
-                  mode="serve", runtime=runtime, size=size,
-                  grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
-                  threads=os.cpu_count())
-    if runtime != "keras":
-        t = time.perf_counter()
-        model = keras_nfnets.fold_weight_standardization(model)
-        result["fold_s"] = time.perf_counter() - t
-    tmp = tempfile.mkdtemp()
-    if runtime in ("saved_model", "onnx", "litert"):
-        fmt, name = {"saved_model": ("tf_saved_model", "sm"),
-                     "onnx": ("onnx", "m.onnx"),
-                     "litert": ("litert", "m.tflite")}[runtime]
-        path = os.path.join(tmp, name)
-        t = time.perf_counter()
-        model.export(path, format=fmt, verbose=False)
-        result["export_s"] = time.perf_counter() - t
+def _own_peak_rss_gb():
+    """This process's peak resident memory, in `_peak_rss_gb`'s units,
+    from the kernel's high-water mark of its own memory map (VmHWM).
+    `ru_maxrss` carries over the parent's resident memory at the fork into
+    the child (Linux keeps it across exec): a serving child of a parent
+    that holds TensorFlow would report at least the parent's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return _peak_rss_gb()
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def _serving_runner(runtime, path, variant, size, result):
+    """`make(x) -> step` for one runtime; records its framework in
+    `result`. Exported artefacts are loaded by their runtime alone (no
+    Keras, no TensorFlow for ONNX and LiteRT), as a server would."""
     if runtime in ("keras", "keras_folded"):
-        def make(x):
-            return lambda: model.predict_on_batch(x)
-    elif runtime == "saved_model":
+        import keras
+        import keras_nfnets
+        model = keras_nfnets.NFNet(variant, weights=None,
+                                   input_shape=(size, size, 3))
+        if runtime == "keras_folded":
+            t = time.perf_counter()
+            model = keras_nfnets.fold_weight_standardization(model)
+            result["fold_s"] = time.perf_counter() - t
+        result["framework"] = _framework()
+        result["grouped_conv"] = keras_nfnets.layers.grouped_conv_mode()
+        return lambda x: (lambda: model.predict_on_batch(x))
+    if runtime == "saved_model":
         import tensorflow as tf
         served = tf.saved_model.load(path)
+        result["framework"] = f"tensorflow {tf.__version__}"
 
         def make(x):
             x = tf.constant(x)
             return lambda: served.serve(x).numpy()
-    elif runtime == "onnx":
+        return make
+    if runtime.startswith("onnx"):
         import onnxruntime as ort
-        session = ort.InferenceSession(path,
+        options = ort.SessionOptions()  # as the ONNX Runtime peer's
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        session = ort.InferenceSession(path, options,
                                        providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        result["framework"] = f"onnxruntime {ort.__version__}"
+        return lambda x: (lambda: session.run(None, {name: x}))
+    from importlib.metadata import version
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path, num_threads=_usable_cpus())
+    result["framework"] = f"ai-edge-litert {version('ai-edge-litert')}"
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
 
-        def make(x):
-            return lambda: session.run(None, {name: x})
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-        interpreter = Interpreter(model_path=path,
-                                  num_threads=os.cpu_count())
-        inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
+    def make(x):
+        interpreter.resize_tensor_input(inp["index"], x.shape)
+        interpreter.allocate_tensors()
 
-        def make(x):
-            interpreter.resize_tensor_input(inp["index"], x.shape)
-            interpreter.allocate_tensors()
+        def step():
+            interpreter.set_tensor(inp["index"], x)
+            interpreter.invoke()
+            return interpreter.get_tensor(out["index"])
+        return step
+    return make
 
-            def step():
-                interpreter.set_tensor(inp["index"], x)
-                interpreter.invoke()
-                return interpreter.get_tensor(out["index"])
-            return step
+
+def run_serving_child(args):
+    """CPU inference of one runtime at each batch size (an artefact made
+    before the rounds by `run_serving_export`); a JSON line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    runtime, size = args.runtime, args.size
+    label, precision, _ = SERVING[runtime]
+    result = dict(impl="keras_nfnets", variant=args.variant, mode="serve",
+                  runtime=runtime, label=label, precision=precision,
+                  size=size, threads=_usable_cpus(), cpu=peers.cpu_info())
+    make = _serving_runner(runtime, args.artefact, args.variant, size,
+                           result)
+    result["rss_before_first_step_gb"] = peers.current_rss_gb()
     rng = np.random.default_rng(0)
     result["batches"] = {}
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -289,57 +352,355 @@ def run_serving_child(args):
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
+        if "first_step_s_since_start" not in result:
+            result["first_step_s_since_start"] = (
+                time.time() - _START - sum(times[1:]))
         measured = times[args.warmup:]
         result["batches"][str(batch)] = dict(
             step_times_s=[round(v, 4) for v in measured],
             images_per_s=batch / statistics.median(measured),
             ms_per_batch=1000 * statistics.median(measured))
-    result["peak_rss_gb"] = _peak_rss_gb()
+    result["peak_rss_gb"] = _own_peak_rss_gb()
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _artefact_mb(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f))
+                   for d, _, files in os.walk(path) for f in files) / 1e6
+    return os.path.getsize(path) / 1e6
+
+
+def run_serving_export(args):
+    """Makes one runtime's artefact from a freshly built model (folded;
+    int8 through `keras_nfnets.export_quantized`, or, with
+    `--source_onnx`, the float ONNX export quantized by the same function
+    that uses, without a second ONNX conversion), and checks its logits
+    against the Keras model's on two images; a JSON line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tempfile
+    import numpy as np
+    import keras_nfnets
+    from keras_nfnets import export as nf_export
+    runtime, size, path = args.runtime, args.size, args.artefact
+    label, precision, _ = SERVING[runtime]
+    model = keras_nfnets.NFNet(args.variant, weights=None,
+                               input_shape=(size, size, 3))
+    result = dict(impl="keras_nfnets", variant=args.variant,
+                  mode="serve_export", runtime=runtime, label=label,
+                  precision=precision, size=size, framework=_framework(),
+                  cpu=peers.cpu_info())
+    t = time.perf_counter()
+    folded = keras_nfnets.fold_weight_standardization(model)
+    result["fold_s"] = time.perf_counter() - t
+    rng = np.random.default_rng(1)
+    calibration = None
+    if precision == "int8 full-integer":
+        # Random 0-255 images: the speed depends on the graph, not on the
+        # calibrated ranges (accuracy: benchmarks/int8_accuracy.py).
+        calibration = rng.uniform(0, 255, (args.calibration, size, size, 3)
+                                  ).astype("float32")
+        result["calibration_inputs"] = args.calibration
+    t = time.perf_counter()
+    if runtime in ("saved_model", "onnx", "litert"):
+        folded.export(path, format={"saved_model": "tf_saved_model"}.get(
+            runtime, runtime), verbose=False)
+    elif runtime.startswith("onnx") and args.source_onnx:
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+            nf_export.quantize_onnx_file(
+                args.source_onnx, path,
+                None if calibration is None else [calibration], tmp)
+        result["quantized_from"] = args.source_onnx
+    else:
+        keras_nfnets.export_quantized(
+            folded, path, format=runtime.split("_")[0],
+            calibration_data=calibration, verbose=False)
+    result["export_s"] = time.perf_counter() - t
+    result["file_mb"] = _artefact_mb(path)
+    x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    got = np.asarray(_serving_runner(runtime, path, args.variant, size,
+                                     {})(x)())
+    diff = np.abs(got.reshape(expected.shape) - expected)
+    result["max_abs_diff_vs_keras"] = float(diff.max())
+    result["rel_diff_vs_keras"] = float(
+        diff.max() / max(np.abs(expected).max(), 1e-12))
+    result["peak_rss_gb"] = _own_peak_rss_gb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _median_rounds(values):
+    return statistics.median(values) if values else None
+
+
+def serving_rows(data):
+    """One dict per (configuration, batch) of a serving run, medians over
+    rounds: keras_nfnets' runtimes (`exact`: a float route whose export
+    gave the Keras model's logits) and the peers, each keras_nfnets row's
+    `ratio` to the best peer at its batch. Pure Python (render_docs uses
+    it); runs recorded before the peers were added read as keras_nfnets
+    rows without a ratio."""
+    exports = {e["runtime"]: e for e in data.get("exports", [])}
+    groups = {}
+    for run in data["runs"]:
+        if summary.is_peer(run):
+            items = [(run["batch"], run["images_per_s"])]
+            name, runtime, precision = (summary.label(run), run["impl"],
+                                        "fp32")
+        else:
+            runtime = run["runtime"]
+            name, precision, _ = SERVING.get(runtime, (runtime, "fp32",
+                                                       None))
+            items = [(int(b), v["images_per_s"])
+                     for b, v in run["batches"].items()]
+        for batch, ips in items:
+            row = groups.setdefault((name, batch), dict(
+                label=name, runtime=runtime, peer=summary.is_peer(run),
+                precision=precision, batch=batch, rounds=[], rss=[]))
+            if "export_s" in run:  # runs recorded before `exports`
+                exports.setdefault(runtime, dict(export_s=run["export_s"]))
+            row["rounds"].append(ips)
+            row["rss"].append(run["peak_rss_gb"])
+    rows = []
+    for row in groups.values():
+        export = exports.get(row["runtime"], {}) if not row["peer"] else {}
+        rel = export.get("rel_diff_vs_keras")
+        rss = row.pop("rss")
+        rows.append(dict(
+            row, images_per_s=_median_rounds(row["rounds"]),
+            peak_rss_gb=max(rss), export_s=export.get("export_s"),
+            file_mb=export.get("file_mb"), rel_diff_vs_keras=rel,
+            exact=(not row["peer"] and row["precision"] == "fp32"
+                   and (rel is None or rel <= SERVING_EXACT))))
+    for batch in {r["batch"] for r in rows}:
+        peers_at = [r for r in rows if r["peer"] and r["batch"] == batch]
+        best = max(peers_at, key=lambda r: r["images_per_s"], default=None)
+        for r in rows:
+            if r["batch"] == batch:
+                r["best_peer"] = best and best["label"]
+                r["ratio"] = (r["images_per_s"] / best["images_per_s"]
+                              if best else None)
+    return rows
+
+
+def serving_recommendation(rows, target=SERVING_TARGET):
+    """The recommended route: of keras_nfnets' routes that give the
+    model's numbers (`exact`) and ran at every batch, the one whose worst
+    ratio to the best peer over the batches is highest (without peers: to
+    the fastest exact route); with the fastest exact and int8 route at
+    each batch."""
+    batches = sorted({r["batch"] for r in rows})
+    ours = [r for r in rows if not r["peer"]]
+
+    def score(r):
+        if r["ratio"] is not None:
+            return r["ratio"]
+        top = max(o["images_per_s"] for o in ours
+                  if o["exact"] and o["batch"] == r["batch"])
+        return r["images_per_s"] / top
+
+    def fastest(kind):
+        out = {}
+        for b in batches:
+            at = [r for r in ours if r["batch"] == b and kind(r)]
+            if at:
+                best = max(at, key=lambda r: r["images_per_s"])
+                out[b] = dict(label=best["label"], ratio=best["ratio"],
+                              images_per_s=best["images_per_s"])
+        return out
+    by_runtime = {}
+    for r in ours:
+        if r["exact"]:
+            by_runtime.setdefault(r["runtime"], {})[r["batch"]] = r
+    full = {k: v for k, v in by_runtime.items() if len(v) == len(batches)}
+    if not full:
+        return None
+    pick = max(full, key=lambda k: min(score(r) for r in full[k].values()))
+    chosen = full[pick]
+    ratios = {b: chosen[b]["ratio"] for b in batches}
+    return dict(
+        runtime=pick, label=chosen[batches[0]]["label"], ratios=ratios,
+        best_peers={b: chosen[b]["best_peer"] for b in batches},
+        target=target,
+        holds=(all(v is not None and v >= target for v in ratios.values())
+               if all(v is not None for v in ratios.values()) else None),
+        fastest_exact=fastest(lambda r: r["exact"]),
+        fastest_int8=fastest(lambda r: r["precision"].startswith("int8")))
+
+
+def _ratio_cell(row):
+    if row["peer"]:
+        return "best peer" if row["label"] == row["best_peer"] else "peer"
+    return "-" if row["ratio"] is None else f"{row['ratio']:.2f}×"
+
+
+def serving_table(rows):
+    """Markdown: one line per configuration, images/s and the ratio to the
+    best peer at each batch."""
+    batches = sorted({r["batch"] for r in rows})
+    head = ("| route | precision | "
+            + " | ".join(f"batch {b} img/s (per round) | ratio"
+                         for b in batches)
+            + " | export s | file MB | peak RSS GB |")
+    lines = [head, "| --- " * (2 * len(batches) + 5) + "|"]
+    names = []
+    for r in rows:
+        if (r["peer"], r["label"]) not in names:
+            names.append((r["peer"], r["label"]))
+    names.sort(key=lambda k: k[0])  # keras_nfnets first, in run order
+    for peer, name in names:
+        at = {r["batch"]: r for r in rows if r["label"] == name}
+        first = next(iter(at.values()))
+        cells = []
+        for b in batches:
+            r = at.get(b)
+            cells += (["-", "-"] if r is None else [
+                f"{r['images_per_s']:.2f} ("
+                + ", ".join(f"{v:.2f}" for v in r["rounds"]) + ")",
+                _ratio_cell(r)])
+        export = ("-" if first["export_s"] is None
+                  else f"{first['export_s']:.0f}")
+        size = ("-" if first["file_mb"] is None
+                else f"{first['file_mb']:.0f}")
+        lines.append(f"| {name} | {first['precision']} | "
+                     + " | ".join(cells) + f" | {export} | {size} | "
+                     f"{max(r['peak_rss_gb'] for r in at.values()):.2f} |")
+    return "\n".join(lines)
+
+
+def serving_lines(recommended):
+    """The recommended route and the fastest routes, in words."""
+    if not recommended:
+        return []
+
+    def at(entry, b):
+        ratio = entry["ratio"]
+        return (f"{entry['label']} at batch {b}"
+                + ("" if ratio is None else f" ({ratio:.2f}×)"))
+    ratios = recommended["ratios"]
+    if all(v is not None for v in ratios.values()):
+        said = ", ".join(f"{v:.2f}× the best peer at batch {b} "
+                         f"({recommended['best_peers'][b]})"
+                         for b, v in ratios.items())
+        verdict = (f"; target ≥ {recommended['target']}× at every batch: "
+                   f"{'met' if recommended['holds'] else 'not met'}")
+    else:
+        said, verdict = "no peers in this run", ""
+    lines = [f"Recommended serving route (the fastest at its slowest batch "
+             f"of the routes that give the model's numbers): "
+             f"{recommended['label']}: {said}{verdict}."]
+    for key, what in (("fastest_exact", "Fastest route with the model's "
+                       "numbers"), ("fastest_int8", "Fastest int8 route")):
+        if recommended[key]:
+            lines.append(f"{what}: " + "; ".join(
+                at(e, b) for b, e in recommended[key].items()) + ".")
+    return lines
+
+
+def _serving_json(results, path):
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def serving_main(args):
+    """Exports each artefact once, then measures every runtime and every
+    peer at each batch, one fresh process each, interleaved over
+    `--rounds`; prints and saves the ratios to the best peer."""
+    import tempfile
     import keras_nfnets.variants as variants
     size = args.infer_size or variants.get_config(args.variant).test_imsize
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    unknown = [r for r in runtimes if r not in SERVING]
+    if unknown or not runtimes:
+        raise SystemExit(f"--runtimes: unknown {unknown or 'none given'}; "
+                         f"known: {', '.join(SERVING)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    if min(batches) < 1:
+        raise SystemExit(f"--batches must be >= 1, got {args.batches!r}")
+    peer_names = check_peers(args.serving_peers)
+    if peer_names and args.variant != "F0":
+        raise SystemExit(f"the peers are timm's dm_nfnet_f0: --variant F0 "
+                         f"(got {args.variant!r}) or --serving_peers none")
+    cpu = peers.cpu_info()
+    print(f"{cpu['model']}: {cpu['usable_cpus']} usable CPUs, {cpu['isa']}",
+          flush=True)
     results = dict(
         note=args.note, variant=args.variant, size=size,
         batches=args.batches, steps=args.steps, warmup=args.warmup,
+        rounds=args.rounds, calibration=args.calibration, cpu=cpu,
         command="python benchmarks/benchmark.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]),
-        runs=[])
-    for runtime in args.runtimes.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "serve",
-               "--runtime", runtime, "--variant", args.variant,
-               "--size", str(size), "--batches", args.batches,
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        res = next((json.loads(line[len("RESULT "):])
-                    for line in out.stdout.splitlines()
-                    if line.startswith("RESULT ")), None)
-        if res is None:
-            raise RuntimeError(f"serving child {runtime} failed:\n"
-                               f"{out.stderr[-3000:]}")
-        results["runs"].append(res)
-        print(f"{runtime:12s} " + "  ".join(
-            f"batch {b}: {v['images_per_s']:.2f} img/s "
-            f"({v['ms_per_batch']:.0f} ms)"
-            for b, v in res["batches"].items())
-            + (f"  export {res['export_s']:.0f} s" if "export_s" in res
-               else ""), flush=True)
+        exports=[], runs=[])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    with tempfile.TemporaryDirectory() as tmp:
+        args.onnx_export = None
+        if "onnxruntime" in peer_names:
+            args.onnx_export = export_peer_onnx(size, tmp)
+            results["exports"].append(dict(args.onnx_export,
+                                           runtime="timm_onnx"))
+            print(f"timm -> ONNX export "
+                  f"{args.onnx_export['export_s']:.0f} s", flush=True)
+        artefacts = {}
+        # The float ONNX export first: the int8 ONNX runtimes quantize it.
+        for runtime in sorted(runtimes, key=lambda r: r != "onnx"):
+            if SERVING[runtime][2] is None:
+                continue
+            path = os.path.join(tmp, SERVING[runtime][2])
+            cmd = [sys.executable, os.path.abspath(__file__), "--child",
+                   "serve_export", "--runtime", runtime, "--artefact", path,
+                   "--variant", args.variant, "--size", str(size),
+                   "--calibration", str(args.calibration)]
+            if runtime.startswith("onnx_int8") and "onnx" in artefacts:
+                cmd += ["--source_onnx", artefacts["onnx"]]
+            res = _child_result(subprocess.run(
+                cmd, capture_output=True, text=True, env=env),
+                f"{runtime} export")
+            artefacts[runtime] = path
+            results["exports"].append(res)
+            _serving_json(results, args.out)
+            print(f"export {runtime:20s} {res['export_s']:.0f} s, "
+                  f"{res['file_mb']:.0f} MB, logits vs Keras: "
+                  f"{res['rel_diff_vs_keras']:.1e} (relative)", flush=True)
+        configs = [("ours", r, None) for r in runtimes] + [
+            ("peer", name, b) for name in peer_names for b in batches]
+        for r in range(args.rounds):
+            for kind, name, batch in configs:
+                if kind == "ours":
+                    cmd = [sys.executable, os.path.abspath(__file__),
+                           "--child", "serve", "--runtime", name,
+                           "--artefact", artefacts.get(name, ""),
+                           "--variant", args.variant, "--size", str(size),
+                           "--batches", args.batches,
+                           "--steps", str(args.steps),
+                           "--warmup", str(args.warmup)]
+                    res = _child_result(subprocess.run(
+                        cmd, capture_output=True, text=True, env=env), name)
+                    speeds = "  ".join(
+                        f"batch {b}: {v['images_per_s']:.2f} img/s"
+                        for b, v in res["batches"].items())
+                else:
+                    res = spawn_peer(dict(impl=name, mode="infer",
+                                          batch=batch, size=size), args)
+                    speeds = (f"batch {batch}: {res['images_per_s']:.2f} "
+                              f"img/s")
+                res["round"] = r
+                results["runs"].append(res)
+                _serving_json(results, args.out)  # a failure loses nothing
+                print(f"round {r} {res.get('label') or summary.label(res):42s}"
+                      f" {speeds}  rss {res['peak_rss_gb']:.2f} GB",
+                      flush=True)
+    rows = serving_rows(results)
+    results["summary"] = rows
+    results["recommended"] = serving_recommendation(rows)
+    _serving_json(results, args.out)
     print()
-    print("| runtime | " + " | ".join(
-        f"batch {b} img/s" for b in args.batches.split(","))
-        + " | export s |")
-    print("| --- " * (len(args.batches.split(",")) + 2) + "|")
-    for res in results["runs"]:
-        cells = [f"{v['images_per_s']:.2f}" for v in res["batches"].values()]
-        export = f"{res['export_s']:.0f}" if "export_s" in res else "-"
-        print(f"| {res['runtime']} | " + " | ".join(cells)
-              + f" | {export} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    print(summary.cpu_line(results["runs"]))
+    print()
+    print(serving_table(rows))
+    print()
+    for line in serving_lines(results["recommended"]):
+        print(line)
 
 
 def _agc_kwargs(args):
@@ -662,16 +1023,27 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write all results as JSON")
     p.add_argument("--serving", action="store_true",
                    help="CPU inference: Keras, folded, SavedModel, ONNX, "
-                        "LiteRT (see the module docstring)")
-    p.add_argument("--runtimes", default=",".join(SERVING_RUNTIMES))
+                        "LiteRT, their int8 exports, against the peers "
+                        "(see the module docstring)")
+    p.add_argument("--runtimes", default=",".join(SERVING_RUNTIMES),
+                   help="--serving: keras_nfnets' runtimes, of "
+                        + ", ".join(SERVING_RUNTIMES))
+    p.add_argument("--serving_peers", default=SERVING_PEERS,
+                   help="--serving: the peers at each batch, of "
+                        + ", ".join(peers.PEERS) + " (or none)")
     p.add_argument("--batches", default="1,8")
+    p.add_argument("--calibration", type=int, default=8,
+                   help="--serving: calibration images of the calibrated "
+                        "int8 exports")
     p.add_argument("--note", default="",
                    help="--serving: a note stored in the JSON")
     # child-only
-    p.add_argument("--child", choices=["train", "infer", "serve"],
-                   default=None)
+    p.add_argument("--child", choices=["train", "infer", "serve",
+                                       "serve_export"], default=None)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--runtime", choices=SERVING_RUNTIMES, default=None)
+    p.add_argument("--artefact", default=None)
+    p.add_argument("--source_onnx", default=None)
     args = p.parse_args(argv)
     if args.tf_threads:
         parse_threads(args.tf_threads)
@@ -682,6 +1054,9 @@ def main(argv=None):
 
     if args.child == "serve":
         run_serving_child(args)
+        return
+    if args.child == "serve_export":
+        run_serving_export(args)
         return
     if args.child:
         run_child(args)

@@ -109,23 +109,53 @@ def f0_backends(source="benchmarks/results_backends.json"):
 
 
 def f0_serving(source="benchmarks/results_serving.json"):
-    """NFNet-F0 CPU inference per runtime: the Keras model, its folded copy
-    and the folded copy's exports (`benchmark.py --serving`)."""
+    """NFNet-F0 CPU inference per route: the Keras model, its folded copy,
+    the folded copy's float and int8 exports, and the peers at the same
+    batches, with each route's ratio to the best peer and the recommended
+    route (`benchmark.py --serving`)."""
+    from benchmarks import benchmark
+    summary = _summary()
     data = _load(source)
-    sizes = sorted({int(b) for r in data["runs"] for b in r["batches"]})
-    lines = [f"| runtime (F0, {data['size']} px) | "
-             + " | ".join(f"batch {b} img/s" for b in sizes)
-             + " | export s | peak RSS GB |",
-             "| --- |" + " --- |" * (len(sizes) + 2)]
-    for run in data["runs"]:
-        name = run["runtime"]
-        if "export_s" in run:
-            name += " (folded)"
-        speeds = " | ".join(
-            f"{run['batches'][str(b)]['images_per_s']:.2f}" for b in sizes)
-        export = (f"{run['export_s']:.0f}" if "export_s" in run else "-")
-        lines.append(f"| {name} | {speeds} | {export} | "
-                     f"{run['peak_rss_gb']:.2f} |")
+    rows = benchmark.serving_rows(data)
+    parts = []
+    if any(r.get("cpu") for r in data["runs"]):
+        parts += [summary.cpu_line(data["runs"]) + ".", ""]
+    parts += [f"NFNet-F0 at {data['size']} px.", "",
+              benchmark.serving_table(rows)]
+    lines = benchmark.serving_lines(benchmark.serving_recommendation(rows))
+    if lines:
+        parts += ["", " ".join(lines)]
+    if data.get("note"):
+        parts += ["", f"Note: {data['note']}."]
+    return "\n".join(parts + ["", _provenance(source)])
+
+
+def f0_int8(source="benchmarks/results_int8.json"):
+    """The int8 exports' accuracy change on the demo model's held-out
+    images (`benchmarks/int8_accuracy.py`)."""
+    data = _load(source)
+    metrics = data["demo_metrics"]
+    model = data["model"][:1].upper() + data["model"][1:]
+    lines = [f"{model}, {data['held_out_images']} held-out images "
+             f"at {data['image_size']} px; full-integer exports calibrated "
+             f"on {data['calibration_images']} images of the "
+             f"{data['calibration_from']}. The demo run's own held-out "
+             f"top-1 (EMA weights, metrics.json): "
+             f"{100 * metrics['top1']:.1f} %.", "",
+             "| route | precision | top-1 % | change, points | agreement "
+             "with fp32 Keras % | mean abs logit change | largest abs logit "
+             "change | file MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = data["rows"][0]["top1"]
+    for r in data["rows"]:
+        size = "-" if r.get("file_mb") is None else f"{r['file_mb']:.2f}"
+        lines.append(
+            f"| {r['format']} | {r['precision']} | {100 * r['top1']:.1f} | "
+            f"{100 * (r['top1'] - base):+.1f} | "
+            f"{100 * r['agreement']:.1f} | {r['mean_abs_logit_diff']:.4f} | "
+            f"{r['max_abs_logit_diff']:.3f} | {size} |")
+    lines += ["", f"Mean abs logit of the fp32 model: "
+                  f"{data['rows'][0]['mean_abs_logit']:.3f}."]
     return "\n".join(lines + ["", _provenance(source)])
 
 
@@ -360,7 +390,8 @@ def f0_agc(source="benchmarks/results_agc_graph.json",
 
 
 TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
-          "f0_serving": f0_serving, "f0_peers": f0_peers,
+          "f0_serving": f0_serving, "f0_int8": f0_int8,
+          "f0_peers": f0_peers,
           "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
           "f0_profile": f0_profile, "f0_first_step": f0_first_step,
           "f0_agc": f0_agc}

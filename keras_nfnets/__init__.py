@@ -23,7 +23,7 @@ from keras_nfnets.layers import (EfficientChannelAttention,
 from keras_nfnets.optim import (AGC, AdaptiveOptimizerWarning,
                                 adaptive_clip_grads, unitwise_norm)
 from keras_nfnets.memory import use_lean_cpu_allocator
-from keras_nfnets.export import fold_weight_standardization
+from keras_nfnets.export import export_quantized, fold_weight_standardization
 from keras_nfnets.features import pyramid_channels
 from keras_nfnets.model import NFNetModel
 from keras_nfnets.optim import (NFNetSGD, WarmupCosineDecay,

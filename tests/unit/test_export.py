@@ -300,3 +300,88 @@ def test_folded_timm_model_saved_model(tmp_path):
     x = _images()
     (got,) = run_artefact("tf_saved_model", path, x)
     assert relative_error(got, np.asarray(model(x, training=False))) < 1e-4
+
+
+# Symmetric 8-bit rounding of a tensor moves each element by at most half
+# a step, 1/254 of the tensor's largest magnitude.
+INT8_ROUNDING = 1 / 254
+
+
+def _int8_bound(roundings):
+    """The largest relative change of the logits (`relative_error`) that
+    `roundings` 8-bit roundings on the path from input to logits can make
+    to first order, each at most `INT8_ROUNDING` of its tensor's range,
+    compounded (a conservative bound: residual sums only add errors)."""
+    return (1 + INT8_ROUNDING) ** roundings - 1
+
+
+def test_export_quantized_litert_stays_near_float(tmp_path):
+    """Dynamic-range int8 LiteRT of the tiny NFNet (DeepMind's weights):
+    the file holds int8 weights, and its logits are within what 8-bit
+    rounding of each kernel and of each kernel's input can change."""
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet()
+    path = str(tmp_path / "m.tflite")
+    keras_nfnets.export_quantized(model, path, verbose=False)
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    details = litert.Interpreter(model_path=path).get_tensor_details()
+    assert any(d["dtype"] == np.int8 for d in details)  # weights in int8
+    expected = np.asarray(model(ref["inputs"], training=False))
+    (got,) = run_artefact("litert", path, ref["inputs"])
+    assert got.shape == expected.shape == (2, 10)
+    kernels = sum(1 for v in model.weights if v.name == "kernel")
+    # Two roundings per kernel (the weights and the activations it meets).
+    assert 0 < relative_error(got, expected) < _int8_bound(2 * kernels)
+    assert relative_error(got, ref["logits"]) < _int8_bound(2 * kernels)
+
+
+@pytest.mark.slow  # CI time: the LiteRT test above covers export_quantized
+def test_export_quantized_onnx_calibrated(tmp_path):
+    """Full-integer (static, QDQ) int8 ONNX of the tiny NFNet calibrated on
+    a few images: the graph quantizes, and its logits stay within what its
+    roundings can change."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    ref = deepmind_fixture("nfnet_tiny_reference.npz")
+    model = tiny_nfnet()
+    rng = np.random.default_rng(0)
+    calibration = np.concatenate(
+        [ref["inputs"], rng.normal(size=(6, 40, 40, 3)).astype("float32")])
+    path = str(tmp_path / "m.onnx")
+    keras_nfnets.export_quantized(model, path, format="onnx",
+                                  calibration_data=calibration, verbose=False)
+    nodes = [n.op_type for n in onnx.load(path).graph.node]
+    roundings = nodes.count("QuantizeLinear")
+    assert roundings and "DequantizeLinear" in nodes
+    expected = np.asarray(model(ref["inputs"], training=False))
+    (got,) = run_artefact("onnx", path, ref["inputs"])
+    kernels = sum(1 for v in model.weights if v.name == "kernel")
+    assert 0 < relative_error(got, expected) < _int8_bound(
+        roundings + kernels)
+
+
+def test_export_quantized_refuses_bad_input(tmp_path):
+    """A bad format, path or calibration set is refused by name before any
+    work, and a file already at the path is left as it was."""
+    model = _tiny_timm("eca_nfnet")  # 32 px
+    keep = tmp_path / "m.tflite"
+    keep.write_bytes(b"keep")
+    export = keras_nfnets.export_quantized
+    with pytest.raises(ValueError, match="format must be one of"):
+        export(model, tmp_path / "m", format="tf_saved_model")
+    with pytest.raises(ValueError, match=r"writes a \.onnx file"):
+        export(model, keep, format="onnx")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export(model, tmp_path / "missing" / "m.tflite")
+    with pytest.raises(ValueError, match=r"calibration_data.*shape \(2, 40"):
+        export(model, keep, calibration_data=np.zeros((2, 40, 40, 3)))
+    with pytest.raises(ValueError, match="holds no inputs"):
+        export(model, keep, calibration_data=[])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        export(model, keep, calibration_data=np.full((1, 32, 32, 3), np.nan))
+    with pytest.raises(TypeError, match="calibration_data must be"):
+        export(model, keep, calibration_data="train_images/")
+    with pytest.raises(TypeError, match="keras.Model"):
+        export(object(), keep)
+    assert keep.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
