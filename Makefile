@@ -167,7 +167,7 @@ GPU_ARGS ?=
 bench-gpu:
 	$(GPU_PY) benchmarks/gpu.py --device cuda $(GPU_ARGS) --out benchmarks/results_gpu.json
 
-# remat="auto" by memory: F0 at batch 32 in an 8.25 GB memory cgroup, auto
+# remat="auto" by memory: F0 at batch 32 in a 5 GB memory cgroup, auto
 # against remat off (needs root; else the rows say so).
 bench-remat: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/remat_memory.py --out benchmarks/results_remat.json

@@ -147,7 +147,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--large_batch", type=int, default=32)
-    p.add_argument("--limit_gb", type=float, default=8.25)
+    p.add_argument("--limit_gb", type=float, default=5.0)
     p.add_argument("--size", type=int, default=192)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--steps", type=int, default=2)

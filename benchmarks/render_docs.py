@@ -443,6 +443,9 @@ def f0_gpu(source="benchmarks/results_gpu.json"):
 
 
 TABLES["f0_gpu"] = f0_gpu
+TABLES["f0_remat"] = f0_remat
+TABLES["f0_remat_share035"] = lambda: f0_remat(
+    "benchmarks/results_remat_share035.json")
 
 
 def render(text):
