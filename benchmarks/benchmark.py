@@ -103,22 +103,6 @@ def matmul_gflops(n=1024, repeats=10):
 _REMAT = {"auto": "auto", "on": True, "off": False}
 
 
-def _remat_used(model, x, args):
-    """Whether the training step recomputes its blocks: forced, or
-    `remat="auto"`'s decision for this batch (as the step's trace makes
-    it); inference never does."""
-    from keras_nfnets import model as model_lib, runtime
-    if args.child != "train":
-        return False
-    if _REMAT[args.remat] != "auto":
-        return _REMAT[args.remat]
-    decided = model_lib.remat_for_step(model, x)
-    if decided is None:
-        with runtime.remat_scope(None):
-            decided = runtime.resolve_remat("auto")
-    return bool(decided)
-
-
 def _peak_rss_gb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -155,7 +139,9 @@ def run_child(args):
                   framework=_framework(),
                   variant=args.variant, mode=args.child, batch=args.batch,
                   size=size, precision=args.precision, jit=args.jit,
-                  remat=_remat_used(model, x, args),
+                  # inference never recomputes; training as its trace decides
+                  remat=args.child == "train" and model_lib.step_remats(
+                      model, x),
                   grouped_conv=keras_nfnets.layers.grouped_conv_mode(),
                   remat_arg=args.remat,
                   kept_activations_gb=model_lib.kept_activation_bytes(

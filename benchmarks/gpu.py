@@ -132,6 +132,7 @@ def run_keras_child(args):
     import keras
     import keras_nfnets
     from keras_nfnets.flops import count_flops
+    from keras_nfnets.model import step_remats
     device = jax.devices()[0]
     if args.device == "cuda" and device.platform != "gpu":
         raise SystemExit(f"--device cuda: JAX's first device is "
@@ -157,9 +158,8 @@ def run_keras_child(args):
         mode=args.mode, batch=args.batch, size=size,
         precision=args.precision, device=args.device,
         jax_device=getattr(device, "device_kind", str(device)),
-        remat=any(keras_nfnets.layers.resolve_remat(
-            getattr(layer, "remat", False)) for layer in model.layers
-            if isinstance(layer, keras_nfnets.NFBlock)),
+        # inference never recomputes; training as its trace decides
+        remat=args.mode == "train" and step_remats(model, x),
         cpu=peers.cpu_info(), flops_per_image=flops)
     if args.mode == "train":
         y = jax.device_put(rng.integers(0, 1000, (args.batch,)))

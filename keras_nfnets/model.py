@@ -316,6 +316,15 @@ def remat_for_step(model, inputs):
     return decision
 
 
+def step_remats(model, inputs):
+    """Whether a training step of `model` on `inputs` recomputes its
+    blocks: forced settings as set, `"auto"` by `remat_for_step` (its
+    device-rule fallback included). What benchmarks record per row."""
+    with runtime.remat_scope(remat_for_step(model, inputs)):
+        return any(runtime.resolve_remat(block.remat) for block, _, _ in
+                   _blocks_with_input_sizes(model, 1, 1))
+
+
 def _say_once(model, note):
     """Prints `note` (Keras-style: stdout, or the log when Keras's
     interactive logging is off) unless it is what the model said last."""

@@ -79,7 +79,9 @@ def test_remat_auto_is_saved_as_auto_and_decided_by_memory_when_traced(
     said = capsys.readouterr().out
     assert said.count("remat off: a step at batch 2, 32x32 keeps") == 1
 
+    assert nf_model.step_remats(loaded, x) is False
     free_memory(kept)  # the kept activations would take all of it
+    assert nf_model.step_remats(loaded, x) is True
     out_tight = keras.ops.convert_to_numpy(loaded(x, training=True))
     assert len(remat_calls) == len(_blocks(loaded))
     assert "remat on: a step at batch 2" in capsys.readouterr().out
