@@ -62,6 +62,22 @@ class NFNetModel(keras.Model):
             name, value = "_preprocessing_json", _preprocessing_json(value)
         super().__setattr__(name, value)
 
+    # -- export: grouped convolutions as one op for ONNX / LiteRT ---------
+    def export(self, filepath, format="tf_saved_model", *args, **kwargs):
+        """`keras.Model.export`. For `format="onnx"` and `"litert"` on the
+        TensorFlow backend, each grouped convolution is exported as one
+        grouped convolution op (ONNX `Conv` with `group`, LiteRT `CONV_2D`)
+        rather than one convolution per group: the runtimes run it faster
+        (docs/performance.md, "Inference and export"). The numbers are the
+        same.
+
+        Example:
+        >>> folded = keras_nfnets.fold_weight_standardization(model)
+        >>> folded.export("nfnet_f0.onnx", format="onnx")
+        """
+        with runtime.export_scope(format):
+            return super().export(filepath, format, *args, **kwargs)
+
     # -- remat="auto": decided once per traced training step -------------
     def call(self, inputs, training=None, mask=None, **kwargs):
         with step_remat_scope(self, inputs, training):

@@ -1,5 +1,5 @@
-"""Device- and memory-dependent choices: rematerialization and grouped
-convolutions.
+"""Device- and memory-dependent choices: rematerialization, grouped
+convolutions and the fused elementwise backward passes.
 
 Both "auto" settings are decided when a layer is traced (each call of
 `resolve_remat` / `grouped_conv_mode` asks again), never when it is built or
@@ -20,7 +20,17 @@ initialised after the model was built is seen.
   concatenates (fast on CPU, where TensorFlow's grouped convolution is much
   slower); "native" hands the grouped convolution to the backend (right on
   GPU and TPU); "auto" picks "split" when Keras sees no accelerator. Both
-  give the same numbers.
+  give the same numbers. While a keras_nfnets model is exported to ONNX or
+  LiteRT from the TensorFlow backend (`export_scope`), a grouped
+  convolution is one convolution op with groups (`grouped_conv_mode`
+  returns "graph"), which both converters turn into their own grouped
+  convolution: the exported graph is not run by TensorFlow's CPU kernels.
+* fused elementwise backward passes (`fused`): on the TensorFlow backend,
+  the closed-form gradients of the activations and of weight
+  standardization (a dozen elementwise ops each, memory-bound on CPU) are
+  compiled by XLA into one kernel each (`tf.function(jit_compile=True)`);
+  JAX compiles the whole step anyway, PyTorch runs them as they are.
+  `set_elementwise_fusion(False)` turns it off.
 
 The one piece of state is the user's explicit grouped-convolution choice,
 `set_grouped_conv_mode(mode)`: a setting like `keras.config`'s (not a cache
@@ -40,7 +50,15 @@ import os
 import keras
 
 GROUPED_CONV_MODES = ("auto", "split", "native")
-_user_choice = {"grouped_conv": "auto"}  # the user's setting, not a cache
+_user_choice = {"grouped_conv": "auto",  # the user's settings, not a cache
+                "fusion": True}
+#: The export format being traced by `NFNetModel.export` (None: not
+#: exporting). Set only inside `export_scope`.
+_export_format = contextvars.ContextVar("keras_nfnets_export_format",
+                                        default=None)
+#: Formats whose converters take one grouped convolution op from a
+#: TensorFlow graph (tf2onnx, the LiteRT converter).
+GRAPH_GROUPED_CONV_FORMATS = ("onnx", "litert", "tflite")
 #: The "auto" remat decision of the model being traced (None: no model
 #: decided; the device rule applies). Set only inside `remat_scope`.
 _auto_remat = contextvars.ContextVar("keras_nfnets_auto_remat",
@@ -227,18 +245,19 @@ def remat_needed(activation_bytes, available_bytes):
     return activation_bytes > REMAT_MEMORY_SHARE * available_bytes
 
 
-class _Restore:
-    """What `set_grouped_conv_mode` returns: entering does nothing (the mode
-    is already set), leaving restores the previous choice."""
+class _RestoreSetting:
+    """What `set_grouped_conv_mode` and `set_elementwise_fusion` return:
+    entering does nothing (the setting is already made), leaving restores
+    the previous one."""
 
-    def __init__(self, previous):
-        self.previous = previous
+    def __init__(self, key, previous):
+        self.key, self.previous = key, previous
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _user_choice["grouped_conv"] = self.previous
+        _user_choice[self.key] = self.previous
         return False
 
 
@@ -265,20 +284,94 @@ def set_grouped_conv_mode(mode):
     """
     previous = _user_choice["grouped_conv"]
     _user_choice["grouped_conv"] = check_grouped_conv_mode(mode)
-    return _Restore(previous)
+    return _RestoreSetting("grouped_conv", previous)
 
 
 def grouped_conv_mode(mode=None):
     """The effective grouped-convolution mode ("split" or "native") of
     `mode` (default: the user's `set_grouped_conv_mode` choice), resolving
-    "auto" now (see `on_accelerator`).
+    "auto" now (see `on_accelerator`); "graph" while an ONNX or LiteRT
+    export traces the model on TensorFlow (`export_scope`).
 
     Example:
     >>> keras_nfnets.runtime.grouped_conv_mode("native")
     'native'
     """
+    if mode is None and _graph_grouped_conv():
+        return "graph"
     mode = check_grouped_conv_mode(
         _user_choice["grouped_conv"] if mode is None else mode)
     if mode != "auto":
         return mode
     return "native" if on_accelerator() else "split"
+
+
+def _graph_grouped_conv():
+    return (_export_format.get() in GRAPH_GROUPED_CONV_FORMATS
+            and keras.backend.backend() == "tensorflow")
+
+
+@contextlib.contextmanager
+def export_scope(format):  # pylint: disable=redefined-builtin
+    """Marks the model traced inside it as exported to `format`
+    (`NFNetModel.export` enters it): for ONNX and LiteRT from the
+    TensorFlow backend, grouped convolutions are traced as one grouped
+    convolution op (`graph_grouped_conv`), which the converters map to
+    their own grouped convolution, instead of one convolution per group
+    (TensorFlow's CPU split) or Keras's XLA-compiled call (which the
+    converters cannot read)."""
+    token = _export_format.set(format)
+    try:
+        yield
+    finally:
+        _export_format.reset(token)
+
+
+def graph_grouped_conv(x, kernel, strides, padding, dilation_rate):
+    """One TensorFlow grouped convolution op (NHWC; `kernel` HWIO with
+    `I = channels / groups`), for a graph that is converted, not run, by
+    TensorFlow on CPU (`export_scope`)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.nn.convolution(x, kernel, strides, padding.upper(),
+                             dilations=dilation_rate)
+
+
+def set_elementwise_fusion(enabled):
+    """Turns the XLA-fused elementwise backward passes on the TensorFlow
+    backend on (the default) or off, for steps traced after the call;
+    returns a context manager that restores the previous setting.
+
+    Example:
+    >>> with keras_nfnets.set_elementwise_fusion(False):
+    ...     pass  # steps traced here run the unfused gradient ops
+    """
+    previous = _user_choice["fusion"]
+    _user_choice["fusion"] = bool(enabled)
+    return _RestoreSetting("fusion", previous)
+
+
+def fused(fn):
+    """`fn` (elementwise ops and reductions on its tensor arguments), run
+    as one XLA-compiled kernel on the TensorFlow backend when the fusion is
+    on (`set_elementwise_fusion`), as itself otherwise. Decided at each
+    call, so at trace time. The values are `fn`'s up to float rounding (XLA
+    may evaluate `tanh` and reorder sums differently).
+
+    Example:
+    >>> f = keras_nfnets.runtime.fused(lambda x, y: x * y + 1.0)
+    >>> f(keras.ops.ones((2,)), keras.ops.ones((2,)))  # [2., 2.]
+    """
+    compiled = []
+
+    def call(*args):
+        if not (_user_choice["fusion"]
+                and keras.backend.backend() == "tensorflow"):
+            return fn(*args)
+        if not compiled:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            compiled.append(tf.function(fn, jit_compile=True,
+                                        autograph=False,
+                                        reduce_retracing=True))
+        return compiled[0](*args)
+
+    return call

@@ -7,10 +7,13 @@ gelu and silu use a closed-form derivative (a custom gradient) that keeps only
 the input for the backward pass.
 """
 
+import functools
 import math
 
 import keras
 from keras import ops
+
+from keras_nfnets import runtime
 
 _PACKAGE = "keras_nfnets"
 
@@ -96,24 +99,36 @@ def _data_dependent_zero(x):
     return ops.stop_gradient(ops.min(ops.abs(first), initial=0.0))
 
 
+@functools.lru_cache(maxsize=None)
+def _lean_backward(derivative, gamma):
+    """`upstream * derivative(x) * gamma`, one fused kernel where the
+    backend allows (`runtime.fused`); one function per (derivative,
+    gamma), so activations of the same shape share its compilation."""
+
+    def backward(x, upstream):
+        # Computed from `x` only once `upstream` exists: otherwise a graph
+        # executor runs derivative(x) right after the forward pass and
+        # holds it (an activation-sized tensor per activation) until the
+        # backward pass reaches it.
+        x_late = x + ops.cast(_data_dependent_zero(upstream), x.dtype)
+        return upstream * (derivative(x_late) * ops.cast(gamma, x.dtype))
+
+    return runtime.fused(backward)
+
+
 def _lean_scaled(fn, gamma, derivative):
-    """`fn(x) * gamma` with a gradient that saves only `x`."""
+    """`fn(x) * gamma` with a gradient that saves only `x` (computed by
+    `_lean_backward`)."""
+    backward = _lean_backward(derivative, float(gamma))
 
     @ops.custom_gradient
     def scaled(x):
-        g = ops.cast(gamma, x.dtype)
-
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # Computed from `x` only once `upstream` exists: otherwise a
-            # graph executor runs derivative(x) right after the forward pass
-            # and holds it (an activation-sized tensor per activation)
-            # until the backward pass reaches it.
-            x_late = x + ops.cast(_data_dependent_zero(upstream), x.dtype)
-            return upstream * (derivative(x_late) * g)
+            return backward(x, upstream)
 
-        return fn(x) * g, grad
+        return fn(x) * ops.cast(gamma, x.dtype), grad
 
     return scaled
 

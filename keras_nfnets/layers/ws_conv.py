@@ -1,6 +1,7 @@
 """Scaled weight standardization (Brock et al. 2021, section 3 / NF-ResNets,
 Brock et al. 2021a): `standardize_weight` and the `WSConv2D` layer."""
 
+import functools
 import math
 
 import keras
@@ -25,6 +26,28 @@ def _standardize(w, gain, eps, eps_mode="floor", gamma=1.0):
     if gamma != 1.0:
         scale = scale * gamma
     return w * scale - mean * scale, mean, var * fan_in, inv, scale
+
+
+@functools.lru_cache(maxsize=None)
+def _standardize_backward(eps_mode, eps):
+    """The closed-form backward pass of `standardize_weight` (see there):
+    `(dw, sum(g * u))`, one fused kernel where the backend allows
+    (`runtime.fused`); one function per (eps_mode, eps), so layers with
+    the same kernel shape share its compilation."""
+
+    def backward(g, w, mean, n2, inv, scale):
+        axes = tuple(range(len(w.shape) - 1))
+        # `w - mean` only once the gradient arrives (see `_lean_scaled`):
+        # computed early, it is a kernel-sized tensor per layer held from
+        # the start of the step.
+        u = w - (mean + ops.cast(_data_dependent_zero(g), w.dtype))
+        gu = ops.sum(g * u, axis=axes, keepdims=True)
+        proj = (gu * inv * inv if eps_mode == "add" else
+                ops.where(n2 >= eps, gu * inv * inv, ops.zeros_like(gu)))
+        dw = scale * (g - ops.mean(g, axis=axes, keepdims=True) - u * proj)
+        return dw, gu
+
+    return runtime.fused(backward)
 
 
 def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
@@ -65,18 +88,9 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            g = ops.cast(upstream, w.dtype)
-            axes = tuple(range(len(w.shape) - 1))
-            # `w - mean` only once the gradient arrives (see `_lean_scaled`):
-            # computed early, it is a kernel-sized tensor per layer held
-            # from the start of the step.
-            u = w - (mean + ops.cast(_data_dependent_zero(g), w.dtype))
-            gu = ops.sum(g * u, axis=axes, keepdims=True)
+            dw, gu = _standardize_backward(eps_mode, eps)(
+                ops.cast(upstream, w.dtype), w, mean, n2, inv, scale)
             dgain = ops.reshape(gu * inv * gamma, ops.shape(gain))
-            proj = (gu * inv * inv if eps_mode == "add" else
-                    ops.where(n2 >= eps, gu * inv * inv, ops.zeros_like(gu)))
-            dw = scale * (g - ops.mean(g, axis=axes, keepdims=True)
-                          - u * proj)
             return dw, dgain
 
         return w_hat, grad
@@ -196,7 +210,11 @@ class WSConv2D(keras.layers.Conv2D):
         if any(self._pads):
             ph, pw = self._pads
             x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        if self.groups > 1 and runtime.grouped_conv_mode() == "split":
+        mode = runtime.grouped_conv_mode() if self.groups > 1 else None
+        if mode == "graph":  # exported to ONNX / LiteRT (export_scope)
+            out = runtime.graph_grouped_conv(x, w, self.strides,
+                                             self.padding, self.dilation_rate)
+        elif mode == "split":
             xs = ops.split(x, self.groups, axis=-1)
             ws = ops.split(w, self.groups, axis=-1)
             out = ops.concatenate(

@@ -11,7 +11,8 @@ import pytest
 import keras
 
 import keras_nfnets
-from keras_nfnets import builder, layers as nf_layers, variants
+from keras_nfnets import builder, export as nf_export, layers as nf_layers
+from keras_nfnets import variants
 
 from conftest import deepmind_fixture, fixture_path, relative_error
 
@@ -92,6 +93,34 @@ def test_folded_tiny_nfnet_dynamic_batch(fmt, tmp_path):
         assert np.max(np.abs(got - expected)) < 1e-4
     (got,) = run_artefact(fmt, path, x2)
     assert relative_error(got, ref["logits"]) < 1e-4
+    if fmt != "tf_saved_model":
+        _assert_one_conv_per_layer(fmt, path, serving)
+
+
+def _assert_one_conv_per_layer(fmt, path, model):
+    """ONNX and LiteRT exports hold one convolution op per `WSConv2D`
+    layer, grouped ones included (`NFNetModel.export`: not one per group),
+    and no split."""
+    convs = [layer for _, layer in nf_export._named_layers(model)
+             if isinstance(layer, nf_layers.WSConv2D)]
+    grouped = sum(layer.groups > 1 for layer in convs)
+    assert grouped > 0
+    if fmt == "onnx":
+        onnx = pytest.importorskip("onnx")
+        nodes = onnx.load(path).graph.node
+        ops_ = [n.op_type for n in nodes]
+        groups = [next((a.i for a in n.attribute if a.name == "group"), 1)
+                  for n in nodes if n.op_type == "Conv"]
+        assert ops_.count("Conv") == len(convs) and "Split" not in ops_
+        assert sum(g > 1 for g in groups) == grouped
+    else:
+        litert = pytest.importorskip("ai_edge_litert.interpreter")
+        interpreter = litert.Interpreter(
+            model_path=path,
+            experimental_op_resolver_type=(
+                litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        ops_ = [op["op_name"] for op in interpreter._get_ops_details()]
+        assert ops_.count("CONV_2D") == len(convs) and "SPLIT" not in ops_
 
 
 @pytest.mark.slow  # CI time: the folded dynamic-batch test covers the three formats
