@@ -18,6 +18,7 @@ from keras_nfnets.applications import (ECANFNetL0, ECANFNetL1, ECANFNetL2,
 from keras_nfnets.layers import (NFBlock, ScaledActivation, SqueezeExcite,
                                  StochasticDepth, WSConv2D,
                                  set_grouped_conv_mode)
+from keras_nfnets.runtime import set_elementwise_fusion
 from keras_nfnets.layers import (EfficientChannelAttention,
                                  SymmetricMaxPooling2D)
 from keras_nfnets.optim import (AGC, AdaptiveOptimizerWarning,

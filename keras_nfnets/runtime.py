@@ -336,6 +336,19 @@ def graph_grouped_conv(x, kernel, strides, padding, dilation_rate):
                              dilations=dilation_rate)
 
 
+def pointwise_conv_as_matmul():
+    """Whether a training step computes a 1x1, stride-1 convolution as one
+    matrix product over the channels (`WSConv2D`): on the TensorFlow
+    backend, whose CPU gradient kernels for a 1x1 convolution (input and
+    weight gradients) take several times the forward convolution's time,
+    where a matrix product's gradients are matrix products
+    (docs/performance.md, "Where a step's time goes"). Inference and the
+    other backends keep the convolution. The values are the
+    convolution's up to float rounding (the same sums, in another order).
+    """
+    return keras.backend.backend() == "tensorflow"
+
+
 def set_elementwise_fusion(enabled):
     """Turns the XLA-fused elementwise backward passes on the TensorFlow
     backend on (the default) or off, for steps traced after the call;

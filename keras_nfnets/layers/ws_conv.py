@@ -211,7 +211,10 @@ class WSConv2D(keras.layers.Conv2D):
             ph, pw = self._pads
             x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         mode = runtime.grouped_conv_mode() if self.groups > 1 else None
-        if mode == "graph":  # exported to ONNX / LiteRT (export_scope)
+        if (training and self._pointwise
+                and runtime.pointwise_conv_as_matmul()):
+            out = self._matmul(x, w)
+        elif mode == "graph":  # exported to ONNX / LiteRT (export_scope)
             out = runtime.graph_grouped_conv(x, w, self.strides,
                                              self.padding, self.dilation_rate)
         elif mode == "split":
@@ -222,6 +225,21 @@ class WSConv2D(keras.layers.Conv2D):
         else:
             out = self._conv(x, w)
         return out + ops.cast(self.bias, self.compute_dtype)
+
+    @property
+    def _pointwise(self):
+        return (tuple(self.kernel_size) == (1, 1) and self.groups == 1
+                and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1)
+                and self.data_format == "channels_last")
+
+    def _matmul(self, x, w):
+        """The 1x1 convolution as one matrix product over the channels
+        (`runtime.pointwise_conv_as_matmul`): its gradients are matrix
+        products too."""
+        rows = ops.reshape(x, (-1, x.shape[-1]))
+        out = ops.matmul(rows, ops.reshape(w, (w.shape[-2], w.shape[-1])))
+        return ops.reshape(out, (-1, *x.shape[1:-1], w.shape[-1]))
 
     def _conv(self, x, w):
         return ops.conv(x, w, strides=self.strides, padding=self.padding,

@@ -252,3 +252,72 @@ def test_available_memory_reads_the_process_cgroup_limit():
         assert 0 < free <= limit
     finally:
         os.rmdir(path)
+
+
+def _conv_grads(conv, x, training):
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = conv(x, training=training)
+        loss = tf.reduce_sum(y * y)
+    grads = tape.gradient(loss, [x, conv.kernel, conv.gain, conv.bias])
+    return [y.numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the matrix product is TensorFlow's training path")
+def test_pointwise_conv_trains_as_a_matmul_with_the_convs_numbers():
+    """A 1x1 stride-1 `WSConv2D` in a TensorFlow training step is one
+    MatMul (whose gradients are MatMuls), not Conv2D and its gradient
+    kernels; outputs and gradients are the convolution's to float
+    rounding. A strided or grouped 1x1 convolution stays a convolution."""
+    import tensorflow as tf
+    assert runtime.pointwise_conv_as_matmul()
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 5, 7, 16)).astype("float32"))
+    conv = nfl.WSConv2D(24, 1)
+    conv.build(x.shape)
+    conv.bias.assign(rng.normal(size=(24,)).astype("float32"))
+    for a, b in zip(_conv_grads(conv, x, True), _conv_grads(conv, x, False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
+
+    def op_types(layer, training):
+        fn = tf.function(lambda t: layer(t, training=training))
+        return {op.type for op in
+                fn.get_concrete_function(x).graph.get_operations()}
+    assert "MatMul" in op_types(conv, True)
+    assert "Conv2D" not in op_types(conv, True)
+    assert "Conv2D" in op_types(conv, False)  # inference: the convolution
+    strided = nfl.WSConv2D(24, 1, strides=2)
+    assert "Conv2D" in op_types(strided, True)
+
+
+def test_fused_backward_passes_give_the_unfused_numbers():
+    """`runtime.fused` (XLA on TensorFlow): the activations' and weight
+    standardization's closed-form gradients, fused and not, agree to float
+    rounding; the setting restores itself as a context manager."""
+    import tensorflow as tf
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 9, 9, 8)).astype("float32"))
+    conv = nfl.WSConv2D(12, 3)
+    conv.build(x.shape)
+    act = nfl.scaled_activation("gelu")
+    results = []
+    for enabled in (True, False):
+        with keras_nfnets.runtime.set_elementwise_fusion(enabled):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = act(conv(act(x)))
+                loss = tf.reduce_sum(y * y)
+            grads = tape.gradient(loss, [x, conv.kernel, conv.gain])
+        results.append([g.numpy() for g in grads])
+    assert runtime._user_choice["fusion"] is True
+    for a, b in zip(*results):
+        # float32 rounding of sums over a few hundred terms, relative to
+        # the largest value (XLA's tanh and summation order differ)
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
+    f = runtime.fused(lambda a, b: a * b + 1.0)
+    np.testing.assert_allclose(np.asarray(f(tf.ones((3,)), tf.ones((3,)))),
+                               2.0)
