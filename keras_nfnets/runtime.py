@@ -374,17 +374,21 @@ def fused(fn):
     >>> f = keras_nfnets.runtime.fused(lambda x, y: x * y + 1.0)
     >>> f(keras.ops.ones((2,)), keras.ops.ones((2,)))  # [2., 2.]
     """
-    compiled = []
+    compiled = {}
 
     def call(*args):
         if not (_user_choice["fusion"]
                 and keras.backend.backend() == "tensorflow"):
             return fn(*args)
-        if not compiled:
+        # One function per rank and dtype of the arguments: within one,
+        # `reduce_retracing` traces once for all sizes (XLA still compiles
+        # each size once), so `fn` always sees its tensors' rank.
+        key = tuple((len(a.shape), str(a.dtype)) for a in args)
+        if key not in compiled:
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
-            compiled.append(tf.function(fn, jit_compile=True,
+            compiled[key] = tf.function(fn, jit_compile=True,
                                         autograph=False,
-                                        reduce_retracing=True))
-        return compiled[0](*args)
+                                        reduce_retracing=True)
+        return compiled[key](*args)
 
     return call
