@@ -336,16 +336,18 @@ def graph_grouped_conv(x, kernel, strides, padding, dilation_rate):
                              dilations=dilation_rate)
 
 
-def pointwise_conv_as_matmul():
-    """Whether a training step computes a 1x1, stride-1 convolution as one
-    matrix product over the channels (`WSConv2D`): on the TensorFlow
-    backend, whose CPU gradient kernels for a 1x1 convolution (input and
-    weight gradients) take several times the forward convolution's time,
-    where a matrix product's gradients are matrix products
-    (docs/performance.md, "Where a step's time goes"). Inference and the
-    other backends keep the convolution. The values are the
-    convolution's up to float rounding (the same sums, in another order).
-    """
+def own_conv_gradients():
+    """Whether a training step computes `WSConv2D`'s convolutions in
+    keras_nfnets' own formulations: a 1x1, stride-1 convolution as one
+    matrix product over the channels (its gradients are matrix products),
+    and a stride-1 "same" k x k convolution with both gradients as forward
+    convolutions (`layers.ws_conv.same_conv_with_conv_gradients`). On the
+    TensorFlow backend, whose CPU gradient kernels for a convolution
+    (`Conv2DBackpropInput`, `Conv2DBackpropFilter`) take up to several
+    times the forward convolution's time (docs/performance.md, "Where a
+    step's time goes"). Inference and the other backends keep the
+    convolution and its own gradients. The values are the same sums in
+    another order (float rounding apart)."""
     return keras.backend.backend() == "tensorflow"
 
 
@@ -380,15 +382,14 @@ def fused(fn):
         if not (_user_choice["fusion"]
                 and keras.backend.backend() == "tensorflow"):
             return fn(*args)
-        # One function per rank and dtype of the arguments: within one,
-        # `reduce_retracing` traces once for all sizes (XLA still compiles
-        # each size once), so `fn` always sees its tensors' rank.
-        key = tuple((len(a.shape), str(a.dtype)) for a in args)
+        # One function per static shape and dtype of the arguments: each
+        # is traced once (no retracing, no relaxed shapes: `fn` sees its
+        # tensors' shapes), and compiled by XLA once per size.
+        key = tuple((tuple(a.shape), str(a.dtype)) for a in args)
         if key not in compiled:
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
             compiled[key] = tf.function(fn, jit_compile=True,
-                                        autograph=False,
-                                        reduce_retracing=True)
+                                        autograph=False)
         return compiled[key](*args)
 
     return call

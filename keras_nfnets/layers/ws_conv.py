@@ -98,6 +98,39 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
     return standardize(w, gain)
 
 
+@ops.custom_gradient
+def same_conv_with_conv_gradients(x, w):
+    """A stride-1 "same" convolution (NHWC, kernel HWIO with odd sizes)
+    whose two gradients are forward convolutions too
+    (`runtime.own_conv_gradients`), with `p = (k - 1) / 2` zeros padded:
+
+        dx = conv_same(dy, w[::-1, ::-1] with in/out swapped)
+        dw[i, j, c, o] = sum_{n,h,w} x_pad[n, h+i, w+j, c] dy[n, h, w, o]
+           = conv_valid(x_pad as (c, h, w, n), dy as (h, w, n, o))
+
+    The same sums as the convolution's own gradient kernels, in another
+    order (float rounding apart).
+
+    Example:
+    >>> y = same_conv_with_conv_gradients(x, w)  # = ops.conv(x, w, 1, "same")
+    """
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        dy = upstream
+        kh, kw = w.shape[0], w.shape[1]
+        flipped = ops.transpose(ops.flip(ops.flip(w, 0), 1), (0, 1, 3, 2))
+        dx = ops.conv(dy, flipped, strides=1, padding="same")
+        ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        x_pad = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        dw = ops.conv(ops.transpose(x_pad, (3, 1, 2, 0)),
+                      ops.transpose(dy, (1, 2, 0, 3)), strides=1,
+                      padding="valid")
+        return dx, ops.transpose(dw, (1, 2, 0, 3))
+
+    return ops.conv(x, w, strides=1, padding="same"), grad
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class WSConv2D(keras.layers.Conv2D):
     """2D convolution with Scaled Weight Standardization and a learnable gain.
@@ -211,8 +244,8 @@ class WSConv2D(keras.layers.Conv2D):
             ph, pw = self._pads
             x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         mode = runtime.grouped_conv_mode() if self.groups > 1 else None
-        if (training and self._pointwise
-                and runtime.pointwise_conv_as_matmul()):
+        own = bool(training) and runtime.own_conv_gradients()
+        if own and self._pointwise:
             out = self._matmul(x, w)
         elif mode == "graph":  # exported to ONNX / LiteRT (export_scope)
             out = runtime.graph_grouped_conv(x, w, self.strides,
@@ -221,9 +254,9 @@ class WSConv2D(keras.layers.Conv2D):
             xs = ops.split(x, self.groups, axis=-1)
             ws = ops.split(w, self.groups, axis=-1)
             out = ops.concatenate(
-                [self._conv(xi, wi) for xi, wi in zip(xs, ws)], axis=-1)
+                [self._conv(xi, wi, own) for xi, wi in zip(xs, ws)], axis=-1)
         else:
-            out = self._conv(x, w)
+            out = self._conv(x, w, own and self.groups == 1)
         return out + ops.cast(self.bias, self.compute_dtype)
 
     @property
@@ -235,13 +268,19 @@ class WSConv2D(keras.layers.Conv2D):
 
     def _matmul(self, x, w):
         """The 1x1 convolution as one matrix product over the channels
-        (`runtime.pointwise_conv_as_matmul`): its gradients are matrix
+        (`runtime.own_conv_gradients`): its gradients are matrix
         products too."""
         rows = ops.reshape(x, (-1, x.shape[-1]))
         out = ops.matmul(rows, ops.reshape(w, (w.shape[-2], w.shape[-1])))
         return ops.reshape(out, (-1, *x.shape[1:-1], w.shape[-1]))
 
-    def _conv(self, x, w):
+    def _conv(self, x, w, own_gradients=False):
+        if (own_gradients and self.padding == "same"
+                and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1)
+                and self.data_format == "channels_last"
+                and all(k % 2 for k in self.kernel_size)):
+            return same_conv_with_conv_gradients(x, w)
         return ops.conv(x, w, strides=self.strides, padding=self.padding,
                         dilation_rate=self.dilation_rate,
                         data_format=self.data_format)

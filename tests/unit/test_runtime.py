@@ -272,7 +272,7 @@ def test_pointwise_conv_trains_as_a_matmul_with_the_convs_numbers():
     kernels; outputs and gradients are the convolution's to float
     rounding. A strided or grouped 1x1 convolution stays a convolution."""
     import tensorflow as tf
-    assert runtime.pointwise_conv_as_matmul()
+    assert runtime.own_conv_gradients()
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 5, 7, 16)).astype("float32"))
     conv = nfl.WSConv2D(24, 1)
@@ -291,6 +291,39 @@ def test_pointwise_conv_trains_as_a_matmul_with_the_convs_numbers():
     assert "Conv2D" in op_types(conv, False)  # inference: the convolution
     strided = nfl.WSConv2D(24, 1, strides=2)
     assert "Conv2D" in op_types(strided, True)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the own gradients are TensorFlow's training path")
+@pytest.mark.parametrize("kernel,groups,strides,size", [
+    (3, 1, 1, (9, 9)), (3, 2, 1, (8, 11)), (5, 1, 1, (7, 6)),
+    (3, 2, 2, (9, 9))])
+def test_own_conv_gradients_are_the_convolutions(kernel, groups, strides,
+                                                 size):
+    """A stride-1 "same" convolution in a TensorFlow training step takes
+    both gradients as forward convolutions (no Conv2DBackpropInput /
+    Conv2DBackpropFilter in the graph), with the convolution's outputs and
+    gradients to float rounding; a strided one keeps TensorFlow's."""
+    import tensorflow as tf
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(2, *size, 4 * groups)).astype("float32"))
+    conv = nfl.WSConv2D(6 * groups, kernel, strides=strides, groups=groups)
+    conv.build(x.shape)
+    conv.bias.assign(rng.normal(size=conv.bias.shape).astype("float32"))
+    for a, b in zip(_conv_grads(conv, x, True), _conv_grads(conv, x, False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
+
+    @tf.function
+    def step(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(conv(t, training=True) ** 2)
+        return tape.gradient(loss, [t, conv.kernel])
+    types = {op.type for op in
+             step.get_concrete_function(x).graph.get_operations()}
+    backprop = {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
+    assert bool(types & backprop) == (strides != 1)
 
 
 def test_fused_backward_passes_give_the_unfused_numbers():
