@@ -13,12 +13,8 @@ so a model's clip is a few small ops per variable and a few per shape, not a
 dozen per variable: the values are those of `clip_gradient` bit for bit.
 """
 
-import functools
-
 import keras
 from keras import ops
-
-from keras_nfnets import runtime
 
 #: DeepMind's guard on the gradient norm in the divisor.
 GRAD_NORM_FLOOR = 1e-6
@@ -52,17 +48,9 @@ def unit_axes(shape):
 def _sum_of_squares(x, axis, keepdims=False):
     if len(x.shape) == 0:  # a scalar is its own sum (no reduction op)
         return ops.square(x)
-    return _fused_sum_of_squares(axis, keepdims)(x)
-
-
-@functools.lru_cache(maxsize=None)
-def _fused_sum_of_squares(axis, keepdims):
-    """`sum(x ** 2)` over `axis` in one pass where the backend allows
-    (`runtime.fused`: the square is not written out)."""
     if axis is None:
-        return runtime.fused(lambda x: ops.sum(ops.square(x)))
-    return runtime.fused(lambda x: ops.sum(ops.square(x), axis=axis,
-                                           keepdims=keepdims))
+        return ops.sum(ops.square(x))
+    return ops.sum(ops.square(x), axis=axis, keepdims=keepdims)
 
 
 def unitwise_norm(x):

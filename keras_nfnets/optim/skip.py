@@ -21,11 +21,7 @@ The skip sits beside the clip (`keras_nfnets.optim.clip`), not inside it.
 import keras
 from keras import ops
 
-from keras_nfnets import compat, runtime
-
-
-# One pass over a gradient where the backend allows (`runtime.fused`).
-_all_finite = runtime.fused(lambda g: ops.all(ops.isfinite(g)))
+from keras_nfnets import compat
 
 
 def nonfinite_flag(grads):
@@ -36,7 +32,7 @@ def nonfinite_flag(grads):
     >>> int(nonfinite_flag([keras.ops.ones(2), None]))
     0
     """
-    finite = [_all_finite(g) for g in grads if g is not None]
+    finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
     if not finite:
         return ops.convert_to_tensor(0, "int32")
     return 1 - ops.cast(ops.all(ops.stack(finite)), "int32")
