@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-int8 bench-contended \
-	bench-profile bench-first-step bench-all bench-venv bench-gpu clean
+	bench-profile bench-first-step bench-conv bench-all bench-venv bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -189,7 +189,12 @@ bench-profile: $(BENCH_STAMP)
 bench-first-step: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/first_step.py --out benchmarks/results_first_step.json
 
-bench-all: bench bench-contended bench-profile bench-first-step
+# The convolution kernels of F0's training step, TensorFlow's gradient
+# kernels against keras_nfnets' own formulations (docs/performance.md).
+bench-conv: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/conv_gradients.py --out benchmarks/results_conv_gradients.json
+
+bench-all: bench bench-contended bench-profile bench-first-step bench-conv
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 

@@ -442,6 +442,46 @@ def f0_gpu(source="benchmarks/results_gpu.json"):
                       "", provenance])
 
 
+def _conv_gradients_table(data):
+    out = ["| layer | batch x px x channels in → out | forward: Conv2D ms | "
+           "forward: own ms | gradients: TF kernels ms | gradients: own ms "
+           "| own / TF, forward + gradients |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in data["rows"]:
+        ms = r["ms"]
+        tf_grads = ms["TF input gradient"] + ms["TF weight gradient"]
+        if r["kernel"] == 1:
+            own_fwd = ms["own forward (MatMul)"]
+            own_grads = (ms["own input gradient (MatMul)"]
+                         + ms["own weight gradient (MatMul)"])
+        else:
+            own_fwd = ms["forward convolution"]
+            own_grads = ms["own input + weight gradients (convolutions)"]
+        ratio = (own_fwd + own_grads) / (ms["forward convolution"]
+                                         + tf_grads)
+        out.append(
+            f"| {r['layer']} | {r['batch']} x {r['spatial']} x "
+            f"{r['in_channels']} → {r['out_channels']} | "
+            f"{ms['forward convolution']:.1f} | {own_fwd:.1f} | "
+            f"{tf_grads:.1f} | {own_grads:.1f} | {ratio:.2f}× |")
+    cpu = data["cpu"]
+    out += ["", f"TensorFlow {data['tensorflow']} on {cpu.get('model')} "
+            f"({cpu.get('isa')}); medians of {data['repeats']} calls, "
+            f"{data['rounds']} interleaved rounds. The own 3x3 gradients "
+            "are `same_conv_with_conv_gradients`' backward pass (input and "
+            "weight gradient together, with its transposes); TF's are "
+            "`Conv2DBackpropInput` + `Conv2DBackpropFilter`."]
+    return "\n".join(out)
+
+
+def f0_conv_gradients(source="benchmarks/results_conv_gradients.json"):
+    """The convolution kernels of F0's training step, TensorFlow's against
+    keras_nfnets' own formulations (benchmarks/conv_gradients.py)."""
+    return "\n".join([_conv_gradients_table(_load(source)), "",
+                      _provenance(source)])
+
+
+TABLES["f0_conv_gradients"] = f0_conv_gradients
 TABLES["f0_gpu"] = f0_gpu
 TABLES["f0_remat"] = f0_remat
 TABLES["f0_remat_share035"] = lambda: f0_remat(

@@ -4,6 +4,7 @@ synthetic result list, and the profile's op categories. No model is built
 and nothing is timed (speed is what benchmarks/benchmark.py records)."""
 
 import importlib
+import json
 import sys
 import types
 
@@ -689,3 +690,29 @@ def test_benchmark_run_with_forced_bf16_rows_and_the_compile_peer(tmp_path):
     assert s["keras_nfnets (defaults)"]["best_peer"] != \
         "timm eager, bf16 autocast"
     assert "bf16 rows: 2 configurations (on; CPU bf16: False)" in proc.stdout
+
+
+def test_conv_gradient_kernels_table(tmp_path):
+    """benchmarks/conv_gradients.py on F0's two smallest layer shapes (one
+    round, one call each): every kernel of a shape is timed, the own
+    formulations beside TensorFlow's, and the rendered table compares
+    them."""
+    conv_gradients = importlib.import_module("benchmarks.conv_gradients")
+    render_docs = importlib.import_module("benchmarks.render_docs")
+    out = tmp_path / "conv.json"
+    result = conv_gradients.main([
+        "--rounds", "1", "--repeats", "1", "--out", str(out),
+        "--layers", "3x3 group, stage 4;1x1 conv0, stage 3"])
+    three, one = result["rows"]
+    assert set(three["ms"]) == {
+        "forward convolution", "TF input gradient", "TF weight gradient",
+        "own input + weight gradients (convolutions)",
+        "TF input + weight gradients"}
+    assert {"own forward (MatMul)", "own input gradient (MatMul)",
+            "own weight gradient (MatMul)"} <= set(one["ms"])
+    assert all(v > 0 for r in (three, one) for v in r["ms"].values())
+    rows = [line for line in render_docs._conv_gradients_table(
+        json.loads(out.read_text())).splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 2 and rows[2].startswith("| 3x3 group, stage 4 |")
+    with pytest.raises(SystemExit, match="unknown layers"):
+        conv_gradients.main(["--layers", "5x5"])
