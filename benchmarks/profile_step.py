@@ -26,19 +26,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CONV_TYPES = {"Conv2D": "convolution forward",
-              "_FusedConv2D": "convolution forward",
-              "Conv2DBackpropInput": "convolution input gradient",
-              "Conv2DBackpropFilter": "convolution weight gradient",
-              "DepthwiseConv2dNative": "convolution forward",
-              "MatMul": "matmul (SE, classifier)",
-              "_FusedMatMul": "matmul (SE, classifier)",
-              "BatchMatMulV2": "matmul (SE, classifier)"}
+CONV_TYPES = {"Conv2D": "Conv2D (forward; stride-1 gradients)",
+              "_FusedConv2D": "Conv2D (forward; stride-1 gradients)",
+              "Conv2DBackpropInput": "Conv2DBackpropInput (strided convolutions)",
+              "Conv2DBackpropFilter": "Conv2DBackpropFilter (strided convolutions)",
+              "DepthwiseConv2dNative": "Conv2D (forward; stride-1 gradients)",
+              "MatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
+              "_FusedMatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
+              "BatchMatMulV2": "MatMul (1x1 convolutions and gradients, SE, classifier)"}
 SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice"}
 # A WSConv2D layer's scope: stem_conv0, conv1b_3, final_conv_1, ...
 CONV_SCOPE = re.compile(r"(^|/)(stem_)?(final_)?conv\w*?(_\d+)?/[^/]+$")
-CATEGORIES = ("convolution forward", "convolution input gradient",
-              "convolution weight gradient", "matmul (SE, classifier)",
+CATEGORIES = ("Conv2D (forward; stride-1 gradients)", "Conv2DBackpropInput (strided convolutions)",
+              "Conv2DBackpropFilter (strided convolutions)", "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "grouped-conv split / concat",
               "optimizer: momentum update and AGC",
               "GELU and its derivative",

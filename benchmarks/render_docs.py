@@ -283,16 +283,19 @@ def f0_first_step(source="benchmarks/results_first_step.json"):
     return "\n".join(parts + ["", _provenance(source)])
 
 
-def _agc_per_step(source):
+def _agc_per_step(source, field=None):
     """AGC's per-step share in the peer run: (our step s with, without,
-    timm eager's with, without), each None where the run lacks the row."""
+    timm eager's with, without), each None where the run lacks the row;
+    with `field` (e.g. "first_step_s"), that field of the four rows."""
     summary = _summary()
     by = {(r["mode"], r["label"]): r for r in summary.summarize(
         _load(source))}
 
     def step(name):
         row = by.get(("train", name))
-        return row["batch"] / row["images_per_s"] if row else None
+        if not row:
+            return None
+        return row[field] if field else row["batch"] / row["images_per_s"]
     timm = summary.PEER_NAMES["timm"]
     return (step("keras_nfnets (defaults)"), step("keras_nfnets, no AGC"),
             step(timm), step(timm + ", no AGC"))
@@ -385,6 +388,11 @@ def f0_agc(source="benchmarks/results_agc_graph.json",
                  f"({100 * (ours / ours_off - 1):+.1f} %)" if ours_off else
                  f"{ours:.2f} s/step with AGC, and not run without it "
                  "(`--compare_agc` was not in this run)")
+        first, first_off, _, _ = _agc_per_step(peers_source, "first_step_s")
+        if first_off:
+            text += (f". First step from process start in the same run: "
+                     f"keras_nfnets {first:.1f} s with AGC against "
+                     f"{first_off:.1f} s without ({first - first_off:+.1f} s)")
         lines += ["", text + ".", "", _provenance(peers_source)]
     return "\n".join(lines)
 
@@ -449,7 +457,10 @@ def _conv_gradients_table(data):
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in data["rows"]:
         ms = r["ms"]
-        tf_grads = ms["TF input gradient"] + ms["TF weight gradient"]
+        # Like with like: the own 3x3 gradients are timed as one function
+        # (both gradients, which may run side by side), so TF's are too.
+        tf_grads = ms.get("TF input + weight gradients",
+                          ms["TF input gradient"] + ms["TF weight gradient"])
         if r["kernel"] == 1:
             own_fwd = ms["own forward (MatMul)"]
             own_grads = (ms["own input gradient (MatMul)"]
@@ -469,8 +480,9 @@ def _conv_gradients_table(data):
             f"({cpu.get('isa')}); medians of {data['repeats']} calls, "
             f"{data['rounds']} interleaved rounds. The own 3x3 gradients "
             "are `same_conv_with_conv_gradients`' backward pass (input and "
-            "weight gradient together, with its transposes); TF's are "
-            "`Conv2DBackpropInput` + `Conv2DBackpropFilter`."]
+            "weight gradient together, with its transposes) against "
+            "`Conv2DBackpropInput` and `Conv2DBackpropFilter` in one "
+            "function; the 1x1 rows sum the kernels timed one by one."]
     return "\n".join(out)
 
 

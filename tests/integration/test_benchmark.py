@@ -356,9 +356,9 @@ def test_summary_without_peers_has_no_ratio():
 
 @pytest.mark.parametrize("name,op_type,category", [
     ("nfnet_f0/nf_block/conv1/convolution", "Conv2D",
-     "convolution forward"),
+     "Conv2D (forward; stride-1 gradients)"),
     ("gradient_tape/nfnet_f0/final_conv/convolution/Conv2DBackpropInput",
-     "Conv2DBackpropInput", "convolution input gradient"),
+     "Conv2DBackpropInput", "Conv2DBackpropInput (strided convolutions)"),
     ("nfnet_f0/nf_block/conv1/split", "Split",
      "grouped-conv split / concat"),
     ("cond/then/_0/cond/sgd/AssignAddVariableOp", "AssignAddVariableOp",
