@@ -245,8 +245,8 @@ class WSConv2D(keras.layers.Conv2D):
             x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         mode = runtime.grouped_conv_mode() if self.groups > 1 else None
         own = bool(training) and runtime.own_conv_gradients()
-        if own and self._pointwise:
-            out = self._matmul(x, w)
+        if own and self._pointwise and None not in x.shape[1:-1]:
+            out = self._matmul(x, w)  # (height and width known at trace)
         elif mode == "graph":  # exported to ONNX / LiteRT (export_scope)
             out = runtime.graph_grouped_conv(x, w, self.strides,
                                              self.padding, self.dilation_rate)

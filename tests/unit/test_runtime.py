@@ -291,6 +291,16 @@ def test_pointwise_conv_trains_as_a_matmul_with_the_convs_numbers():
     assert "Conv2D" in op_types(conv, False)  # inference: the convolution
     strided = nfl.WSConv2D(24, 1, strides=2)
     assert "Conv2D" in op_types(strided, True)
+    # Height and width unknown at trace time: the convolution, as before.
+    any_size = tf.function(
+        lambda t: conv(t, training=True),
+        input_signature=[tf.TensorSpec((None, None, None, 16))])
+    types = {op.type for op in any_size.get_concrete_function().graph
+             .get_operations()}
+    assert "Conv2D" in types and "MatMul" not in types
+    np.testing.assert_allclose(any_size(x).numpy(),
+                               conv(x, training=False).numpy(), rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
