@@ -260,11 +260,17 @@ class WSConv2D(keras.layers.Conv2D):
         return out + ops.cast(self.bias, self.compute_dtype)
 
     @property
-    def _pointwise(self):
-        return (tuple(self.kernel_size) == (1, 1) and self.groups == 1
-                and tuple(self.strides) == (1, 1)
+    def _unstrided(self):
+        """Stride 1, no dilation, NHWC: what the training step's own
+        convolution formulations need (`runtime.own_conv_gradients`)."""
+        return (tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1)
                 and self.data_format == "channels_last")
+
+    @property
+    def _pointwise(self):
+        return (tuple(self.kernel_size) == (1, 1) and self.groups == 1
+                and self._unstrided)
 
     def _matmul(self, x, w):
         """The 1x1 convolution as one matrix product over the channels
@@ -275,10 +281,7 @@ class WSConv2D(keras.layers.Conv2D):
         return ops.reshape(out, (-1, *x.shape[1:-1], w.shape[-1]))
 
     def _conv(self, x, w, own_gradients=False):
-        if (own_gradients and self.padding == "same"
-                and tuple(self.strides) == (1, 1)
-                and tuple(self.dilation_rate) == (1, 1)
-                and self.data_format == "channels_last"
+        if (own_gradients and self.padding == "same" and self._unstrided
                 and all(k % 2 for k in self.kernel_size)):
             return same_conv_with_conv_gradients(x, w)
         return ops.conv(x, w, strides=self.strides, padding=self.padding,
