@@ -35,6 +35,10 @@ holds a few ops per clipped variable instead of a dozen (a shorter first
 step: less to trace and for grappler to optimise). Otherwise each
 `update_step` clips its own variable, as above.
 
+Where the base class is Keras's `SGD` itself, on TensorFlow with one
+replica, its update runs as TensorFlow's fused kernel
+(`keras_nfnets.optim.fused_sgd`): the same values, one kernel per variable.
+
 It cannot switch off silently: `update_step` counts its calls, and an
 `apply()` that updates variables without calling it raises
 `compat.CompatError` naming the Keras version. Non-finite steps are skipped
@@ -48,7 +52,7 @@ import warnings
 import keras
 
 from keras_nfnets import compat
-from keras_nfnets.optim import skip
+from keras_nfnets.optim import fused_sgd, skip
 from keras_nfnets.optim import clip as _clip
 # `clip_gradient` is looked up in this module at each step (so a test can
 # bypass or watch it here: while it is replaced, every variable is clipped
@@ -355,18 +359,22 @@ class AGC(keras.optimizers.Optimizer):
         with) with AGC, leaving excluded variables and `None` gradients
         alone: what `update_step` does to each reduced gradient (computed
         all at once, `adaptive_clip_grads`)."""
-        return self._clip_where(grads, variables, self.should_clip)
+        return self._clip_where(grads, variables, self.should_clip)[0]
 
     def _clip_where(self, grads, variables, pick):
+        """`grads` with those of the variables `pick`ed clipped, and the
+        gradients' sums of squares (`clip.clip_and_sums`, indexed into
+        `grads`)."""
         grads, variables = list(grads), list(variables)
         chosen = [i for i, (g, v) in enumerate(zip(grads, variables))
                   if g is not None and pick(v)]
-        clipped = adaptive_clip_grads([grads[i] for i in chosen],
-                                      [variables[i] for i in chosen],
-                                      self.clipping, self.eps)
+        clipped, sums = _clip.clip_and_sums([grads[i] for i in chosen],
+                                            [variables[i] for i in chosen],
+                                            self.clipping, self.eps)
         for i, g in zip(chosen, clipped):
             grads[i] = g
-        return grads
+        return grads, [(tuple(chosen[i] for i in indices), tensor)
+                       for indices, tensor in sums]
 
     def _clips_ahead(self):
         """Whether `apply` clips all gradients before Keras's per-variable
@@ -384,8 +392,8 @@ class AGC(keras.optimizers.Optimizer):
                 and _one_replica())
 
     def _clip_ahead(self, grads, variables):
-        """`grads` with every gradient AGC clips clipped, all at once.
-        Keras's `overwrite_with_gradient` variables never reach
+        """`grads` with every gradient AGC clips clipped, all at once, and
+        their sums of squares (`_clip_where`). Keras's `overwrite_with_gradient` variables never reach
         `update_step`, so they are left alone here too."""
         if variables is None:  # JAX's stateless step: the build order
             variables = self.agc_built_on.value
@@ -404,6 +412,10 @@ class AGC(keras.optimizers.Optimizer):
                 self._record(gradient, variable)
             gradient = clip_gradient(gradient, variable, self.clipping,
                                      self.eps)
+        if fused_sgd.applies(self, gradient, variable):
+            # Keras's SGD update, the same values in one kernel.
+            fused_sgd.update(self, gradient, variable, learning_rate)
+            return None
         return super().update_step(gradient, variable, learning_rate)
 
     def _record(self, gradient, variable):
@@ -447,12 +459,13 @@ class AGC(keras.optimizers.Optimizer):
                 self.built = True
         if not grads:
             return
-        apply_fn = self._apply_checked
+        apply_fn, sums = self._apply_checked, ()
         if self._clips_ahead():
             # Clipped here, before the skip's test (which still reads the
-            # gradients as they came) and outside its `cond`: inside it,
-            # Keras's all-reduce would get tensors of two graphs.
-            clipped = self._clip_ahead(grads, trainable_variables)
+            # gradients as they came, through the clip's sums of squares)
+            # and outside its `cond`: inside it, Keras's all-reduce would
+            # get tensors of two graphs.
+            clipped, sums = self._clip_ahead(grads, trainable_variables)
 
             def apply_fn(_, variables):
                 self._apply_checked(clipped, variables, clipped=True)
@@ -461,7 +474,8 @@ class AGC(keras.optimizers.Optimizer):
             return
         built_on = getattr(self, "agc_built_on", None)
         skip.apply_or_skip(self, grads, trainable_variables, apply_fn,
-                           built_on=built_on.value if built_on else ())
+                           built_on=built_on.value if built_on else (),
+                           sums_of_squares=sums)
 
     # -------------------------------------------------------------- saving
     def get_config(self):

@@ -152,12 +152,28 @@ def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
     >>> grads = tape.gradient(loss, model.trainable_variables)
     >>> grads = adaptive_clip_grads(grads, model.trainable_variables, 0.01)
     """
+    return clip_and_sums(grads, variables, clipping, eps)[0]
+
+
+def clip_and_sums(grads, variables, clipping=0.01, eps=1e-3):
+    """`adaptive_clip_grads`, and the gradients' unit-wise sums of squares
+    that the clip computed: a list of `(indices, tensor)`, the sums of the
+    gradients at `indices` (one tensor per group of same-shaped unit norms;
+    float32 for 16-bit gradients). A sum of squares is finite only if every
+    element of its gradient is, which lets the non-finite-step skip test
+    these small tensors instead of the gradients (`skip.nonfinite_flag`).
+
+    Example:
+    >>> clipped, sums = clip_and_sums([g], [w], 0.01)
+    >>> [indices for indices, _ in sums]
+    [(0,)]
+    """
     grads, variables = list(grads), list(variables)
     if len(grads) != len(variables):
         raise ValueError(
             f"adaptive_clip_grads: got {len(grads)} gradients for "
             f"{len(variables)} variables.")
-    prepared, groups = {}, {}
+    prepared, groups, grad_sums = {}, {}, []
     for i, (g, v) in enumerate(zip(grads, variables)):
         if g is None:
             continue
@@ -176,14 +192,15 @@ def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
             factors = [_clip_factor(param_sumsq, grad_sumsq, clipping,
                                     eps)]
         else:
+            grad_sumsq = ops.stack([s[1] for _, s in members])
             factors = ops.unstack(_clip_factor(
-                ops.stack([s[0] for _, s in members]),
-                ops.stack([s[1] for _, s in members]), clipping, eps),
-                num=len(members))
+                ops.stack([s[0] for _, s in members]), grad_sumsq,
+                clipping, eps), num=len(members))
+        grad_sums.append((tuple(i for i, _ in members), grad_sumsq))
         for (i, _), factor in zip(members, factors):
             grad, dtype = prepared[i]
             out[i] = _finished(grad, factor, dtype)
-    return out
+    return out, grad_sums
 
 
 def normalize_exclude(exclude):

@@ -24,15 +24,34 @@ from keras import ops
 from keras_nfnets import compat
 
 
-def nonfinite_flag(grads):
+def _all_finite(tensors):
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
+
+
+def nonfinite_flag(grads, sums_of_squares=()):
     """0 when every gradient in `grads` is finite, else 1 (int32); `None`
     gradients are ignored.
+
+    `sums_of_squares`: `(indices, tensor)` pairs, sums of squares of the
+    gradients at `indices` that were computed anyway (AGC's unit norms,
+    `clip.clip_and_sums`). Those gradients are tested through these small
+    tensors: a sum of squares is finite if every element is (inf and nan
+    propagate, squares do not cancel). Only where a sum is not finite (a
+    nan or inf, or squares that overflow) are the gradients themselves
+    tested, so the flag is the same as without them.
 
     Example:
     >>> int(nonfinite_flag([keras.ops.ones(2), None]))
     0
     """
-    finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+    summed = {i for indices, _ in sums_of_squares for i in indices}
+    finite = [ops.all(ops.isfinite(g)) for i, g in enumerate(grads)
+              if g is not None and i not in summed]
+    if summed:
+        quick = _all_finite([t for _, t in sums_of_squares])
+        finite.append(ops.cond(
+            quick, lambda: quick,
+            lambda: _all_finite([grads[i] for i in sorted(summed)])))
     if not finite:
         return ops.convert_to_tensor(0, "int32")
     return 1 - ops.cast(ops.all(ops.stack(finite)), "int32")
@@ -42,7 +61,8 @@ def _count_skipped(optimizer):
     optimizer.skipped_steps.assign_add(1)
 
 
-def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn):
+def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
+                      sums_of_squares=()):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     if tf.distribute.in_cross_replica_context():
@@ -67,7 +87,7 @@ def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn):
         # apply does) is not allowed, hence the cross-replica function.
         context.merge_call(cross_replica, args=(grads, trainable_variables))
         return
-    bad = nonfinite_flag(grads)
+    bad = nonfinite_flag(grads, sums_of_squares)
     if context.num_replicas_in_sync > 1:
         bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
     ops.cond(ops.equal(bad, 0),
@@ -76,11 +96,11 @@ def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn):
 
 
 def _select_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                          built_on):
+                          built_on, sums_of_squares=()):
     """JAX: apply, then keep the old values of every weight and optimizer
     variable where the gradient was not finite. Works eagerly and inside
     Keras's stateless JAX train step."""
-    finite = ops.equal(nonfinite_flag(grads), 0)
+    finite = ops.equal(nonfinite_flag(grads, sums_of_squares), 0)
     if trainable_variables is None:  # Keras's stateless JAX train step
         trainable_variables = built_on
     state = list(trainable_variables) + list(optimizer.variables)
@@ -93,7 +113,7 @@ def _select_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
 
 
 def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                  built_on=()):
+                  built_on=(), sums_of_squares=()):
     """Runs `apply_fn(grads, trainable_variables)` when every gradient is
     finite (on every replica), else counts the step in
     `optimizer.skipped_steps`.
@@ -105,6 +125,9 @@ def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
         apply_fn: the update, `apply_fn(grads, trainable_variables)`.
         built_on: the variables `optimizer` was built with (JAX's stateless
             step, where `trainable_variables` is `None`).
+        sums_of_squares: sums of squares of some of `grads`, computed
+            anyway (see `nonfinite_flag`); not used where a multi-replica
+            strategy tests each replica's gradients in a merge call.
 
     Example (what `AGC.apply` does):
     ```python
@@ -114,12 +137,13 @@ def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn)
+        _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
+                          sums_of_squares)
     elif backend == "jax":
         _select_apply_or_skip(optimizer, grads, trainable_variables,
-                              apply_fn, built_on)
+                              apply_fn, built_on, sums_of_squares)
     else:
-        ops.cond(ops.equal(nonfinite_flag(grads), 0),
+        ops.cond(ops.equal(nonfinite_flag(grads, sums_of_squares), 0),
                  lambda: apply_fn(grads, trainable_variables),
                  lambda: _count_skipped(optimizer))
 
