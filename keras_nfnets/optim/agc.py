@@ -363,18 +363,18 @@ class AGC(keras.optimizers.Optimizer):
 
     def _clip_where(self, grads, variables, pick):
         """`grads` with those of the variables `pick`ed clipped, and the
-        gradients' sums of squares (`clip.clip_and_sums`, indexed into
+        gradients' unit norms (`clip.clip_and_norms`, indexed into
         `grads`)."""
         grads, variables = list(grads), list(variables)
         chosen = [i for i, (g, v) in enumerate(zip(grads, variables))
                   if g is not None and pick(v)]
-        clipped, sums = _clip.clip_and_sums([grads[i] for i in chosen],
-                                            [variables[i] for i in chosen],
-                                            self.clipping, self.eps)
+        clipped, norms = _clip.clip_and_norms([grads[i] for i in chosen],
+                                              [variables[i] for i in chosen],
+                                              self.clipping, self.eps)
         for i, g in zip(chosen, clipped):
             grads[i] = g
         return grads, [(tuple(chosen[i] for i in indices), tensor)
-                       for indices, tensor in sums]
+                       for indices, tensor in norms]
 
     def _clips_ahead(self):
         """Whether `apply` clips all gradients before Keras's per-variable
@@ -393,7 +393,7 @@ class AGC(keras.optimizers.Optimizer):
 
     def _clip_ahead(self, grads, variables):
         """`grads` with every gradient AGC clips clipped, all at once, and
-        their sums of squares (`_clip_where`). Keras's `overwrite_with_gradient` variables never reach
+        their unit norms (`_clip_where`). Keras's `overwrite_with_gradient` variables never reach
         `update_step`, so they are left alone here too."""
         if variables is None:  # JAX's stateless step: the build order
             variables = self.agc_built_on.value
@@ -459,13 +459,13 @@ class AGC(keras.optimizers.Optimizer):
                 self.built = True
         if not grads:
             return
-        apply_fn, sums = self._apply_checked, ()
+        apply_fn, norms = self._apply_checked, ()
         if self._clips_ahead():
             # Clipped here, before the skip's test (which still reads the
-            # gradients as they came, through the clip's sums of squares)
+            # gradients as they came, through the clip's unit norms)
             # and outside its `cond`: inside it, Keras's all-reduce would
             # get tensors of two graphs.
-            clipped, sums = self._clip_ahead(grads, trainable_variables)
+            clipped, norms = self._clip_ahead(grads, trainable_variables)
 
             def apply_fn(_, variables):
                 self._apply_checked(clipped, variables, clipped=True)
@@ -475,7 +475,7 @@ class AGC(keras.optimizers.Optimizer):
         built_on = getattr(self, "agc_built_on", None)
         skip.apply_or_skip(self, grads, trainable_variables, apply_fn,
                            built_on=built_on.value if built_on else (),
-                           sums_of_squares=sums)
+                           unit_norms=norms)
 
     # -------------------------------------------------------------- saving
     def get_config(self):

@@ -45,12 +45,18 @@ def unit_axes(shape):
         "tensors.")
 
 
-def _sum_of_squares(x, axis, keepdims=False):
+def _unit_norm(x, axis, keepdims=False):
+    """`sqrt(sum(x**2))` over `axis` (DeepMind's formula). On TensorFlow
+    the same values (the same reduction, the square inside it) come from
+    one kernel, `tf.math.reduce_euclidean_norm`, instead of a `Square` and
+    a `Sum` that write and read a parameter-sized temporary (tested bit for
+    bit against the formula in tests/unit/test_optim_clip.py)."""
     if len(x.shape) == 0:  # a scalar is its own sum (no reduction op)
-        return ops.square(x)
-    if axis is None:
-        return ops.sum(ops.square(x))
-    return ops.sum(ops.square(x), axis=axis, keepdims=keepdims)
+        return ops.sqrt(ops.square(x))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        return tf.math.reduce_euclidean_norm(x, axis=axis, keepdims=keepdims)
+    return ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=keepdims))
 
 
 def unitwise_norm(x):
@@ -72,16 +78,14 @@ def unitwise_norm(x):
     (1, 1, 1, 16)
     """
     x = ops.convert_to_tensor(x)
-    return ops.sqrt(_sum_of_squares(x, unit_axes(x.shape), keepdims=True))
+    return _unit_norm(x, unit_axes(x.shape), keepdims=True)
 
 
-def _clip_factor(param_sumsq, grad_sumsq, clipping, eps):
-    """Each unit's factor from its sums of squares: `max_norm / max(||G_i||,
-    1e-6)` where ||G_i|| > max_norm = clipping * max(||W_i||, eps), else 1.
+def _clip_factor(param_norm, grad_norm, clipping, eps):
+    """Each unit's factor from its norms: `max_norm / max(||G_i||, 1e-6)`
+    where ||G_i|| > max_norm = clipping * max(||W_i||, eps), else 1.
     Elementwise, so many variables' units can go through it at once."""
-    max_norm = ops.multiply(ops.maximum(ops.sqrt(param_sumsq), eps),
-                            clipping)
-    grad_norm = ops.sqrt(grad_sumsq)
+    max_norm = ops.multiply(ops.maximum(param_norm, eps), clipping)
     return ops.where(ops.greater(grad_norm, max_norm),
                      ops.divide(max_norm,
                                 ops.maximum(grad_norm, GRAD_NORM_FLOOR)),
@@ -119,8 +123,8 @@ def clip_gradient(grad, param, clipping=0.01, eps=1e-3):
         return None
     grad, param, dtype = _prepared(grad, param)
     axis = unit_axes(grad.shape)
-    factor = _clip_factor(_sum_of_squares(param, axis),
-                          _sum_of_squares(grad, axis), clipping, eps)
+    factor = _clip_factor(_unit_norm(param, axis), _unit_norm(grad, axis),
+                          clipping, eps)
     return _finished(grad, factor, dtype)
 
 
@@ -152,20 +156,20 @@ def adaptive_clip_grads(grads, variables, clipping=0.01, eps=1e-3):
     >>> grads = tape.gradient(loss, model.trainable_variables)
     >>> grads = adaptive_clip_grads(grads, model.trainable_variables, 0.01)
     """
-    return clip_and_sums(grads, variables, clipping, eps)[0]
+    return clip_and_norms(grads, variables, clipping, eps)[0]
 
 
-def clip_and_sums(grads, variables, clipping=0.01, eps=1e-3):
-    """`adaptive_clip_grads`, and the gradients' unit-wise sums of squares
-    that the clip computed: a list of `(indices, tensor)`, the sums of the
-    gradients at `indices` (one tensor per group of same-shaped unit norms;
-    float32 for 16-bit gradients). A sum of squares is finite only if every
-    element of its gradient is, which lets the non-finite-step skip test
-    these small tensors instead of the gradients (`skip.nonfinite_flag`).
+def clip_and_norms(grads, variables, clipping=0.01, eps=1e-3):
+    """`adaptive_clip_grads`, and the gradients' unit norms that the clip
+    computed: a list of `(indices, tensor)`, the norms of the gradients at
+    `indices` (one tensor per group of same-shaped unit norms; float32 for
+    16-bit gradients). A norm is finite only if every element of its
+    gradient is, which lets the non-finite-step skip test these small
+    tensors instead of the gradients (`skip.nonfinite_flag`).
 
     Example:
-    >>> clipped, sums = clip_and_sums([g], [w], 0.01)
-    >>> [indices for indices, _ in sums]
+    >>> clipped, norms = clip_and_norms([g], [w], 0.01)
+    >>> [indices for indices, _ in norms]
     [(0,)]
     """
     grads, variables = list(grads), list(variables)
@@ -173,34 +177,33 @@ def clip_and_sums(grads, variables, clipping=0.01, eps=1e-3):
         raise ValueError(
             f"adaptive_clip_grads: got {len(grads)} gradients for "
             f"{len(variables)} variables.")
-    prepared, groups, grad_sums = {}, {}, []
+    prepared, groups, grad_norms = {}, {}, []
     for i, (g, v) in enumerate(zip(grads, variables)):
         if g is None:
             continue
         grad, param, dtype = _prepared(g, v)
         axis = unit_axes(grad.shape)
-        sums = (_sum_of_squares(param, axis), _sum_of_squares(grad, axis))
+        norms = (_unit_norm(param, axis), _unit_norm(grad, axis))
         prepared[i] = (grad, dtype)
-        shape = tuple(sums[0].shape)
+        shape = tuple(norms[0].shape)
         key = ((shape, keras.backend.standardize_dtype(grad.dtype))
                if None not in shape else i)  # a dynamic shape: its own
-        groups.setdefault(key, []).append((i, sums))
+        groups.setdefault(key, []).append((i, norms))
     out = [None] * len(grads)
     for members in groups.values():
         if len(members) == 1:
-            (i, (param_sumsq, grad_sumsq)), = members
-            factors = [_clip_factor(param_sumsq, grad_sumsq, clipping,
-                                    eps)]
+            (i, (param_norm, grad_norm)), = members
+            factors = [_clip_factor(param_norm, grad_norm, clipping, eps)]
         else:
-            grad_sumsq = ops.stack([s[1] for _, s in members])
+            grad_norm = ops.stack([n[1] for _, n in members])
             factors = ops.unstack(_clip_factor(
-                ops.stack([s[0] for _, s in members]), grad_sumsq,
+                ops.stack([n[0] for _, n in members]), grad_norm,
                 clipping, eps), num=len(members))
-        grad_sums.append((tuple(i for i, _ in members), grad_sumsq))
+        grad_norms.append((tuple(i for i, _ in members), grad_norm))
         for (i, _), factor in zip(members, factors):
             grad, dtype = prepared[i]
             out[i] = _finished(grad, factor, dtype)
-    return out, grad_sums
+    return out, grad_norms
 
 
 def normalize_exclude(exclude):

@@ -28,15 +28,15 @@ def _all_finite(tensors):
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
 
 
-def nonfinite_flag(grads, sums_of_squares=()):
+def nonfinite_flag(grads, unit_norms=()):
     """0 when every gradient in `grads` is finite, else 1 (int32); `None`
     gradients are ignored.
 
-    `sums_of_squares`: `(indices, tensor)` pairs, sums of squares of the
-    gradients at `indices` that were computed anyway (AGC's unit norms,
-    `clip.clip_and_sums`). Those gradients are tested through these small
-    tensors: a sum of squares is finite if every element is (inf and nan
-    propagate, squares do not cancel). Only where a sum is not finite (a
+    `unit_norms`: `(indices, tensor)` pairs, unit norms of the gradients at
+    `indices` that were computed anyway (AGC's, `clip.clip_and_norms`).
+    Those gradients are tested through these small tensors: a norm
+    `sqrt(sum(g**2))` is finite only if every element is (inf and nan
+    propagate, squares do not cancel). Only where a norm is not finite (a
     nan or inf, or squares that overflow) are the gradients themselves
     tested, so the flag is the same as without them.
 
@@ -44,11 +44,11 @@ def nonfinite_flag(grads, sums_of_squares=()):
     >>> int(nonfinite_flag([keras.ops.ones(2), None]))
     0
     """
-    summed = {i for indices, _ in sums_of_squares for i in indices}
+    summed = {i for indices, _ in unit_norms for i in indices}
     finite = [ops.all(ops.isfinite(g)) for i, g in enumerate(grads)
               if g is not None and i not in summed]
     if summed:
-        quick = _all_finite([t for _, t in sums_of_squares])
+        quick = _all_finite([t for _, t in unit_norms])
         finite.append(ops.cond(
             quick, lambda: quick,
             lambda: _all_finite([grads[i] for i in sorted(summed)])))
@@ -62,7 +62,7 @@ def _count_skipped(optimizer):
 
 
 def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                      sums_of_squares=()):
+                      unit_norms=()):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     if tf.distribute.in_cross_replica_context():
@@ -87,7 +87,7 @@ def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
         # apply does) is not allowed, hence the cross-replica function.
         context.merge_call(cross_replica, args=(grads, trainable_variables))
         return
-    bad = nonfinite_flag(grads, sums_of_squares)
+    bad = nonfinite_flag(grads, unit_norms)
     if context.num_replicas_in_sync > 1:
         bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
     ops.cond(ops.equal(bad, 0),
@@ -96,11 +96,11 @@ def _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
 
 
 def _select_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                          built_on, sums_of_squares=()):
+                          built_on, unit_norms=()):
     """JAX: apply, then keep the old values of every weight and optimizer
     variable where the gradient was not finite. Works eagerly and inside
     Keras's stateless JAX train step."""
-    finite = ops.equal(nonfinite_flag(grads, sums_of_squares), 0)
+    finite = ops.equal(nonfinite_flag(grads, unit_norms), 0)
     if trainable_variables is None:  # Keras's stateless JAX train step
         trainable_variables = built_on
     state = list(trainable_variables) + list(optimizer.variables)
@@ -113,7 +113,7 @@ def _select_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
 
 
 def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                  built_on=(), sums_of_squares=()):
+                  built_on=(), unit_norms=()):
     """Runs `apply_fn(grads, trainable_variables)` when every gradient is
     finite (on every replica), else counts the step in
     `optimizer.skipped_steps`.
@@ -125,9 +125,9 @@ def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
         apply_fn: the update, `apply_fn(grads, trainable_variables)`.
         built_on: the variables `optimizer` was built with (JAX's stateless
             step, where `trainable_variables` is `None`).
-        sums_of_squares: sums of squares of some of `grads`, computed
-            anyway (see `nonfinite_flag`); not used where a multi-replica
-            strategy tests each replica's gradients in a merge call.
+        unit_norms: unit norms of some of `grads`, computed anyway (see
+            `nonfinite_flag`); not used where a multi-replica strategy
+            tests each replica's gradients in a merge call.
 
     Example (what `AGC.apply` does):
     ```python
@@ -138,12 +138,12 @@ def apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
     backend = keras.backend.backend()
     if backend == "tensorflow":
         _tf_apply_or_skip(optimizer, grads, trainable_variables, apply_fn,
-                          sums_of_squares)
+                          unit_norms)
     elif backend == "jax":
         _select_apply_or_skip(optimizer, grads, trainable_variables,
-                              apply_fn, built_on, sums_of_squares)
+                              apply_fn, built_on, unit_norms)
     else:
-        ops.cond(ops.equal(nonfinite_flag(grads, sums_of_squares), 0),
+        ops.cond(ops.equal(nonfinite_flag(grads, unit_norms), 0),
                  lambda: apply_fn(grads, trainable_variables),
                  lambda: _count_skipped(optimizer))
 

@@ -1,6 +1,7 @@
 """The unit-wise clip (keras_nfnets.optim.clip): the pure functions
 against DeepMind's numbers and the rule by hand."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -97,3 +98,20 @@ def test_adaptive_clip_grads_is_clip_gradient_bit_for_bit():
         assert np.array_equal(c, alone)
         touched += int(not np.array_equal(c, g))
     assert 0 < touched < len(shapes)  # both branches taken
+
+
+@pytest.mark.parametrize("shape,axis", [
+    ((3, 3, 128, 128), (0, 1, 2)), ((3, 3, 3, 16), (0, 1, 2)),
+    ((1, 1, 768, 1536), (0, 1, 2)), ((7, 5, 33, 3), (0, 1, 2)),
+    ((3072, 1000), 0), ((65, 9), 0), ((1536,), None), ((1, 1, 1, 17), None),
+    ((3,), None)])
+def test_unit_norm_is_deepminds_formula_bit_for_bit(shape, axis):
+    """The norms come from one reduction on TensorFlow
+    (`reduce_euclidean_norm`): the same bits as sqrt(sum(square(x)))."""
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(sum(shape)).standard_normal(shape).astype(
+            "float32"))
+    formula = keras.ops.sqrt(keras.ops.sum(keras.ops.square(x), axis=axis))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(formula),
+                                  keras.ops.convert_to_numpy(
+                                      clip._unit_norm(x, axis)))  # pylint: disable=protected-access

@@ -26,11 +26,11 @@ _BIG = 1e20  # finite, but its square overflows float32
     ((-np.inf, 0.5, 0.5), 1), ((_BIG, 0.5, 0.5), 0),
     ((_BIG, np.nan, 0.5), 1), ((_BIG, 0.5, np.inf), 1)])
 @pytest.mark.parametrize("in_function", [False, True])
-def test_nonfinite_flag_through_the_clips_sums(values, expected,
-                                               in_function):
-    """The skip tests AGC's sums of squares instead of the gradients: the
-    same flag, also where a finite gradient's squares overflow (then the
-    gradients themselves are tested). The third gradient is not summed."""
+def test_nonfinite_flag_through_the_clips_norms(values, expected,
+                                                in_function):
+    """The skip tests AGC's unit norms instead of the gradients: the same
+    flag, also where a finite gradient's squares overflow (then the
+    gradients themselves are tested). The third gradient is not clipped."""
     from keras_nfnets.optim import clip  # pylint: disable=import-outside-toplevel
     shapes = [(3, 3, 2, 4), (4,), (5, 4)]
     grads, weights = [], []
@@ -41,20 +41,20 @@ def test_nonfinite_flag_through_the_clips_sums(values, expected,
         weights.append(keras.ops.ones(shape))
 
     def flags(grads):
-        _, sums = clip.clip_and_sums(grads[:2], weights[:2], 0.01)
+        _, norms = clip.clip_and_norms(grads[:2], weights[:2], 0.01)
         return (skip.nonfinite_flag(grads),
-                skip.nonfinite_flag(grads, sums))
+                skip.nonfinite_flag(grads, norms))
 
     if in_function and keras.backend.backend() == "tensorflow":
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         flags = tf.function(flags)
-    plain, through_sums = flags(grads)
-    assert int(plain) == int(through_sums) == expected
+    plain, through_norms = flags(grads)
+    assert int(plain) == int(through_norms) == expected
 
 
 def test_huge_finite_gradients_are_applied():
     """A step whose gradient squares overflow (finite elements) is not
-    skipped: AGC's sums are inf, the exact test decides."""
+    skipped: AGC's norms are inf, the exact test decides."""
     w = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
     opt = keras_nfnets.AGC(keras.optimizers.SGD(0.1, momentum=0.9),
                            exclude=())
