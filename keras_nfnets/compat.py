@@ -245,3 +245,20 @@ def tensorflow_started():
     ctx = context.context()
     require(ctx, "_context_handle", "whether TF's runtime has started")
     return ctx._context_handle is not None  # pylint: disable=protected-access
+
+
+def in_xla_compilation():
+    """Whether TensorFlow is tracing a graph that XLA will compile (a
+    `tf.function(jit_compile=True)`, such as Keras's train step with
+    `jit_compile=True`, or a TPU computation), where ops without an XLA
+    kernel cannot run (`keras_nfnets.optim.clip` then keeps its plain
+    formula).
+
+    Public replacement: none (`tf.function` marks the graph with a private
+    XLA control-flow context while it traces a jit-compiled function)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=import-outside-toplevel
+    require(control_flow_util, "GraphOrParentsInXlaContext",
+            "whether a traced graph is compiled by XLA")
+    return bool(control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()))

@@ -16,6 +16,8 @@ dozen per variable: the values are those of `clip_gradient` bit for bit.
 import keras
 from keras import ops
 
+from keras_nfnets import compat
+
 #: DeepMind's guard on the gradient norm in the divisor.
 GRAD_NORM_FLOOR = 1e-6
 
@@ -50,10 +52,13 @@ def _unit_norm(x, axis, keepdims=False):
     the same values (the same reduction, the square inside it) come from
     one kernel, `tf.math.reduce_euclidean_norm`, instead of a `Square` and
     a `Sum` that write and read a parameter-sized temporary (tested bit for
-    bit against the formula in tests/unit/test_optim_clip.py)."""
+    bit against the formula in tests/unit/test_optim_clip.py); not where
+    XLA compiles the step (the kernel has no XLA version, and XLA fuses the
+    formula itself)."""
     if len(x.shape) == 0:  # a scalar is its own sum (no reduction op)
         return ops.sqrt(ops.square(x))
-    if keras.backend.backend() == "tensorflow":
+    if (keras.backend.backend() == "tensorflow"
+            and not compat.in_xla_compilation()):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         return tf.math.reduce_euclidean_norm(x, axis=axis, keepdims=keepdims)
     return ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=keepdims))

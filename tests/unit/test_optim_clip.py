@@ -115,3 +115,16 @@ def test_unit_norm_is_deepminds_formula_bit_for_bit(shape, axis):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(formula),
                                   keras.ops.convert_to_numpy(
                                       clip._unit_norm(x, axis)))  # pylint: disable=protected-access
+
+
+def test_unit_norm_where_xla_compiles():
+    """Under XLA (jit_compile, TPU) the plain formula is traced: the
+    one-kernel reduction has no XLA version."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("XLA-compiled tf.function: TensorFlow only")
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    x = tf.random.stateless_normal((3, 3, 8, 16), (1, 2))
+    norms = tf.function(lambda x: clip._unit_norm(  # pylint: disable=protected-access
+        x, (0, 1, 2)), jit_compile=True)(x)
+    np.testing.assert_allclose(norms, np.sqrt(np.sum(np.square(x), (0, 1, 2))),
+                               rtol=1e-6)
