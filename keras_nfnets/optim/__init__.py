@@ -6,6 +6,8 @@
   `update_step`, on the reduced gradient;
 * `skip`: the non-finite-step skip, counted in `skipped_steps` (also for
   Keras's `LossScaleOptimizer` under `mixed_float16`);
+* `fused_sgd`: Keras's `SGD` update as one TensorFlow kernel per variable
+  (inside `AGC`; the same values);
 * `groups`: which stage each variable sits in (stem, stage1..N, head);
 * `monitor`: `AGCMonitor` and `plot_clip_fraction`, what AGC clipped;
 * `layer_decay`: `LayerDecay`, layer-wise learning-rate decay;
