@@ -46,7 +46,7 @@ FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS := "tensorflow==2.20.*" "keras==3.10.*"
 FLOOR_TESTS := tests/unit/test_layers_*.py tests/unit/test_runtime.py tests/unit/test_optim_clip.py tests/unit/test_optim_agc.py \
-	tests/unit/test_optim_skip.py tests/integration/test_agc_canary.py tests/unit/test_weights_deepmind.py \
+	tests/unit/test_optim_skip.py tests/unit/test_optim_fused_sgd.py tests/integration/test_agc_canary.py tests/unit/test_weights_deepmind.py \
 	tests/unit/test_applications.py tests/unit/test_optim_recipe.py
 # CI time: the heavy fit-based AGC tests run on the latest Keras in `test`; on
 # the floor the canary (every backend and strategy it has, mixed_float16)
