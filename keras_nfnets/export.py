@@ -163,7 +163,8 @@ def fold_weight_standardization(model):
     form, and blocks do not rematerialize. The input normalization
     (`include_preprocessing`) becomes an `InputNormalization` layer with
     the same formula, whose statistics are graph constants (ONNX export
-    needs that). `model` itself is not changed.
+    needs that). The evaluation preprocessing (`NFNetModel.preprocessing`)
+    is the copy's too. `model` itself is not changed.
 
     The copy is for inference and export: its outputs equal `model`'s to
     float rounding (same kernels, same convolutions). It refuses to run in
@@ -210,6 +211,10 @@ def fold_weight_standardization(model):
     for path, layer in originals.items():
         if isinstance(layer, nf_layers.WSConv2D):
             _fold_conv(layer, copies[path])
+    if getattr(model, "preprocessing", None) is not None:
+        # The evaluation preprocessing travels with the weights (it lives
+        # in the model's config, which cloning does not carry over).
+        folded.preprocessing = model.preprocessing
     # One call on a small batch: exporters expect a model that has run
     # (and it checks the folded graph end to end).
     folded(_probe_inputs(folded), training=False)

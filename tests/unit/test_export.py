@@ -305,6 +305,26 @@ def test_fold_keeps_deepmind_numerics():
     assert relative_error(got, ref["logits"]) < 1e-4
 
 
+def test_fold_keeps_the_evaluation_preprocessing(tmp_path):
+    """The folded copy carries the model's `preprocessing` (the weights'
+    evaluation recipe), also through a .keras round trip."""
+    model = tiny_nfnet()
+    model.preprocessing = keras_nfnets.NFNetImagePreprocessing(
+        size=40, crop_padding=8)
+    def recipe(m):  # the config without the per-instance layer name
+        return {k: v for k, v in m.preprocessing.get_config().items()
+                if k != "name"}
+
+    folded = keras_nfnets.fold_weight_standardization(model)
+    assert recipe(folded) == recipe(model)
+    path = str(tmp_path / "folded.keras")
+    folded.save(path)
+    assert recipe(keras.saving.load_model(path)) == recipe(model)
+    model.preprocessing = None
+    assert keras_nfnets.fold_weight_standardization(
+        model).preprocessing is None
+
+
 def test_fold_refuses_a_folded_model_and_training():
     """A second fold is refused by name; the folded copy refuses to train
     (its gains would get no gradient) and still predicts."""
