@@ -103,11 +103,6 @@ def matmul_gflops(n=1024, repeats=10):
 _REMAT = {"auto": "auto", "on": True, "off": False}
 
 
-def _peak_rss_gb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
 def run_child(args):
     """One measurement in this process; prints a JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -169,10 +164,7 @@ def run_child(args):
         work = flops
     measured = peers.timed(step, args.warmup, args.steps, result,
                            start=_START)
-    median = statistics.median(measured)
-    result["step_times_s"] = [round(t, 3) for t in measured]
-    result["images_per_s"] = args.batch / median
-    result["peak_rss_gb"] = _peak_rss_gb()
+    median = peers.record_steps(result, measured)
     result["matmul_gflops"] = matmul_gflops()
     achieved = work * args.batch / median / 1e9
     result["achieved_gflops"] = achieved
@@ -238,22 +230,6 @@ SERVING_TARGET = 1.2
 SERVING_EXACT = 1e-3
 
 
-def _own_peak_rss_gb():
-    """This process's peak resident memory, in `_peak_rss_gb`'s units,
-    from the kernel's high-water mark of its own memory map (VmHWM).
-    `ru_maxrss` carries over the parent's resident memory at the fork into
-    the child (Linux keeps it across exec): a serving child of a parent
-    that holds TensorFlow would report at least the parent's memory."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1e6
-    except OSError:
-        pass
-    return _peak_rss_gb()
-
-
 def _usable_cpus():
     try:
         return len(os.sched_getaffinity(0))
@@ -266,7 +242,6 @@ def _serving_runner(runtime, path, variant, size, result):
     `result`. Exported artefacts are loaded by their runtime alone (no
     Keras, no TensorFlow for ONNX and LiteRT), as a server would."""
     if runtime in ("keras", "keras_folded"):
-        import keras
         import keras_nfnets
         model = keras_nfnets.NFNet(variant, weights=None,
                                    input_shape=(size, size, 3))
@@ -346,7 +321,7 @@ def run_serving_child(args):
             step_times_s=[round(v, 4) for v in measured],
             images_per_s=batch / statistics.median(measured),
             ms_per_batch=1000 * statistics.median(measured))
-    result["peak_rss_gb"] = _own_peak_rss_gb()
+    result["peak_rss_gb"] = peers.peak_rss_gb()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -411,7 +386,7 @@ def run_serving_export(args):
     result["max_abs_diff_vs_keras"] = float(diff.max())
     result["rel_diff_vs_keras"] = float(
         diff.max() / max(np.abs(expected).max(), 1e-12))
-    result["peak_rss_gb"] = _own_peak_rss_gb()
+    result["peak_rss_gb"] = peers.peak_rss_gb()
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -326,7 +326,7 @@ def run_child(args):
     row["phases_s"] = times
     row["steady_step_s"] = [round(t, 3) for t in steady]
     row["steady_step_median_s"] = round(statistics.median(steady), 3)
-    row["peak_rss_gb"] = round(benchmark._peak_rss_gb(), 3)
+    row["peak_rss_gb"] = round(peers.peak_rss_gb(), 3)
     row["process_start"] = start
     print("RESULT " + json.dumps(row), flush=True)
 

@@ -75,11 +75,6 @@ CONFIGS = {
 DEFAULT_CONFIGS = "keras_bf16,keras_fp32,timm_bf16_cl,timm_bf16_cl_compile"
 
 
-def _peak_rss_gb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
 def jax_matmul_gflops(dtype, n=4096, repeats=10):
     """Matrix-multiply rate of JAX's first device in `dtype`, each product
     waited for (`block_until_ready`)."""
@@ -176,10 +171,7 @@ def run_keras_child(args):
         work = flops
     measured = peers.timed(step, args.warmup, args.steps, result,
                            start=_START)
-    median = statistics.median(measured)
-    result["step_times_s"] = [round(t, 4) for t in measured]
-    result["images_per_s"] = args.batch / median
-    result["peak_rss_gb"] = _peak_rss_gb()
+    median = peers.record_steps(result, measured, digits=4)
     try:
         stats = device.memory_stats() or {}
     except Exception:  # pylint: disable=broad-except  # CPU: none kept

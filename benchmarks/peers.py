@@ -119,9 +119,32 @@ def cpu_info(path="/proc/cpuinfo"):
     return info
 
 
-def _peak_rss_gb():
-    import resource
+def peak_rss_gb():
+    """This process's own peak resident memory in GB (the kernel's kB /
+    1e6): the high-water mark of its memory map (VmHWM). `ru_maxrss` would
+    carry over the parent's resident memory at the fork into a child
+    (Linux keeps it across exec), so a child of a parent holding
+    TensorFlow would report at least the parent's memory; it is the
+    fallback where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    import resource  # pylint: disable=import-outside-toplevel
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def record_steps(result, measured, digits=3):
+    """Records the timed steps in `result` (`step_times_s`, `images_per_s`
+    at `result["batch"]`, `peak_rss_gb`); returns the median step time."""
+    median = statistics.median(measured)
+    result["step_times_s"] = [round(t, digits) for t in measured]
+    result["images_per_s"] = result["batch"] / median
+    result["peak_rss_gb"] = peak_rss_gb()
+    return median
 
 
 def torch_matmul_gflops(n=1024, repeats=10, device="cpu", dtype="float32"):
@@ -227,7 +250,7 @@ def gpu_info():
 
 def current_rss_gb():
     """The process's resident memory now (VmRSS), in the units of
-    `_peak_rss_gb` (the kernel's kB / 1e6); None where /proc is not
+    `peak_rss_gb` (the kernel's kB / 1e6); None where /proc is not
     there."""
     try:
         with open("/proc/self/status") as f:
@@ -267,7 +290,7 @@ def failed(result, phase, reason):
     and why (first lines of the exception), the peak memory so far."""
     text = " ".join(str(reason).strip().split())
     result.update(error=f"{phase}: {text[:600]}", error_phase=phase,
-                  peak_rss_gb=_peak_rss_gb())
+                  peak_rss_gb=peak_rss_gb())
     return result
 
 
@@ -407,7 +430,7 @@ def export_onnx(args):
     return dict(impl="onnx_export", path=args.export_onnx, size=args.size,
                 export_s=time.perf_counter() - t,
                 flops_per_image=_timm_flops_per_image(model, args.size),
-                peak_rss_gb=_peak_rss_gb())
+                peak_rss_gb=peak_rss_gb())
 
 
 def _row(args, **fields):
@@ -429,10 +452,7 @@ def _row(args, **fields):
 
 
 def _finish(result, measured, work, matmul, via):
-    median = statistics.median(measured)
-    result["step_times_s"] = [round(t, 3) for t in measured]
-    result["images_per_s"] = result["batch"] / median
-    result["peak_rss_gb"] = _peak_rss_gb()
+    median = record_steps(result, measured)
     result["matmul_gflops"] = matmul
     result["matmul_via"] = via
     if work:
