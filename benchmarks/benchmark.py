@@ -41,7 +41,7 @@ Measured per configuration:
     train function `fit` uses) with AGC and SGD, median over steps after
     warm-up;
   * inference images/s (`predict_on_batch`), median after warm-up;
-  * peak resident memory of the process (ru_maxrss);
+  * peak resident memory of the process (its own VmHWM, `peers.peak_rss_gb`);
   * seconds from process start to the end of the first and second step;
   * model FLOPs per image (multiply-adds x 2, counted from the layers);
   * this machine's fp32 matmul rate (GFLOP/s, measured in the same process)
