@@ -119,6 +119,19 @@ def cpu_info(path="/proc/cpuinfo"):
     return info
 
 
+def _status_gb(field):
+    """A memory field of /proc/self/status (`VmHWM`, `VmRSS`) in GB (the
+    kernel's kB / 1e6); None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_gb():
     """This process's own peak resident memory in GB (the kernel's kB /
     1e6): the high-water mark of its memory map (VmHWM). `ru_maxrss` would
@@ -126,13 +139,9 @@ def peak_rss_gb():
     (Linux keeps it across exec), so a child of a parent holding
     TensorFlow would report at least the parent's memory; it is the
     fallback where /proc is not there."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1e6
-    except OSError:
-        pass
+    peak = _status_gb("VmHWM")
+    if peak is not None:
+        return peak
     import resource  # pylint: disable=import-outside-toplevel
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
@@ -252,14 +261,7 @@ def current_rss_gb():
     """The process's resident memory now (VmRSS), in the units of
     `peak_rss_gb` (the kernel's kB / 1e6); None where /proc is not
     there."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1e6
-    except OSError:
-        pass
-    return None
+    return _status_gb("VmRSS")
 
 
 def timed(step, warmup, steps, result, start=_START):
