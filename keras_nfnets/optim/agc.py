@@ -393,8 +393,9 @@ class AGC(keras.optimizers.Optimizer):
 
     def _clip_ahead(self, grads, variables):
         """`grads` with every gradient AGC clips clipped, all at once, and
-        their unit norms (`_clip_where`). Keras's `overwrite_with_gradient` variables never reach
-        `update_step`, so they are left alone here too."""
+        their unit norms (`_clip_where`). Keras's `overwrite_with_gradient`
+        variables never reach `update_step`, so they are left alone here
+        too."""
         if variables is None:  # JAX's stateless step: the build order
             variables = self.agc_built_on.value
         return self._clip_where(grads, variables, lambda v: (
@@ -412,7 +413,7 @@ class AGC(keras.optimizers.Optimizer):
                 self._record(gradient, variable)
             gradient = clip_gradient(gradient, variable, self.clipping,
                                      self.eps)
-        if fused_sgd.applies(self, gradient, variable):
+        if _one_replica() and fused_sgd.applies(self, gradient, variable):
             # Keras's SGD update, the same values in one kernel.
             fused_sgd.update(self, gradient, variable, learning_rate)
             return None

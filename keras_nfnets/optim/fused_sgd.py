@@ -5,8 +5,9 @@ full-size elementwise ops: `m <- m * momentum - g * lr`, then (Nesterov)
 `w <- w + (m * momentum - g * lr)` or `w <- w + m`; without momentum
 `w <- w - g * lr`. On TensorFlow each multiply, subtraction and assignment
 is its own memory-bound kernel over a parameter-sized tensor (`make
-bench-profile`: the optimizer's `Mul`, `Sub` and `AssignAdd` rows). TensorFlow's training kernels
-`ResourceApplyKerasMomentum` (written for Keras's momentum update) and
+bench-profile`: the optimizer's `Mul`, `Sub` and `AssignAdd` rows).
+TensorFlow's training kernels `ResourceApplyKerasMomentum` (written for
+Keras's momentum update) and
 `ResourceApplyGradientDescent` compute the same expressions, in the same
 order and precision, in one pass: the weights and momentums come out equal
 bit for bit (tests/unit/test_optim_fused_sgd.py checks them against Keras's
@@ -14,10 +15,11 @@ own `update_step`).
 
 `AGC.update_step` uses them (`applies`, `update`) where that holds by
 construction: the TensorFlow backend, an optimizer whose update is Keras's
-own `SGD` (not a subclass with its own `update_step`), one replica (under a
-multi-replica `tf.distribute` strategy Keras's per-variable update stays),
-and a dense floating-point gradient. Everything else goes through Keras's
-`update_step` unchanged. `tf.raw_ops` is TensorFlow's public API.
+own `SGD` (not a subclass with its own `update_step`), a dense
+floating-point gradient, and one replica (AGC's `_one_replica`: under a
+multi-replica `tf.distribute` strategy Keras's per-variable update
+stays). Everything else goes through Keras's `update_step` unchanged.
+`tf.raw_ops` is TensorFlow's public API.
 """
 
 import keras
@@ -29,7 +31,8 @@ _KERNEL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def applies(optimizer, gradient, variable):
     """Whether `update` computes `optimizer`'s own update of `variable`
-    (an `AGC` whose `base_class` is Keras's `SGD`) on this backend.
+    (an `AGC` whose `base_class` is Keras's `SGD`) on this backend; the
+    caller makes sure there is one replica.
 
     Example:
     >>> opt = keras_nfnets.AGC(keras.optimizers.SGD(0.1, momentum=0.9))
@@ -37,11 +40,10 @@ def applies(optimizer, gradient, variable):
     """
     if keras.backend.backend() != "tensorflow":
         return False
-    if getattr(type(optimizer), "base_class", None) is not keras.optimizers.SGD:
+    base = getattr(type(optimizer), "base_class", None)
+    if base is not keras.optimizers.SGD:
         return False
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    if tf.distribute.get_strategy().num_replicas_in_sync != 1:
-        return False
     if not isinstance(gradient, tf.Tensor) or not hasattr(variable, "handle"):
         return False  # e.g. tf.IndexedSlices: Keras's scatter updates
     dtype = keras.backend.standardize_dtype(variable.dtype)

@@ -44,14 +44,14 @@ def nonfinite_flag(grads, unit_norms=()):
     >>> int(nonfinite_flag([keras.ops.ones(2), None]))
     0
     """
-    summed = {i for indices, _ in unit_norms for i in indices}
+    normed = {i for indices, _ in unit_norms for i in indices}
     finite = [ops.all(ops.isfinite(g)) for i, g in enumerate(grads)
-              if g is not None and i not in summed]
-    if summed:
+              if g is not None and i not in normed]
+    if normed:
         quick = _all_finite([t for _, t in unit_norms])
         finite.append(ops.cond(
             quick, lambda: quick,
-            lambda: _all_finite([grads[i] for i in sorted(summed)])))
+            lambda: _all_finite([grads[i] for i in sorted(normed)])))
     if not finite:
         return ops.convert_to_tensor(0, "int32")
     return 1 - ops.cast(ops.all(ops.stack(finite)), "int32")
