@@ -26,19 +26,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CONV_TYPES = {"Conv2D": "Conv2D (forward; stride-1 gradients)",
-              "_FusedConv2D": "Conv2D (forward; stride-1 gradients)",
-              "Conv2DBackpropInput": "Conv2DBackpropInput (strided convolutions)",
-              "Conv2DBackpropFilter": "Conv2DBackpropFilter (strided convolutions)",
-              "DepthwiseConv2dNative": "Conv2D (forward; stride-1 gradients)",
+CONV_TYPES = {"Conv2D": "Conv2D (forward; own k x k gradients)",
+              "_FusedConv2D": "Conv2D (forward; own k x k gradients)",
+              "Conv2DBackpropInput": "Conv2DBackpropInput (TensorFlow's gradient kernels)",
+              "Conv2DBackpropFilter": "Conv2DBackpropFilter (TensorFlow's gradient kernels)",
+              "DepthwiseConv2dNative": "Conv2D (forward; own k x k gradients)",
               "MatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "_FusedMatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "BatchMatMulV2": "MatMul (1x1 convolutions and gradients, SE, classifier)"}
 SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice"}
 # A WSConv2D layer's scope: stem_conv0, conv1b_3, final_conv_1, ...
 CONV_SCOPE = re.compile(r"(^|/)(stem_)?(final_)?conv\w*?(_\d+)?/[^/]+$")
-CATEGORIES = ("Conv2D (forward; stride-1 gradients)", "Conv2DBackpropInput (strided convolutions)",
-              "Conv2DBackpropFilter (strided convolutions)", "MatMul (1x1 convolutions and gradients, SE, classifier)",
+CATEGORIES = ("Conv2D (forward; own k x k gradients)", "Conv2DBackpropInput (TensorFlow's gradient kernels)",
+              "Conv2DBackpropFilter (TensorFlow's gradient kernels)", "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "grouped-conv split / concat",
               "optimizer: momentum update and AGC",
               "GELU and its derivative",
@@ -81,10 +81,23 @@ def phase(name):
     return PHASES[4]
 
 
+def base_type(op_type):
+    """An op type without the prefix of TensorFlow's oneDNN kernels (where
+    oneDNN is on, e.g. on CPUs with AVX512_VNNI or AMX):
+    `_MklNativeConv2D` -> `Conv2D`, `_MklNativeFusedConv2D` ->
+    `_FusedConv2D`, `_MklMatMul` -> `MatMul`; other types as they are."""
+    match = re.fullmatch(r"_Mkl(?:Native)?(Fused)?(\w+)", op_type)
+    if not match:
+        return op_type
+    return ("_Fused" if match.group(1) else "") + match.group(2)
+
+
 def categorize(name, op_type):
     """What an op of a training step is for (a name-based heuristic over
-    the Keras layer scopes and the optimizer's)."""
+    the Keras layer scopes and the optimizer's), by its type without
+    oneDNN's prefix (`base_type`)."""
     lower = name.lower()
+    op_type = base_type(op_type)
     if op_type in CONV_TYPES:
         return CONV_TYPES[op_type]
     if op_type in SPLIT_TYPES and "conv" in lower:

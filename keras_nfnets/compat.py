@@ -262,3 +262,20 @@ def in_xla_compilation():
             "whether a traced graph is compiled by XLA")
     return bool(control_flow_util.GraphOrParentsInXlaContext(
         tf.compat.v1.get_default_graph()))
+
+
+def tensorflow_uses_onednn():
+    """Whether TensorFlow's CPU kernels are oneDNN's in this process.
+
+    TensorFlow turns its oneDNN kernels on by default on x86 CPUs with
+    AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, and off elsewhere;
+    `TF_ENABLE_ONEDNN_OPTS=0` / `=1` overrides it (TensorFlow logs the
+    choice at import: "oneDNN custom operations are on"). The answer
+    decides `runtime.own_conv_gradients` for k x k convolutions.
+
+    Public replacement: none (TensorFlow answers it in the private
+    `tensorflow.python.util._pywrap_util_port.IsMklEnabled`)."""
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
+    require(_pywrap_util_port, "IsMklEnabled",
+            "whether TensorFlow runs its oneDNN CPU kernels")
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -1,5 +1,6 @@
 """Device- and memory-dependent choices: rematerialization, grouped
-convolutions and the fused elementwise backward passes.
+convolutions, the training step's convolution gradients and the fused
+elementwise backward passes.
 
 Both "auto" settings are decided when a layer is traced (each call of
 `resolve_remat` / `grouped_conv_mode` asks again), never when it is built or
@@ -25,6 +26,10 @@ initialised after the model was built is seen.
   convolution is one convolution op with groups (`grouped_conv_mode`
   returns "graph"), which both converters turn into their own grouped
   convolution: the exported graph is not run by TensorFlow's CPU kernels.
+* the training step's own convolution formulations on the TensorFlow
+  backend (`own_conv_gradients`): 1x1 convolutions as matrix products,
+  and k x k ones with forward-convolution gradients where TensorFlow's CPU
+  kernels are Eigen's (not where they are oneDNN's: the CPU decides).
 * fused elementwise backward passes (`fused`): on the TensorFlow backend,
   the closed-form gradients of the activations and of weight
   standardization (a dozen elementwise ops each, memory-bound on CPU) are
@@ -48,6 +53,8 @@ import contextvars
 import os
 
 import keras
+
+from keras_nfnets import compat
 
 GROUPED_CONV_MODES = ("auto", "split", "native")
 _user_choice = {"grouped_conv": "auto",  # the user's settings, not a cache
@@ -336,19 +343,36 @@ def graph_grouped_conv(x, kernel, strides, padding, dilation_rate):
                              dilations=dilation_rate)
 
 
-def own_conv_gradients():
-    """Whether a training step computes `WSConv2D`'s convolutions in
-    keras_nfnets' own formulations: a 1x1, stride-1 convolution as one
-    matrix product over the channels (its gradients are matrix products),
-    and a stride-1 "same" k x k convolution with both gradients as forward
-    convolutions (`layers.ws_conv.same_conv_with_conv_gradients`). On the
-    TensorFlow backend, whose CPU gradient kernels for a convolution
-    (`Conv2DBackpropInput`, `Conv2DBackpropFilter`) take up to several
-    times the forward convolution's time (docs/performance.md, "Where a
-    step's time goes"). Inference and the other backends keep the
-    convolution and its own gradients. The values are the same sums in
-    another order (float rounding apart)."""
-    return keras.backend.backend() == "tensorflow"
+def own_conv_gradients(pointwise=True):
+    """Whether a training step computes `WSConv2D`'s stride-1 convolutions
+    in keras_nfnets' own formulations, on the TensorFlow backend, whose
+    CPU gradient kernels for a convolution (`Conv2DBackpropInput`,
+    `Conv2DBackpropFilter`) can take several times the forward
+    convolution's time (docs/performance.md, "Where a step's time goes"):
+
+    * `pointwise=True`: a 1x1 convolution as one matrix product over the
+      channels (its gradients are matrix products); on TensorFlow always.
+    * `pointwise=False`: a "same" k x k convolution with both gradients as
+      forward convolutions (`layers.ws_conv.same_conv_with_conv_gradients`);
+      only where TensorFlow's CPU kernels are Eigen's. Where they are
+      oneDNN's (`compat.tensorflow_uses_onednn`: TensorFlow's default on
+      x86 CPUs with AVX512_VNNI, AVX512_BF16 or AMX), oneDNN's gradient
+      kernels beat the forward convolutions and the transposes they need
+      (docs/performance.md, "The CPU decides").
+
+    Inference and the other backends keep the convolution and its own
+    gradients. The values are the same sums in another order (float
+    rounding apart). Asked at trace time.
+
+    Example:
+    >>> keras_nfnets.runtime.own_conv_gradients()   # on TensorFlow
+    True
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    if pointwise:
+        return True
+    return not compat.tensorflow_uses_onednn()
 
 
 def set_elementwise_fusion(enabled):

@@ -102,7 +102,7 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
 def same_conv_with_conv_gradients(x, w):
     """A stride-1 "same" convolution (NHWC, kernel HWIO with odd sizes)
     whose two gradients are forward convolutions too
-    (`runtime.own_conv_gradients`), with `p = (k - 1) / 2` zeros padded:
+    (`runtime.own_conv_gradients(pointwise=False)`), with `p = (k - 1) / 2` zeros padded:
 
         dx = conv_same(dy, w[::-1, ::-1] with in/out swapped)
         dw[i, j, c, o] = sum_{n,h,w} x_pad[n, h+i, w+j, c] dy[n, h, w, o]
@@ -282,7 +282,8 @@ class WSConv2D(keras.layers.Conv2D):
 
     def _conv(self, x, w, own_gradients=False):
         if (own_gradients and self.padding == "same" and self._unstrided
-                and all(k % 2 for k in self.kernel_size)):
+                and all(k % 2 for k in self.kernel_size)
+                and runtime.own_conv_gradients(pointwise=False)):
             return same_conv_with_conv_gradients(x, w)
         return ops.conv(x, w, strides=self.strides, padding=self.padding,
                         dilation_rate=self.dilation_rate,

@@ -356,9 +356,9 @@ def test_summary_without_peers_has_no_ratio():
 
 @pytest.mark.parametrize("name,op_type,category", [
     ("nfnet_f0/nf_block/conv1/convolution", "Conv2D",
-     "Conv2D (forward; stride-1 gradients)"),
+     "Conv2D (forward; own k x k gradients)"),
     ("gradient_tape/nfnet_f0/final_conv/convolution/Conv2DBackpropInput",
-     "Conv2DBackpropInput", "Conv2DBackpropInput (strided convolutions)"),
+     "Conv2DBackpropInput", "Conv2DBackpropInput (TensorFlow's gradient kernels)"),
     ("nfnet_f0/nf_block/conv1/split", "Split",
      "grouped-conv split / concat"),
     ("cond/then/_0/cond/sgd/AssignAddVariableOp", "AssignAddVariableOp",
@@ -369,6 +369,20 @@ def test_summary_without_peers_has_no_ratio():
     ("nfnet_f0/nf_block/conv0/Mean", "Mean",
      "weight standardization (+ bias) in conv layers"),
     ("nfnet_f0/preprocessing/Sub", "Sub", "other elementwise and reductions"),
+    # TensorFlow's oneDNN kernels (CPUs with AVX512_VNNI, AVX512_BF16, AMX)
+    ("nfnet_f0/nf_block/conv1/convolution", "_MklNativeConv2D",
+     "Conv2D (forward; own k x k gradients)"),
+    ("nfnet_f0/stem_conv0/convolution", "_MklNativeFusedConv2D",
+     "Conv2D (forward; own k x k gradients)"),
+    ("gradient_tape/nfnet_f0/stem_conv1/convolution/Conv2DBackpropFilter",
+     "_MklNativeConv2DBackpropFilter",
+     "Conv2DBackpropFilter (TensorFlow's gradient kernels)"),
+    ("nfnet_f0/nf_block/conv0/MatMul", "_MklMatMul",
+     "MatMul (1x1 convolutions and gradients, SE, classifier)"),
+    ("nfnet_f0/nf_block/squeeze_excite/MatMul", "_MklFusedMatMul",
+     "MatMul (1x1 convolutions and gradients, SE, classifier)"),
+    ("nfnet_f0/nf_block/conv1/Transpose", "_MklTranspose",
+     "weight standardization (+ bias) in conv layers"),
 ])
 def test_profile_categories(name, op_type, category):
     assert profile_step.categorize(name, op_type) == category

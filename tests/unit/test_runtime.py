@@ -7,6 +7,8 @@ The accelerator is simulated by making `keras.distribution.list_devices`
 report a GPU: this machine has none."""
 
 import inspect
+import json
+import os
 
 import keras
 import numpy as np
@@ -305,25 +307,56 @@ def test_pointwise_conv_trains_as_a_matmul_with_the_convs_numbers():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the own gradients are TensorFlow's training path")
-@pytest.mark.parametrize("kernel,groups,strides,size", [
-    (3, 1, 1, (9, 9)), (3, 2, 1, (8, 11)), (5, 1, 1, (7, 6)),
-    (3, 2, 2, (9, 9))])
-def test_own_conv_gradients_are_the_convolutions(kernel, groups, strides,
-                                                 size):
-    """A stride-1 "same" convolution in a TensorFlow training step takes
-    both gradients as forward convolutions (no Conv2DBackpropInput /
-    Conv2DBackpropFilter in the graph), with the convolution's outputs and
-    gradients to float rounding; a strided one keeps TensorFlow's."""
+@pytest.mark.parametrize("kernel,size", [(3, (9, 9)), (5, (7, 6)),
+                                         (3, (8, 11))])
+def test_same_conv_with_conv_gradients_gives_the_convolutions_numbers(
+        kernel, size):
+    """The stride-1 "same" convolution whose gradients are forward
+    convolutions (`same_conv_with_conv_gradients`): its output and both
+    gradients are the convolution's (TensorFlow's gradient kernels) to
+    float rounding, and its graph has no Conv2DBackprop* op."""
     import tensorflow as tf
+    from keras_nfnets.layers.ws_conv import same_conv_with_conv_gradients
     rng = np.random.default_rng(5)
-    x = tf.constant(rng.normal(size=(2, *size, 4 * groups)).astype("float32"))
-    conv = nfl.WSConv2D(6 * groups, kernel, strides=strides, groups=groups)
-    conv.build(x.shape)
-    conv.bias.assign(rng.normal(size=conv.bias.shape).astype("float32"))
-    for a, b in zip(_conv_grads(conv, x, True), _conv_grads(conv, x, False)):
+    x = tf.constant(rng.normal(size=(2, *size, 4)).astype("float32"))
+    w = tf.constant(rng.normal(size=(kernel, kernel, 4, 6)).astype(
+        "float32"))
+    dy = tf.constant(rng.normal(size=(2, *size, 6)).astype("float32"))
+
+    def grads(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = conv(x, w)
+            loss = tf.reduce_sum(y * dy)
+        return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, w])]
+    reference = grads(lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"))
+    for a, b in zip(grads(same_conv_with_conv_gradients), reference):
         np.testing.assert_allclose(a, b, rtol=1e-5,
                                    atol=1e-5 * np.abs(b).max())
 
+    @tf.function
+    def step(t, k):
+        with tf.GradientTape() as tape:
+            tape.watch([t, k])
+            loss = tf.reduce_sum(same_conv_with_conv_gradients(t, k) ** 2)
+        return tape.gradient(loss, [t, k])
+    types = {op.type for op in
+             step.get_concrete_function(x, w).graph.get_operations()}
+    assert not types & {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
+
+
+_ONEDNN_ROUTING = """
+import json, numpy as np, tensorflow as tf
+from keras_nfnets import compat, runtime
+from keras_nfnets import layers as nfl
+x = tf.constant(np.ones((2, 9, 9, 8), "float32"))
+out = dict(onednn=compat.tensorflow_uses_onednn(),
+           pointwise=runtime.own_conv_gradients(),
+           spatial=runtime.own_conv_gradients(pointwise=False))
+for name, kwargs in [("3x3", {}), ("3x3 grouped", dict(groups=2)),
+                     ("3x3 strided", dict(strides=2))]:
+    conv = nfl.WSConv2D(8, 3, **kwargs)
+    conv.build(x.shape)
     @tf.function
     def step(t):
         with tf.GradientTape() as tape:
@@ -332,8 +365,42 @@ def test_own_conv_gradients_are_the_convolutions(kernel, groups, strides,
         return tape.gradient(loss, [t, conv.kernel])
     types = {op.type for op in
              step.get_concrete_function(x).graph.get_operations()}
-    backprop = {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
-    assert bool(types & backprop) == (strides != 1)
+    out[name] = sorted(types & {"Conv2DBackpropInput",
+                                "Conv2DBackpropFilter"})
+print("ROUTING " + json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the own gradients are TensorFlow's training path")
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_kxk_own_conv_gradients_where_tensorflow_has_no_onednn(onednn):
+    """Where TensorFlow's CPU kernels are Eigen's (`TF_ENABLE_ONEDNN_OPTS=0`,
+    and the default on CPUs without AVX512_VNNI / BF16 or AMX), a
+    stride-1 "same" k x k convolution in a training step takes both
+    gradients as forward convolutions; where they are oneDNN's
+    (`TF_ENABLE_ONEDNN_OPTS=1`), it keeps TensorFlow's gradient kernels.
+    A strided convolution keeps them either way; the 1x1 matrix product
+    is used either way. Each setting in a fresh process (TensorFlow reads
+    the variable once)."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_ROUTING], capture_output=True,
+        text=True, timeout=300,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow",
+                 TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS=onednn))
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("ROUTING ")]
+    routing = json.loads(line[-1][len("ROUTING "):])
+    on = onednn == "1"
+    backprop = ["Conv2DBackpropFilter", "Conv2DBackpropInput"]
+    assert routing["onednn"] is on
+    assert routing["pointwise"] is True
+    assert routing["spatial"] is (not on)
+    assert routing["3x3"] == routing["3x3 grouped"] == (backprop if on
+                                                       else [])
+    assert routing["3x3 strided"] == backprop
 
 
 def test_fused_backward_passes_give_the_unfused_numbers():
