@@ -10,7 +10,9 @@ convolution with both gradients as forward convolutions
 
 Each kernel runs inside a `tf.function` on fixed random tensors, warmed up,
 then timed `--repeats` times (median); all kernels of a shape are timed in
-one process, interleaved over `--rounds`. The shapes are F0's at batch 8 x
+one process, interleaved over `--rounds`. The record says whether
+TensorFlow's kernels were oneDNN's (`onednn`; TensorFlow's default on x86
+CPUs with AVX512_VNNI, AVX512_BF16 or AMX) or Eigen's. The shapes are F0's at batch 8 x
 192 px: its grouped 3x3 convolutions (one group, 128 channels, as the CPU
 split runs them) at each stage's resolution, and its 1x1 convolutions.
 """
@@ -126,7 +128,9 @@ def main(argv=None):
         rows.append(row)
         print(what, {name: round(v, 2) for name, v in row["ms"].items()},
               flush=True)
+    from keras_nfnets import compat  # pylint: disable=import-outside-toplevel
     result = dict(tensorflow=tf.__version__, cpu=peers.cpu_info(),
+                  onednn=compat.tensorflow_uses_onednn(),
                   rounds=args.rounds, repeats=args.repeats, rows=rows)
     if args.out:
         with open(args.out, "w") as f:

@@ -186,6 +186,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
     import keras_nfnets
+    from keras_nfnets import compat
     model = keras_nfnets.NFNet(args.variant, weights=None,
                                input_shape=(args.size, args.size, 3),
                                classifier_activation=None,
@@ -238,6 +239,7 @@ def main(argv=None):
                            agc_clipping=args.agc_clipping,
                            tf_threads=args.tf_threads,
                            tensorflow=tf.__version__,
+                           onednn=compat.tensorflow_uses_onednn(),
                            cpu=peers.cpu_info(), wall_s=wall,
                            unprofiled_step_s=unprofiled,
                            thread_lines_s=dict(lines), ops=ops), f, indent=0)

@@ -210,6 +210,14 @@ def f0_roofline(source="benchmarks/results_peers.json"):
                       _provenance(source)])
 
 
+def _kernels(data):
+    """", oneDNN kernels" / ", Eigen kernels" where a record says which
+    CPU kernels TensorFlow ran (`onednn`); "" in older records."""
+    if "onednn" not in data:
+        return ""
+    return ", oneDNN kernels" if data["onednn"] else ", Eigen kernels"
+
+
 def f0_profile(source="benchmarks/profile_f0.json", top=12):
     """One profiled F0 training step (benchmarks/profile_step.py), by what
     the ops are for and by op type."""
@@ -220,7 +228,8 @@ def f0_profile(source="benchmarks/profile_f0.json", top=12):
     cpu = data["cpu"]
     lines = [f"F0 training step, batch {data['batch']} x {data['size']} px, "
              f"remat {data['remat']}, AGC {data['agc_clipping']}, TensorFlow "
-             f"{data['tensorflow']} on {cpu['model']} ({cpu['isa']}): "
+             f"{data['tensorflow']}{_kernels(data)} on {cpu['model']} "
+             f"({cpu['isa']}): "
              f"{data['wall_s']:.2f} s wall when profiled (unprofiled steps "
              + ", ".join(f"{v:.2f}" for v in data["unprofiled_step_s"])
              + f" s), {total:.2f} s of op time summed over TensorFlow's "
@@ -476,7 +485,8 @@ def _conv_gradients_table(data):
             f"{ms['forward convolution']:.1f} | {own_fwd:.1f} | "
             f"{tf_grads:.1f} | {own_grads:.1f} | {ratio:.2f}× |")
     cpu = data["cpu"]
-    out += ["", f"TensorFlow {data['tensorflow']} on {cpu.get('model')} "
+    out += ["", f"TensorFlow {data['tensorflow']}{_kernels(data)} on "
+            f"{cpu.get('model')} "
             f"({cpu.get('isa')}); medians of {data['repeats']} calls, "
             f"{data['rounds']} interleaved rounds. The own 3x3 gradients "
             "are `same_conv_with_conv_gradients`' backward pass (input and "
