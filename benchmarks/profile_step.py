@@ -26,18 +26,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CONV_TYPES = {"Conv2D": "Conv2D (forward; own k x k gradients)",
-              "_FusedConv2D": "Conv2D (forward; own k x k gradients)",
+CONV_TYPES = {"Conv2D": "Conv2D (forward, and own k x k gradients where used)",
+              "_FusedConv2D": "Conv2D (forward, and own k x k gradients where used)",
               "Conv2DBackpropInput": "Conv2DBackpropInput (TensorFlow's gradient kernels)",
               "Conv2DBackpropFilter": "Conv2DBackpropFilter (TensorFlow's gradient kernels)",
-              "DepthwiseConv2dNative": "Conv2D (forward; own k x k gradients)",
+              "DepthwiseConv2dNative": "Conv2D (forward, and own k x k gradients where used)",
               "MatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "_FusedMatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "BatchMatMulV2": "MatMul (1x1 convolutions and gradients, SE, classifier)"}
 SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice"}
 # A WSConv2D layer's scope: stem_conv0, conv1b_3, final_conv_1, ...
 CONV_SCOPE = re.compile(r"(^|/)(stem_)?(final_)?conv\w*?(_\d+)?/[^/]+$")
-CATEGORIES = ("Conv2D (forward; own k x k gradients)", "Conv2DBackpropInput (TensorFlow's gradient kernels)",
+CATEGORIES = ("Conv2D (forward, and own k x k gradients where used)", "Conv2DBackpropInput (TensorFlow's gradient kernels)",
               "Conv2DBackpropFilter (TensorFlow's gradient kernels)", "MatMul (1x1 convolutions and gradients, SE, classifier)",
               "grouped-conv split / concat",
               "optimizer: momentum update and AGC",

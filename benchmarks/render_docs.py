@@ -504,6 +504,12 @@ def f0_conv_gradients(source="benchmarks/results_conv_gradients.json"):
 
 
 TABLES["f0_conv_gradients"] = f0_conv_gradients
+TABLES["f0_conv_gradients_onednn"] = lambda: f0_conv_gradients(
+    "benchmarks/results_conv_gradients_onednn.json")
+# The same peer and serving runs on the AVX2 CPU (TensorFlow's Eigen kernels).
+TABLES["f0_peers_avx2"] = lambda: f0_peers("benchmarks/results_peers_avx2.json")
+TABLES["f0_serving_avx2"] = lambda: f0_serving(
+    "benchmarks/results_serving_avx2.json")
 TABLES["f0_gpu"] = f0_gpu
 TABLES["f0_remat"] = f0_remat
 TABLES["f0_remat_share035"] = lambda: f0_remat(

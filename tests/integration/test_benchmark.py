@@ -356,7 +356,7 @@ def test_summary_without_peers_has_no_ratio():
 
 @pytest.mark.parametrize("name,op_type,category", [
     ("nfnet_f0/nf_block/conv1/convolution", "Conv2D",
-     "Conv2D (forward; own k x k gradients)"),
+     "Conv2D (forward, and own k x k gradients where used)"),
     ("gradient_tape/nfnet_f0/final_conv/convolution/Conv2DBackpropInput",
      "Conv2DBackpropInput", "Conv2DBackpropInput (TensorFlow's gradient kernels)"),
     ("nfnet_f0/nf_block/conv1/split", "Split",
@@ -371,9 +371,9 @@ def test_summary_without_peers_has_no_ratio():
     ("nfnet_f0/preprocessing/Sub", "Sub", "other elementwise and reductions"),
     # TensorFlow's oneDNN kernels (CPUs with AVX512_VNNI, AVX512_BF16, AMX)
     ("nfnet_f0/nf_block/conv1/convolution", "_MklNativeConv2D",
-     "Conv2D (forward; own k x k gradients)"),
+     "Conv2D (forward, and own k x k gradients where used)"),
     ("nfnet_f0/stem_conv0/convolution", "_MklNativeFusedConv2D",
-     "Conv2D (forward; own k x k gradients)"),
+     "Conv2D (forward, and own k x k gradients where used)"),
     ("gradient_tape/nfnet_f0/stem_conv1/convolution/Conv2DBackpropFilter",
      "_MklNativeConv2DBackpropFilter",
      "Conv2DBackpropFilter (TensorFlow's gradient kernels)"),
