@@ -90,8 +90,13 @@ def test_nfblock_remat_gives_identical_outputs_and_gradients():
         grads = tape.gradient(loss, [x] + block.trainable_weights)
         results.append([y.numpy()] + [g.numpy() for g in grads])
         assert nfl.NFBlock.from_config(block.get_config()).remat == remat
+    # The same float32 sums, recomputed in another order: a weight
+    # gradient sums hundreds of products with cancellation, so its small
+    # elements carry rounding relative to the array's scale (seen where
+    # TensorFlow runs oneDNN's kernels), not to themselves.
     for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
 
 
 
