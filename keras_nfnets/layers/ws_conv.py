@@ -237,6 +237,12 @@ class WSConv2D(keras.layers.Conv2D):
                 "(keras_nfnets.fold_weight_standardization): its kernel is "
                 "the standardized kernel and its gain no longer trains. "
                 "Train the original model, then fold it again.")
+        if inputs.shape[0] == 0:
+            # An empty batch (known when traced): TensorFlow's oneDNN
+            # convolution returns its input unchanged for one, shape and
+            # all, so the empty output is made here.
+            return ops.zeros(self.compute_output_shape(inputs.shape),
+                             self.compute_dtype)
         w = ops.cast(self.kernel if self.folded
                      else self.standardized_kernel(inputs), self.compute_dtype)
         x = ops.cast(inputs, self.compute_dtype)

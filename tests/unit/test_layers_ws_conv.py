@@ -96,3 +96,21 @@ def test_symmetric_padding_is_pytorchs(size):
         same.build(x.shape)
         same.set_weights(conv.get_weights())
         assert not np.allclose(np.asarray(same(x)), y, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(filters=16, kernel_size=3), dict(filters=16, kernel_size=3, strides=2),
+    dict(filters=8, kernel_size=3, groups=2),
+    dict(filters=16, kernel_size=3, strides=2, padding="symmetric"),
+    dict(filters=16, kernel_size=1)])
+def test_an_empty_batch_gives_an_empty_output_of_the_right_shape(kwargs):
+    """A batch of zero images gives zero outputs of the convolution's
+    shape, eagerly and traced with the empty batch known (TensorFlow's
+    oneDNN convolution returns its input unchanged for one)."""
+    conv = nfl.WSConv2D(**kwargs)
+    x = np.zeros((0, 12, 12, 4), "float32")
+    expected = (0, *conv.compute_output_shape((1, 12, 12, 4))[1:])
+    for training in (False, True):
+        assert tuple(conv(x, training=training).shape) == expected
+        traced = tf.function(lambda t: conv(t, training=training))
+        assert tuple(traced(x).shape) == expected
