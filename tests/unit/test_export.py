@@ -95,6 +95,24 @@ def test_folded_tiny_nfnet_dynamic_batch(fmt, tmp_path):
     assert relative_error(got, ref["logits"]) < 1e-4
     if fmt != "tf_saved_model":
         _assert_one_conv_per_layer(fmt, path, serving)
+    if fmt == "onnx":
+        _assert_gelus_fused_by_onnxruntime(path)
+
+
+def _assert_gelus_fused_by_onnxruntime(path):
+    """Every scaled GELU of the ONNX export is one `FastGelu` kernel once
+    onnxruntime has optimized the graph (`keras_nfnets.onnx_gelu`), with
+    no `Tanh` left."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    gelus = [n for n in onnx.load(path).graph.node if n.op_type == "Tanh"]
+    assert gelus  # one per activation (the stem's and each block's)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = path + ".optimized.onnx"
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    ops_ = [n.op_type for n in
+            onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops_.count("FastGelu") == len(gelus) and "Tanh" not in ops_
 
 
 def _assert_one_conv_per_layer(fmt, path, model):
