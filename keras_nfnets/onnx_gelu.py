@@ -93,7 +93,7 @@ class _Graph:
             perm = next((list(a.ints) for a in node.attribute
                          if a.name == "perm"), None)
             if perm is None:
-                return name, None  # a reversing Transpose: not followed
+                break  # a reversing Transpose: its output is the source
             perms.append(perm)
             name = node.input[0]
             node = self.node(name, "Transpose")
@@ -103,16 +103,29 @@ class _Graph:
         return name, order
 
 
+def _then(first, second):
+    """The axis order of `second` applied after `first` (None: none)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return [first[p] for p in second]
+
+
+def _is_identity(order):
+    return order is None or order == list(range(len(order)))
+
+
+def _same_order(a, b):
+    if a is None or b is None:
+        return _is_identity(a) and _is_identity(b)
+    return a == b
+
+
 def _same_tensor(g, a, b):
     """Whether tensors `a` and `b` are the same source in the same axis
     order (a chain of transposes that cancels out counts as the same)."""
     source_a, order_a = g.layout(a)
     source_b, order_b = g.layout(b)
-    if source_a != source_b:
-        return False
-    rank = len(order_a or order_b or [])
-    identity = list(range(rank))
-    return (order_a or identity) == (order_b or identity)
+    return source_a == source_b and _same_order(order_a, order_b)
 
 
 def _match(g, tanh):
@@ -127,7 +140,7 @@ def _match(g, tanh):
         return None
     x = None
     for xi in (0, 1):
-        cube_term, _ = g.layout(add.input[1 - xi])
+        cube_term, back = g.layout(add.input[1 - xi])
         scaled = g.node(cube_term, "Mul")
         if scaled is None:
             continue
@@ -135,19 +148,12 @@ def _match(g, tanh):
         power = g.node(powered, "Pow") if powered else None
         if power is None or np.float32(g.scalars.get(power.input[1], 0)) != 3:
             continue
-        # x**3, transposed back to x's axis order by the branch's transposes
-        candidate = add.input[xi]
+        # x**3 in x's axis order: the cube's input, through the transposes
+        # before and after it, is x
         source, order = g.layout(power.input[0])
-        branch_source, branch_order = g.layout(add.input[1 - xi])
-        if branch_source != scaled.output[0]:
-            continue
-        rank = len(order or branch_order or [])
-        identity = list(range(rank))
-        full = order or identity
-        full = [full[p] for p in (branch_order or identity)]
-        x_source, x_order = g.layout(candidate)
-        if source == x_source and full == (x_order or identity):
-            x = candidate
+        x_source, x_order = g.layout(add.input[xi])
+        if source == x_source and _same_order(_then(order, back), x_order):
+            x = add.input[xi]
             break
     if x is None:
         return None
