@@ -26,19 +26,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CONV_TYPES = {"Conv2D": "Conv2D (forward, and own k x k gradients where used)",
-              "_FusedConv2D": "Conv2D (forward, and own k x k gradients where used)",
-              "Conv2DBackpropInput": "Conv2DBackpropInput (TensorFlow's gradient kernels)",
-              "Conv2DBackpropFilter": "Conv2DBackpropFilter (TensorFlow's gradient kernels)",
-              "DepthwiseConv2dNative": "Conv2D (forward, and own k x k gradients where used)",
-              "MatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
-              "_FusedMatMul": "MatMul (1x1 convolutions and gradients, SE, classifier)",
-              "BatchMatMulV2": "MatMul (1x1 convolutions and gradients, SE, classifier)"}
+_CONV = "Conv2D (forward, and own k x k gradients where used)"
+_CONV_DX = "Conv2DBackpropInput (TensorFlow's gradient kernels)"
+_CONV_DW = "Conv2DBackpropFilter (TensorFlow's gradient kernels)"
+_MATMUL = "MatMul (1x1 convolutions and gradients, SE, classifier)"
+CONV_TYPES = {"Conv2D": _CONV, "_FusedConv2D": _CONV,
+              "DepthwiseConv2dNative": _CONV,
+              "Conv2DBackpropInput": _CONV_DX,
+              "Conv2DBackpropFilter": _CONV_DW,
+              "MatMul": _MATMUL, "_FusedMatMul": _MATMUL,
+              "BatchMatMulV2": _MATMUL}
 SPLIT_TYPES = {"Split", "SplitV", "ConcatV2", "Concat", "Slice"}
 # A WSConv2D layer's scope: stem_conv0, conv1b_3, final_conv_1, ...
 CONV_SCOPE = re.compile(r"(^|/)(stem_)?(final_)?conv\w*?(_\d+)?/[^/]+$")
-CATEGORIES = ("Conv2D (forward, and own k x k gradients where used)", "Conv2DBackpropInput (TensorFlow's gradient kernels)",
-              "Conv2DBackpropFilter (TensorFlow's gradient kernels)", "MatMul (1x1 convolutions and gradients, SE, classifier)",
+CATEGORIES = (_CONV, _CONV_DX, _CONV_DW, _MATMUL,
               "grouped-conv split / concat",
               "optimizer: momentum update and AGC",
               "GELU and its derivative",

@@ -41,7 +41,6 @@ class _Graph:
     """Producers, consumers and scalar constants of an ONNX graph."""
 
     def __init__(self, graph, numpy_helper):
-        self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers = {}
         for node in graph.node:
