@@ -223,7 +223,7 @@ SERVING = {
 SERVING_RUNTIMES = tuple(SERVING)
 SERVING_PEERS = "timm,timm_channels_last,onnxruntime"
 # The target for the recommended serving route.
-SERVING_TARGET = 1.2
+SERVING_TARGET = summary.TARGET_RATIOS["infer"]
 # An export "gives the model's numbers" when its logits are within this of
 # the Keras model's (relative to their largest magnitude), as the export
 # tests require of the float artefacts.

@@ -291,6 +291,9 @@ def test_roofline_states_the_mfu_the_target_needs():
     assert train["gflop_per_step"] == pytest.approx(work)
     assert train["floor_s"] == pytest.approx(work / 80)
     assert train["target_s"] == pytest.approx(8 / 1.9 / summary.TARGET_RATIO)
+    infer = summary.roofline(s, ROWS)[1]  # the serving target, 1.2x
+    assert infer["target"] == 1.2
+    assert infer["target_s"] == pytest.approx(infer["peer_s"] / 1.2)
     assert train["target_mfu"] == pytest.approx(work / train["target_s"]
                                                 / 80)
     assert "| train | 335 | 80 |" in summary.roofline_table([train])
