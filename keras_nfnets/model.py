@@ -71,11 +71,18 @@ class NFNetModel(keras.Model):
         (docs/performance.md, "Inference and export"). An ONNX file's
         scaled GELUs are then written in the form onnxruntime fuses into
         one kernel each (`keras_nfnets.onnx_gelu`). The numbers are the
-        same, up to float rounding.
+        same, up to float rounding. Any format is traced without the
+        custom gradients of training (`runtime.exporting`): for
+        `format="openvino"` (an OpenVINO IR `.xml` and `.bin`; needs the
+        `openvino` package), compile it with
+        `{"INFERENCE_PRECISION_HINT": "f32"}` for the model's numbers: on a
+        CPU with bf16 arithmetic (AMX, AVX512-BF16), OpenVINO computes in
+        bf16 unless told otherwise.
 
         Example:
         >>> folded = keras_nfnets.fold_weight_standardization(model)
         >>> folded.export("nfnet_f0.onnx", format="onnx")
+        >>> folded.export("nfnet_f0.xml", format="openvino")
         """
         with runtime.export_scope(format):
             result = super().export(filepath, format, *args, **kwargs)

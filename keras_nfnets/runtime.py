@@ -313,6 +313,15 @@ def grouped_conv_mode(mode=None):
     return "native" if on_accelerator() else "split"
 
 
+def exporting():
+    """Whether a model is being traced by `NFNetModel.export`
+    (`export_scope`): the layers then trace their plain forward ops,
+    without the custom gradients of training. An exported artefact has no
+    backward pass, and OpenVINO's converter took the tensors a custom
+    gradient saves for extra model outputs."""
+    return _export_format.get() is not None
+
+
 def _graph_grouped_conv():
     return (_export_format.get() in GRAPH_GROUPED_CONV_FORMATS
             and keras.backend.backend() == "tensorflow")

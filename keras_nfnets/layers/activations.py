@@ -118,7 +118,7 @@ def _lean_backward(derivative, gamma):
 
 def _lean_scaled(fn, gamma, derivative):
     """`fn(x) * gamma` with a gradient that saves only `x` (computed by
-    `_lean_backward`)."""
+    `_lean_backward`); the plain product in a traced export."""
     backward = _lean_backward(derivative, float(gamma))
 
     @ops.custom_gradient
@@ -130,7 +130,12 @@ def _lean_scaled(fn, gamma, derivative):
 
         return fn(x) * ops.cast(gamma, x.dtype), grad
 
-    return scaled
+    def call(x):
+        if runtime.exporting():  # the same values, no gradient to carry
+            return fn(x) * ops.cast(gamma, x.dtype)
+        return scaled(x)
+
+    return call
 
 
 def scaled_activation(name, lean_gradient=True, gamma=None, gelu="tanh"):

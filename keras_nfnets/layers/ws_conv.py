@@ -13,7 +13,11 @@ from keras_nfnets.layers.activations import _data_dependent_zero
 _PACKAGE = "keras_nfnets"
 
 
-def _standardize(w, gain, eps, eps_mode="floor", gamma=1.0):
+def _standardize(w, gain, eps, eps_mode="floor", gamma=1.0, parts=True):
+    """`w_hat`, and with `parts` what the closed-form gradient reuses:
+    `(w_hat, mean, n^2, inv, scale)` (none of them computed otherwise, so
+    a plain forward graph has no unused op: OpenVINO's converter makes
+    one a model output)."""
     axes = tuple(range(len(w.shape) - 1))
     mean = ops.mean(w, axis=axes, keepdims=True)
     var = ops.var(w, axis=axes, keepdims=True)
@@ -25,7 +29,10 @@ def _standardize(w, gain, eps, eps_mode="floor", gamma=1.0):
     scale = inv * gain
     if gamma != 1.0:
         scale = scale * gamma
-    return w * scale - mean * scale, mean, var * fan_in, inv, scale
+    w_hat = w * scale - mean * scale
+    if not parts:
+        return w_hat
+    return w_hat, mean, var * fan_in, inv, scale
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,8 +84,8 @@ def standardize_weight(w, gain, eps=1e-4, lean_gradient=True,
     if eps_mode not in ("floor", "add"):
         raise ValueError(
             f"eps_mode must be 'floor' or 'add', got {eps_mode!r}.")
-    if not lean_gradient:
-        return _standardize(w, gain, eps, eps_mode, gamma)[0]
+    if not lean_gradient or runtime.exporting():
+        return _standardize(w, gain, eps, eps_mode, gamma, parts=False)
 
     @ops.custom_gradient
     def standardize(w, gain):

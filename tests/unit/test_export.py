@@ -1,7 +1,7 @@
-"""`model.export` to SavedModel, ONNX and LiteRT, and
+"""`model.export` to SavedModel, ONNX, LiteRT and OpenVINO, and
 `fold_weight_standardization`: the artefacts, run by their own runtimes
-(`tf.saved_model.load`, onnxruntime, the LiteRT interpreter), give the Keras
-model's outputs and DeepMind's reference numbers."""
+(`tf.saved_model.load`, onnxruntime, the LiteRT interpreter, OpenVINO at
+fp32), give the Keras model's outputs and DeepMind's reference numbers."""
 
 import gc
 
@@ -16,11 +16,12 @@ from keras_nfnets import variants
 
 from conftest import deepmind_fixture, fixture_path, relative_error
 
-FORMATS = ("tf_saved_model", "onnx", "litert")
+FORMATS = ("tf_saved_model", "onnx", "litert", "openvino")
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="SavedModel/ONNX/LiteRT export is tested on the TensorFlow backend")
+    reason="SavedModel/ONNX/LiteRT/OpenVINO export is tested on the "
+    "TensorFlow backend")
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +32,10 @@ def _free_models():
 
 
 def _path(tmp_path, fmt):
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
     return str(tmp_path / {"tf_saved_model": "saved_model", "onnx": "m.onnx",
-                           "litert": "m.tflite"}[fmt])
+                           "litert": "m.tflite", "openvino": "m.xml"}[fmt])
 
 
 def run_artefact(fmt, path, x):
@@ -50,6 +53,13 @@ def run_artefact(fmt, path, x):
         session = ort.InferenceSession(path,
                                        providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: x})
+    if fmt == "openvino":
+        ov = pytest.importorskip("openvino")
+        # fp32: on a CPU with bf16 arithmetic OpenVINO's default is bf16.
+        compiled = ov.Core().compile_model(
+            path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        out = compiled(x)
+        return [np.asarray(out[o]) for o in compiled.outputs]
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     interpreter = litert.Interpreter(model_path=path)
     inp = interpreter.get_input_details()[0]
@@ -116,9 +126,9 @@ def _assert_gelus_fused_by_onnxruntime(path):
 
 
 def _assert_one_conv_per_layer(fmt, path, model):
-    """ONNX and LiteRT exports hold one convolution op per `WSConv2D`
-    layer, grouped ones included (`NFNetModel.export`: not one per group),
-    and no split."""
+    """ONNX, LiteRT and OpenVINO exports hold one convolution op per
+    `WSConv2D` layer, grouped ones included (`NFNetModel.export`: not one
+    per group), and no split."""
     convs = [layer for _, layer in nf_export._named_layers(model)
              if isinstance(layer, nf_layers.WSConv2D)]
     grouped = sum(layer.groups > 1 for layer in convs)
@@ -131,6 +141,12 @@ def _assert_one_conv_per_layer(fmt, path, model):
                   for n in nodes if n.op_type == "Conv"]
         assert ops_.count("Conv") == len(convs) and "Split" not in ops_
         assert sum(g > 1 for g in groups) == grouped
+    elif fmt == "openvino":
+        ov = pytest.importorskip("openvino")
+        ops_ = [op.get_type_name() for op in ov.Core().read_model(path).get_ops()]
+        assert ops_.count("GroupConvolution") == grouped
+        assert ops_.count("Convolution") + grouped == len(convs)
+        assert "Split" not in ops_ and "VariadicSplit" not in ops_
     else:
         litert = pytest.importorskip("ai_edge_litert.interpreter")
         interpreter = litert.Interpreter(
@@ -141,7 +157,7 @@ def _assert_one_conv_per_layer(fmt, path, model):
         assert ops_.count("CONV_2D") == len(convs) and "SPLIT" not in ops_
 
 
-@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the three formats
+@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the four formats
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_unfolded_tiny_nfnet_fixed_batch(fmt, tmp_path):
     """`model.export` on the training model itself, at a fixed batch size."""
@@ -165,7 +181,7 @@ def _unnormalize(x):
             + np.array(builder.IMAGENET_MEAN, "float32"))
 
 
-@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the three formats
+@pytest.mark.slow  # CI time: the folded dynamic-batch test covers the four formats
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nf_resnet_headless_with_preprocessing(fmt, tmp_path):
     """NF-ResNet-50 (DeepMind fixture), no top, pooled, with the model's
@@ -186,7 +202,7 @@ def test_nf_resnet_headless_with_preprocessing(fmt, tmp_path):
     assert relative_error(got, ref["pool"]) < 1e-4
 
 
-# CI time: ONNX (the format that needs the fold) in `make test`; the other two
+# CI time: ONNX (the format that needs the fold) in `make test`; the other three
 # formats run the same feature maps in `make test-all`.
 @pytest.mark.parametrize("fmt", [
     pytest.param(f, marks=() if f == "onnx" else pytest.mark.slow)
