@@ -144,7 +144,7 @@ bench-peers: $(BENCH_STAMP)
 # channels_last) and ONNX Runtime on timm's export, interleaved over rounds
 # (docs/performance.md, "Inference and export").
 bench-serving: $(BENCH_STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --serving_peers $(BENCH_PEERS) \
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --serving_peers $(BENCH_PEERS),openvino \
 	  --rounds 2 --steps 3 --warmup 2 --note "$(BENCH_NOTE)" $(BENCH_ARGS) --out benchmarks/results_serving.json
 
 # The int8 exports' accuracy change: the offline demo model (trained first

@@ -55,9 +55,14 @@ batch 1 and 8 (`--batches`): the Keras model as built (`keras`), its
 onnxruntime (`onnx`) and the LiteRT interpreter (`litert`), and its int8
 exports (`keras_nfnets.export_quantized`: `onnx_int8`, `litert_int8`
 calibrated on `--calibration` images; `onnx_int8_dynamic`,
-`litert_int8_dynamic`); against the peers (`--serving_peers`: timm eager,
-timm channels_last, ONNX Runtime on timm's export) at the same batches
-and size. Each artefact is exported once, before the rounds, in a process
+`litert_int8_dynamic`), and OpenVINO's IR of the folded copy (Keras's
+`format="openvino"`) at fp32 (`openvino`) and, on a CPU with bf16
+arithmetic, at bf16 (`openvino_bf16`, OpenVINO's own default there);
+against the peers (`--serving_peers`: timm eager, timm channels_last,
+ONNX Runtime on timm's export, OpenVINO on timm's model converted from
+PyTorch; with bf16 arithmetic also timm eager and channels_last under
+bf16 autocast and OpenVINO at bf16, the bf16 route's peers) at the same
+batches and size. Each artefact is exported once, before the rounds, in a process
 of its own that also compares its logits with the Keras model's; then
 every runtime and every peer runs in a fresh process (an exported
 artefact is loaded by its runtime alone, without Keras), interleaved over
@@ -219,9 +224,15 @@ SERVING = {
                     "int8.tflite"),
     "litert_int8_dynamic": ("LiteRT int8, dynamic-range",
                             "int8 dynamic-range", "int8_dynamic.tflite"),
+    "openvino": ("OpenVINO (folded export)", "fp32", "folded.xml"),
+    # OpenVINO's default on a CPU with bf16 arithmetic; run only there.
+    "openvino_bf16": ("OpenVINO bf16 (folded export)", "bf16",
+                      "folded_bf16.xml"),
 }
+# OpenVINO's INFERENCE_PRECISION_HINT for each of its routes.
+OPENVINO_PRECISION = {"openvino": "f32", "openvino_bf16": "bf16"}
 SERVING_RUNTIMES = tuple(SERVING)
-SERVING_PEERS = "timm,timm_channels_last,onnxruntime"
+SERVING_PEERS = "timm,timm_channels_last,onnxruntime,openvino"
 # The issue's target for the recommended serving route.
 SERVING_TARGET = summary.TARGET_RATIOS["infer"]
 # An export "gives the model's numbers" when its logits are within this of
@@ -271,6 +282,13 @@ def _serving_runner(runtime, path, variant, size, result):
         name = session.get_inputs()[0].name
         result["framework"] = f"onnxruntime {ort.__version__}"
         return lambda x: (lambda: session.run(None, {name: x}))
+    if runtime.startswith("openvino"):
+        import openvino as ov
+        compiled = ov.Core().compile_model(path, "CPU", {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[runtime]})
+        request = compiled.create_infer_request()
+        result["framework"] = f"openvino {ov.__version__}"
+        return lambda x: (lambda: request.infer({0: x})[0])
     from importlib.metadata import version
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_path=path, num_threads=_usable_cpus())
@@ -326,10 +344,14 @@ def run_serving_child(args):
 
 
 def _artefact_mb(path):
+    """An artefact's size: a folder's files, or a file with its weights
+    (OpenVINO's `.xml` and `.bin`)."""
     if os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(d, f))
                    for d, _, files in os.walk(path) for f in files) / 1e6
-    return os.path.getsize(path) / 1e6
+    weights = os.path.splitext(path)[0] + ".bin"
+    extra = os.path.getsize(weights) if path.endswith(".xml") else 0
+    return (os.path.getsize(path) + extra) / 1e6
 
 
 def run_serving_export(args):
@@ -363,9 +385,11 @@ def run_serving_export(args):
                                   ).astype("float32")
         result["calibration_inputs"] = args.calibration
     t = time.perf_counter()
-    if runtime in ("saved_model", "onnx", "litert"):
-        folded.export(path, format={"saved_model": "tf_saved_model"}.get(
-            runtime, runtime), verbose=False)
+    if runtime in ("saved_model", "onnx", "litert", "openvino",
+                   "openvino_bf16"):
+        folded.export(path, format={
+            "saved_model": "tf_saved_model", "openvino_bf16": "openvino",
+        }.get(runtime, runtime), verbose=False)
     elif runtime.startswith("onnx") and args.source_onnx:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
             nf_export.quantize_onnx_file(
@@ -407,7 +431,7 @@ def serving_rows(data):
         if summary.is_peer(run):
             items = [(run["batch"], run["images_per_s"])]
             name, runtime, precision = (summary.label(run), run["impl"],
-                                        "fp32")
+                                        summary.precision_class(run))
         else:
             runtime = run["runtime"]
             name, precision, _ = SERVING.get(runtime, (runtime, "fp32",
@@ -434,14 +458,24 @@ def serving_rows(data):
             exact=(not row["peer"] and row["precision"] == "fp32"
                    and (rel is None or rel <= SERVING_EXACT))))
     for batch in {r["batch"] for r in rows}:
-        peers_at = [r for r in rows if r["peer"] and r["batch"] == batch]
-        best = max(peers_at, key=lambda r: r["images_per_s"], default=None)
-        for r in rows:
-            if r["batch"] == batch:
-                r["best_peer"] = best and best["label"]
-                r["ratio"] = (r["images_per_s"] / best["images_per_s"]
-                              if best else None)
+        for kind in ("fp32", "bf16"):
+            peers_at = [r for r in rows if r["peer"] and r["batch"] == batch
+                        and _compared_with(r) == kind]
+            best = max(peers_at, key=lambda r: r["images_per_s"],
+                       default=None)
+            for r in rows:
+                if r["batch"] == batch and _compared_with(r) == kind:
+                    r["best_peer"] = best and best["label"]
+                    r["ratio"] = (r["images_per_s"] / best["images_per_s"]
+                                  if best else None)
     return rows
+
+
+def _compared_with(row):
+    """The peers a serving row is compared with: bf16 rows with the bf16
+    peers; fp32 and int8 rows with the fp32 peers (the model's own
+    precision)."""
+    return "bf16" if row["precision"] == "bf16" else "fp32"
 
 
 def serving_recommendation(rows, target=SERVING_TARGET):
@@ -486,7 +520,8 @@ def serving_recommendation(rows, target=SERVING_TARGET):
         holds=(all(v is not None and v >= target for v in ratios.values())
                if all(v is not None for v in ratios.values()) else None),
         fastest_exact=fastest(lambda r: r["exact"]),
-        fastest_int8=fastest(lambda r: r["precision"].startswith("int8")))
+        fastest_int8=fastest(lambda r: r["precision"].startswith("int8")),
+        fastest_bf16=fastest(lambda r: r["precision"] == "bf16"))
 
 
 def _ratio_cell(row):
@@ -551,8 +586,10 @@ def serving_lines(recommended):
              f"of the routes that give the model's numbers): "
              f"{recommended['label']}: {said}{verdict}."]
     for key, what in (("fastest_exact", "Fastest route with the model's "
-                       "numbers"), ("fastest_int8", "Fastest int8 route")):
-        if recommended[key]:
+                       "numbers"), ("fastest_int8", "Fastest int8 route"),
+                      ("fastest_bf16", "Fastest bf16 route (against the "
+                       "bf16 peers)")):
+        if recommended.get(key):
             lines.append(f"{what}: " + "; ".join(
                 at(e, b) for b, e in recommended[key].items()) + ".")
     return lines
@@ -586,6 +623,9 @@ def serving_main(args):
     cpu = peers.cpu_info()
     print(f"{cpu['model']}: {cpu['usable_cpus']} usable CPUs, {cpu['isa']}",
           flush=True)
+    bf16 = wants_bf16(args.bf16, cpu)
+    if not bf16:
+        runtimes = [r for r in runtimes if SERVING[r][1] != "bf16"]
     results = dict(
         note=args.note, variant=args.variant, size=size,
         batches=args.batches, steps=args.steps, warmup=args.warmup,
@@ -623,10 +663,13 @@ def serving_main(args):
             print(f"export {runtime:20s} {res['export_s']:.0f} s, "
                   f"{res['file_mb']:.0f} MB, logits vs Keras: "
                   f"{res['rel_diff_vs_keras']:.1e} (relative)", flush=True)
-        configs = [("ours", r, None) for r in runtimes] + [
-            ("peer", name, b) for name in peer_names for b in batches]
+        configs = [("ours", r, None, None) for r in runtimes] + [
+            ("peer", name, b, None) for name in peer_names for b in batches]
+        if bf16:  # the bf16 routes against the peers' bf16 runs
+            configs += [("peer", name, b, "bfloat16") for name in peer_names
+                        if name in SERVING_BF16_PEERS for b in batches]
         for r in range(args.rounds):
-            for kind, name, batch in configs:
+            for kind, name, batch, precision in configs:
                 if kind == "ours":
                     cmd = [sys.executable, os.path.abspath(__file__),
                            "--child", "serve", "--runtime", name,
@@ -642,7 +685,9 @@ def serving_main(args):
                         for b, v in res["batches"].items())
                 else:
                     res = spawn_peer(dict(impl=name, mode="infer",
-                                          batch=batch, size=size), args)
+                                          batch=batch, size=size,
+                                          precision=precision or "float32"),
+                                     args)
                     speeds = (f"batch {batch}: {res['images_per_s']:.2f} "
                               f"img/s")
                 res["round"] = r
@@ -798,7 +843,8 @@ def check_peers(names):
     needed = {"timm": ["torch", "timm"],
               "timm_channels_last": ["torch", "timm"],
               "timm_compile": ["torch", "timm"],
-              "onnxruntime": ["torch", "timm", "onnx", "onnxruntime"]}
+              "onnxruntime": ["torch", "timm", "onnx", "onnxruntime"],
+              "openvino": ["torch", "timm", "openvino"]}
     missing = sorted({m for n in names for m in needed[n]
                       if importlib.util.find_spec(m) is None})
     if missing:
@@ -811,6 +857,9 @@ def check_peers(names):
 # The timm peers that get a bf16 row (torch.compile's would add its
 # compilation again for little: the eager bf16 rows show bf16's effect).
 BF16_PEERS = ("timm", "timm_channels_last")
+# The serving peers that get a bf16 run where the CPU has bf16 arithmetic
+# (against the OpenVINO bf16 route).
+SERVING_BF16_PEERS = BF16_PEERS + ("openvino",)
 # keras_nfnets' bf16 policy (fp32 variables, bf16 compute).
 KERAS_BF16 = "mixed_bfloat16"
 

@@ -18,6 +18,7 @@ records whether TensorFlow was in the process at its end
         --compile --precision bfloat16 --mode train --batch 64 --size 192
     python benchmarks/peers.py --export_onnx /tmp/f0.onnx --size 256
     python benchmarks/peers.py --impl onnxruntime --onnx /tmp/f0.onnx --size 256
+    python benchmarks/peers.py --impl openvino --size 256 [--precision bfloat16]
 
 `timm_compile` is timm's model under `torch.compile` (inductor, default
 mode): its first step includes the compilation, recorded like every
@@ -26,7 +27,12 @@ compilation fails, the child prints an error row (`error`, with the
 reason) instead of a measurement, and the run goes on without it.
 `--precision bfloat16` runs the forward and the loss under
 `torch.autocast(device, torch.bfloat16)` (the weights and the optimizer
-stay fp32). `--device cuda` (the GPU harness, benchmarks/gpu.py) moves
+stay fp32). `openvino` is timm's model converted by OpenVINO from
+PyTorch in the measuring process (`openvino.convert_model`; OpenVINO
+cannot read timm's ONNX export, whose weight standardization is a
+training-mode BatchNormalization) and compiled for the CPU at fp32, or
+at bf16 with `--precision bfloat16` (OpenVINO's own default on a CPU
+with bf16 arithmetic). `--device cuda` (the GPU harness, benchmarks/gpu.py) moves
 the model and batch to the GPU, synchronises after every step and records
 the device's peak memory.
 
@@ -43,7 +49,8 @@ import time
 
 _START = time.time()
 
-PEERS = ("timm", "timm_channels_last", "timm_compile", "onnxruntime")
+PEERS = ("timm", "timm_channels_last", "timm_compile", "onnxruntime",
+         "openvino")
 # The peers that run timm's model in PyTorch (the others: ONNX Runtime).
 TORCH_PEERS = ("timm", "timm_channels_last", "timm_compile")
 TIMM_MODEL = "dm_nfnet_f0"
@@ -414,6 +421,32 @@ def run_onnxruntime(args):
                    numpy_matmul_gflops(), "numpy")
 
 
+def run_openvino(args):
+    """timm's model converted by OpenVINO from PyTorch and run by its CPU
+    plugin at `--precision` (`INFERENCE_PRECISION_HINT` f32 or bf16)."""
+    import openvino as ov
+    import timm
+    import torch
+    model = _timm_model(args).eval()
+    x = images(args.batch, args.size)
+    t = time.perf_counter()
+    with torch.no_grad():
+        converted = ov.convert_model(model, example_input=torch.from_numpy(x))
+    hint = "bf16" if args.precision == "bfloat16" else "f32"
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    request = compiled.create_infer_request()
+    result = _row(args, framework=f"openvino {ov.__version__} (timm "
+                  f"{timm.__version__}, torch {torch.__version__})",
+                  threads=os.cpu_count(), inference_precision=hint,
+                  convert_s=time.perf_counter() - t,
+                  flops_per_image=_timm_flops_per_image(model, args.size))
+    measured = timed(lambda: request.infer({0: x}), args.warmup, args.steps,
+                     result)
+    return _finish(result, measured, result["flops_per_image"],
+                   numpy_matmul_gflops(), "numpy")
+
+
 def export_onnx(args):
     """timm's model exported to ONNX (the TorchScript exporter, opset 17,
     dynamic batch), for the onnxruntime peer."""
@@ -436,9 +469,9 @@ def export_onnx(args):
 
 
 def _row(args, **fields):
-    torch_peer = args.impl != "onnxruntime"
+    torch_peer = args.impl in TORCH_PEERS
     row = dict(impl=args.impl,
-               backend="torch" if torch_peer else "onnxruntime",
+               backend="torch" if torch_peer else args.impl,
                variant="F0" if args.model == TIMM_MODEL else args.model,
                model=args.model, mode=args.mode, batch=args.batch,
                size=args.size, precision=args.precision,
@@ -520,6 +553,16 @@ def parse_args(argv=None):
             p.error(f"{', '.join(changed)}: only for the timm peers, not "
                     f"onnxruntime (ONNX Runtime runs the export on CPU in "
                     f"fp32)")
+    if args.impl == "openvino" and not args.export_onnx:
+        changed = [flag for flag, on in (
+            ("--mode train", args.mode != "infer"),
+            ("--device cuda", args.device != "cpu"),
+            ("--channels_last", args.channels_last),
+            ("--compile", args.compile)) if on]
+        if changed:
+            p.error(f"{', '.join(changed)}: openvino is a CPU inference "
+                    f"peer (--mode infer, --precision float32 or "
+                    f"bfloat16)")
     return args
 
 
@@ -551,6 +594,8 @@ def main(argv=None):
             result = export_onnx(args)
         elif args.impl == "onnxruntime":
             result = run_onnxruntime(args)
+        elif args.impl == "openvino":
+            result = run_openvino(args)
         else:
             result = run_timm(args)
     finally:

@@ -11,7 +11,8 @@ import statistics
 PEER_NAMES = {"timm": "timm eager",
               "timm_channels_last": "timm channels_last",
               "timm_compile": "timm torch.compile",
-              "onnxruntime": "ONNX Runtime (timm export)"}
+              "onnxruntime": "ONNX Runtime (timm export)",
+              "openvino": "OpenVINO (timm, from PyTorch)"}
 # The speed-ups over the best peer that issue 30 asks for, per mode:
 # training at keras_nfnets' defaults, and inference of the recommended
 # serving route (judged in the serving table, benchmark.py).
@@ -48,7 +49,7 @@ def label(row):
             name = ("timm " if impl == "timm" else name + " + ") + \
                 " + ".join(extras)
         if precision_class(row) == "bf16":
-            name += ", bf16 autocast"
+            name += ", bf16" if impl == "openvino" else ", bf16 autocast"
         if row.get("mode") == "train" and row.get("agc_clipping") is None:
             name += ", no AGC"
         return name

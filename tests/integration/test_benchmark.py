@@ -61,8 +61,13 @@ def test_peer_child_arguments():
                              "train", "--size", "192"])
     assert (args.impl, args.mode, args.batch, args.size) == (
         "timm_channels_last", "train", 8, 192)
+    args = peers.parse_args(["--impl", "openvino", "--precision", "bfloat16"])
+    assert (args.impl, args.mode, args.precision) == (
+        "openvino", "infer", "bfloat16")
     for bad in (["--impl", "onnxruntime", "--mode", "train", "--onnx", "m"],
                 ["--impl", "onnxruntime"],  # no --onnx
+                ["--impl", "openvino", "--mode", "train"],
+                ["--impl", "openvino", "--channels_last"],
                 ["--impl", "tf"],
                 ["--batch", "0"]):
         with pytest.raises(SystemExit):
@@ -736,3 +741,88 @@ def test_conv_gradient_kernels_table(tmp_path):
     assert len(rows) == 2 + 2 and rows[2].startswith("| 3x3 group, stage 4 |")
     with pytest.raises(SystemExit, match="unknown layers"):
         conv_gradients.main(["--layers", "5x5"])
+
+
+def _serving_run(runtime, ips, rnd=0):
+    return dict(impl="keras_nfnets", mode="serve", runtime=runtime,
+                round=rnd, peak_rss_gb=1.0,
+                batches={"1": dict(images_per_s=ips),
+                         "8": dict(images_per_s=2 * ips)})
+
+
+def _serving_peer(impl, batch, ips, precision="float32", rnd=0):
+    return dict(impl=impl, mode="infer", batch=batch, images_per_s=ips,
+                precision=precision, round=rnd, peak_rss_gb=2.0)
+
+
+def test_serving_routes_are_compared_with_peers_of_their_precision():
+    """fp32 and int8 routes against the fp32 peers, the bf16 route against
+    the bf16 peers; the recommended route is a float one that gives the
+    model's numbers, whatever the bf16 and int8 routes reach."""
+    benchmark = _benchmark()
+    data = dict(exports=[
+        dict(runtime="openvino", export_s=5.0, file_mb=286.0,
+             rel_diff_vs_keras=3e-7),
+        dict(runtime="openvino_bf16", export_s=5.0, file_mb=286.0,
+             rel_diff_vs_keras=2e-3),
+        dict(runtime="litert_int8_dynamic", export_s=9.0, file_mb=72.0,
+             rel_diff_vs_keras=0.05)], runs=[
+        _serving_run("keras_folded", 6.0), _serving_run("openvino", 9.0),
+        _serving_run("openvino_bf16", 24.0),
+        _serving_run("litert_int8_dynamic", 40.0),
+        _serving_peer("onnxruntime", 1, 10.0),
+        _serving_peer("onnxruntime", 8, 20.0),
+        _serving_peer("openvino", 1, 30.0, "bfloat16"),
+        _serving_peer("openvino", 8, 40.0, "bfloat16")])
+    rows = {(r["label"], r["batch"]): r for r in benchmark.serving_rows(data)}
+    ov = rows["OpenVINO (folded export)", 1]
+    assert ov["exact"] and ov["best_peer"] == "ONNX Runtime (timm export)"
+    assert ov["ratio"] == pytest.approx(0.9)
+    bf16 = rows["OpenVINO bf16 (folded export)", 8]
+    assert not bf16["exact"] and bf16["precision"] == "bf16"
+    assert bf16["best_peer"] == "OpenVINO (timm, from PyTorch), bf16"
+    assert bf16["ratio"] == pytest.approx(48.0 / 40.0)
+    int8 = rows["LiteRT int8, dynamic-range", 1]
+    assert int8["best_peer"] == "ONNX Runtime (timm export)"
+    peer = rows["OpenVINO (timm, from PyTorch), bf16", 1]
+    assert peer["peer"] and peer["precision"] == "bf16"
+    pick = benchmark.serving_recommendation(list(rows.values()))
+    assert pick["runtime"] == "openvino" and pick["holds"] is False
+    assert pick["fastest_bf16"][8]["label"] == "OpenVINO bf16 (folded export)"
+    assert pick["fastest_int8"][1]["ratio"] == pytest.approx(4.0)
+    lines = benchmark.serving_lines(pick)
+    assert lines[0].startswith("Recommended serving route")
+    assert any(line.startswith("Fastest bf16 route (against the bf16 peers): "
+                               "OpenVINO bf16 (folded export) at batch 1 "
+                               "(0.80×)") for line in lines)
+
+
+def test_serving_run_end_to_end_on_a_tiny_model(tmp_path):
+    """`--serving` on the tiny NFNet at 32 px without peers: the Keras,
+    ONNX and OpenVINO routes exported in their own processes, each
+    artefact's logits checked against the Keras model's, the table and
+    the recommended route."""
+    import os
+    import subprocess
+    _needs("onnxruntime", "openvino", "tf2onnx")
+    out = tmp_path / "serving.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "benchmark.py"),
+         "--serving", "--variant", _tiny_config(), "--serving_peers", "none",
+         "--runtimes", "keras_folded,onnx,openvino", "--batches", "1,2",
+         "--infer_size", "32", "--rounds", "1", "--steps", "1", "--warmup",
+         "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    exports = {e["runtime"]: e for e in data["exports"]}
+    assert set(exports) == {"onnx", "openvino"}
+    for e in exports.values():
+        assert e["rel_diff_vs_keras"] < 1e-5 and e["file_mb"] > 0.5
+    assert {r["runtime"] for r in data["runs"]} == {
+        "keras_folded", "onnx", "openvino"}
+    assert data["runs"][2]["framework"].startswith("openvino ")
+    assert data["recommended"]["runtime"] in {"keras_folded", "onnx",
+                                              "openvino"}
+    assert "| OpenVINO (folded export) | fp32 |" in proc.stdout
