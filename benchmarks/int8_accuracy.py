@@ -1,7 +1,9 @@
-"""The int8 exports' accuracy change, on a model this repository trains.
+"""The int8 and bf16 routes' accuracy change, on a model this repository
+trains.
 
 `keras_nfnets.export_quantized` writes int8 LiteRT / ONNX artefacts whose
-numbers are not the model's. This measures by how much, on the offline
+numbers are not the model's, and OpenVINO computes an fp32 IR in bf16 by
+default on a CPU with bf16 arithmetic. This measures by how much, on the offline
 demo model (`python -m training.train --demo`: a small NFNet trained on
 the bundled CIFAR-10 JPEGs) and its 1,000 held-out images, preprocessed as
 the training program evaluates them (`training.evaluate`): top-1 against
@@ -9,7 +11,8 @@ the labels, agreement of each prediction with the float Keras model's,
 and the mean and largest change of the logits, for the float Keras model,
 its float exports (which must give its numbers) and each int8 export
 (dynamic-range, and full-integer calibrated on training images, never on
-the held-out ones).
+the held-out ones), and its OpenVINO IR run at fp32 and, where the CPU
+has bf16 arithmetic, at bf16.
 
     python benchmarks/int8_accuracy.py --out benchmarks/results_int8.json
     python benchmarks/int8_accuracy.py --model_dir /tmp/demo --formats litert
@@ -33,7 +36,14 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402  (cpu_info; no TensorFlow or torch at import)
 
-FORMATS = ("litert", "onnx")
+FORMATS = ("litert", "onnx", "openvino")
+# The precisions measured per format: (precision, calibrated?).
+PRECISIONS = {
+    "litert": ("fp32", "int8 dynamic-range", "int8 full-integer"),
+    "onnx": ("fp32", "int8 dynamic-range", "int8 full-integer"),
+    "openvino": ("fp32", "bf16"),
+}
+SUFFIX = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
 
 
 def train_demo(model_dir):
@@ -80,6 +90,15 @@ def run_onnx(path, x, batch=100):
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
+
+
+def run_openvino(path, x, batch=100, precision="fp32"):
+    import numpy as np
+    import openvino as ov
+    compiled = ov.Core().compile_model(path, "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+    return np.concatenate([compiled(x[i:i + batch])[0]
                            for i in range(0, len(x), batch)])
 
 
@@ -146,27 +165,37 @@ def main(argv=None):
     reference = np.asarray(model.predict(x, batch_size=100, verbose=0))
     rows = [dict(route="keras", format="keras", precision="fp32",
                  **compare(reference, reference, labels))]
-    runners = {"litert": run_litert, "onnx": run_onnx}
-    suffix = {"litert": ".tflite", "onnx": ".onnx"}
+    cpu = peers.cpu_info()
     folded = keras_nfnets.fold_weight_standardization(model)
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in formats:
-            for precision, data_ in (("fp32", None),
-                                     ("int8 dynamic-range", None),
-                                     ("int8 full-integer", calibration)):
-                path = os.path.join(tmp, precision.split()[-1] + suffix[fmt])
+            for precision in PRECISIONS[fmt]:
+                if precision == "bf16" and not cpu.get("bf16"):
+                    print(f"{fmt} bf16: skipped (this CPU has no bf16 "
+                          f"arithmetic)", flush=True)
+                    continue
+                data_ = calibration if precision.endswith(
+                    "full-integer") else None
+                path = os.path.join(tmp, precision.split()[-1] + SUFFIX[fmt])
                 t = time.perf_counter()
-                if precision == "fp32":
-                    folded.export(path, format=fmt, verbose=False)
-                else:
+                if precision.startswith("int8"):
                     keras_nfnets.export_quantized(
                         model, path, format=fmt, calibration_data=data_,
                         verbose=False)
+                else:
+                    folded.export(path, format=fmt, verbose=False)
                 export_s = time.perf_counter() - t
-                logits = runners[fmt](path, x)
+                if fmt == "openvino":
+                    logits = run_openvino(path, x, precision=precision)
+                else:
+                    logits = {"litert": run_litert, "onnx": run_onnx}[fmt](
+                        path, x)
+                weights = os.path.splitext(path)[0] + ".bin"
+                size = os.path.getsize(path) + (
+                    os.path.getsize(weights) if fmt == "openvino" else 0)
                 row = dict(route=f"{fmt} {precision}", format=fmt,
                            precision=precision, export_s=export_s,
-                           file_mb=os.path.getsize(path) / 1e6,
+                           file_mb=size / 1e6,
                            calibration_images=(None if data_ is None
                                                else len(data_)),
                            **compare(logits.reshape(reference.shape),
@@ -186,7 +215,7 @@ def main(argv=None):
         held_out_images=len(x), image_size=int(x.shape[1]),
         calibration_images=len(calibration),
         calibration_from="training split, a fixed random sample (seed 0)",
-        cpu=peers.cpu_info(), framework=_versions(),
+        cpu=cpu, framework=_versions(),
         command="python benchmarks/int8_accuracy.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None
                                      else sys.argv[1:])),
@@ -202,7 +231,8 @@ def main(argv=None):
 def _versions():
     from importlib.metadata import PackageNotFoundError, version
     out = {}
-    for name in ("tensorflow", "keras", "onnxruntime", "ai-edge-litert"):
+    for name in ("tensorflow", "keras", "onnxruntime", "ai-edge-litert",
+                 "openvino"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
