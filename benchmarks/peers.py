@@ -544,26 +544,29 @@ def parse_args(argv=None):
         if not args.onnx:
             p.error("--impl onnxruntime needs --onnx PATH (made by "
                     "--export_onnx PATH)")
-        changed = [flag for flag, on in (
-            ("--device cuda", args.device != "cpu"),
-            ("--precision bfloat16", args.precision != "float32"),
-            ("--channels_last", args.channels_last),
-            ("--compile", args.compile)) if on]
+        changed = _torch_only_flags(args, precision=True)
         if changed:
             p.error(f"{', '.join(changed)}: only for the timm peers, not "
                     f"onnxruntime (ONNX Runtime runs the export on CPU in "
                     f"fp32)")
     if args.impl == "openvino" and not args.export_onnx:
-        changed = [flag for flag, on in (
-            ("--mode train", args.mode != "infer"),
-            ("--device cuda", args.device != "cpu"),
-            ("--channels_last", args.channels_last),
-            ("--compile", args.compile)) if on]
+        changed = (["--mode train"] if args.mode != "infer" else []) + \
+            _torch_only_flags(args, precision=False)
         if changed:
             p.error(f"{', '.join(changed)}: openvino is a CPU inference "
                     f"peer (--mode infer, --precision float32 or "
                     f"bfloat16)")
     return args
+
+
+def _torch_only_flags(args, precision):
+    """The flags given that only the PyTorch peers take (`precision`: the
+    bf16 one among them)."""
+    return [flag for flag, on in (
+        ("--device cuda", args.device != "cpu"),
+        ("--precision bfloat16", precision and args.precision != "float32"),
+        ("--channels_last", args.channels_last),
+        ("--compile", args.compile)) if on]
 
 
 def cold_compile_cache():
