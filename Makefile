@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-int8 bench-contended \
+.PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-int8 bench-agc bench-contended \
 	bench-profile bench-first-step bench-conv bench-all bench-venv bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -129,7 +129,7 @@ bench-venv: $(BENCH_STAMP)
 
 # `make bench`: the peer run (the README's table), the serving run, remat by
 # memory and the int8 accuracy of the demo model.
-bench: bench-peers bench-serving bench-remat bench-int8
+bench: bench-peers bench-serving bench-remat bench-int8 bench-agc
 
 # keras_nfnets against timm (eager, channels_last, torch.compile) and ONNX
 # Runtime on timm's export, interleaved over rounds in one run: the
@@ -151,6 +151,11 @@ bench-serving: $(BENCH_STAMP)
 # when --model_dir has none) on its held-out images, fp32 Keras against
 # each int8 export (docs/performance.md). An accuracy, not a speed: it runs
 # in the test venv, which has the training program's packages.
+# AGC's per-step cost on each side (keras_nfnets, timm), two models
+# stepping alternately in one process per side.
+bench-agc: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/agc_cost.py --out benchmarks/results_agc_cost.json
+
 bench-int8: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/int8_accuracy.py --note "$(BENCH_NOTE)" --out benchmarks/results_int8.json
 

@@ -303,6 +303,32 @@ def failed(result, phase, reason):
     return result
 
 
+def timm_train_step(model, run, x, y, clip, autocast=None):
+    """One training step of `model` (called through `run`, e.g. its
+    `torch.compile` wrapper): Nesterov SGD (0.1, momentum 0.9) on the
+    cross-entropy, with timm's `adaptive_clip_grad(clip_factor=clip)`
+    before the update when `clip > 0`; returns `step()`."""
+    import contextlib
+    import torch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                          nesterov=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    autocast = autocast or contextlib.nullcontext
+    if clip > 0:
+        from timm.utils import adaptive_clip_grad
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(run(x), y)
+        loss.backward()
+        if clip > 0:
+            adaptive_clip_grad(model.parameters(), clip_factor=clip)
+        opt.step()
+        return loss.item()  # synchronises
+    return step
+
+
 def run_timm(args):
     if uses_compile(args) and args.device == "cpu" and not cxx_compiler():
         # Known before torch is imported: no measurement is possible.
@@ -351,22 +377,7 @@ def run_timm(args):
         model.train()
         y = torch.from_numpy(np.random.default_rng(0).integers(
             0, 1000, (args.batch,))).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                              nesterov=True)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        clip = args.agc_clipping
-        if clip > 0:
-            from timm.utils import adaptive_clip_grad
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn(run(x), y)
-            loss.backward()
-            if clip > 0:
-                adaptive_clip_grad(model.parameters(), clip_factor=clip)
-            opt.step()
-            return loss.item()  # synchronises
+        step = timm_train_step(model, run, x, y, args.agc_clipping, autocast)
         work = 3 * result["flops_per_image"]
     else:
         model.eval()

@@ -159,6 +159,20 @@ def f0_int8(source="benchmarks/results_int8.json"):
     return "\n".join(lines + ["", _provenance(source)])
 
 
+def f0_agc_cost(source="benchmarks/results_agc_cost.json"):
+    """AGC's per-step cost on each side, two models stepping alternately
+    in one process per side (`benchmarks/agc_cost.py`)."""
+    from benchmarks import agc_cost
+    data = _load(source)
+    rows = data["rows"]
+    return "\n".join([
+        _summary().cpu_line(rows) + ".", "",
+        f"Batch {rows[0]['batch']} x {rows[0]['size']} px, AGC clip factor "
+        f"{rows[0]['clip_factor']}, {rows[0]['warmup']} warm-up steps of "
+        "each model, then pairs of steps in alternating order.", "",
+        agc_cost.table(rows), "", data["verdict"], "", _provenance(source)])
+
+
 def f0_remat(source="benchmarks/results_remat.json"):
     """`remat="auto"` by memory: F0 training at a large batch in a
     memory-limited cgroup, auto against remat off
@@ -411,7 +425,7 @@ TABLES = {"f0_cpu": f0_cpu, "f0_backends": f0_backends,
           "f0_peers": f0_peers,
           "f0_contended": f0_contended, "f0_targets": f0_targets, "f0_roofline": f0_roofline,
           "f0_profile": f0_profile, "f0_first_step": f0_first_step,
-          "f0_agc": f0_agc}
+          "f0_agc": f0_agc, "f0_agc_cost": f0_agc_cost}
 
 
 def repository_slug():

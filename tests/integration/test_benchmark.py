@@ -826,3 +826,49 @@ def test_serving_run_end_to_end_on_a_tiny_model(tmp_path):
     assert data["recommended"]["runtime"] in {"keras_folded", "onnx",
                                               "openvino"}
     assert "| OpenVINO (folded export) | fp32 |" in proc.stdout
+
+
+def test_agc_cost_alternates_and_takes_the_median_of_pairs():
+    agc_cost = importlib.import_module("benchmarks.agc_cost")
+    calls = []
+    on, off = agc_cost.alternate(3, lambda: calls.append("on"),
+                                 lambda: calls.append("off"), warmup=1)
+    assert calls == ["on", "off", "on", "off", "off", "on", "on", "off"]
+    assert len(on) == len(off) == 3
+    assert agc_cost.overhead([1.1, 2.4, 1.0], [1.0, 2.0, 1.0]) == \
+        pytest.approx(0.1)
+    rows = [dict(side="keras_nfnets", on_median_s=2.3, off_median_s=2.25,
+                 overhead=0.02, steps=10),
+            dict(side="timm", on_median_s=2.7, off_median_s=2.5,
+                 overhead=0.08, steps=10)]
+    assert "| keras_nfnets | 2.30 | 2.25 | +2.0 % | 10 |" in \
+        agc_cost.table(rows)
+    assert agc_cost.verdict(rows).endswith("met.")
+    assert agc_cost.verdict(rows[::-1][:1]) is None
+    rows[0]["overhead"] = 0.09
+    assert agc_cost.verdict(rows).endswith("not met.")
+
+
+def test_agc_cost_run_on_tiny_models(tmp_path):
+    """benchmarks/agc_cost.py end to end: each side (the tiny NFNet in
+    Keras, timm's test_nfnet) in its own process, two models each, with and
+    without AGC; the JSON, the table and the verdict."""
+    import os
+    import subprocess
+    _needs("torch", "timm")
+    out = tmp_path / "agc.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "agc_cost.py"),
+         "--variant", _tiny_config(), "--timm_model", "test_nfnet",
+         "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [r["side"] for r in data["rows"]] == ["keras_nfnets", "timm"]
+    for r in data["rows"]:
+        assert len(r["on_s"]) == len(r["off_s"]) == 2
+        assert r["cpu"]["model"]
+    assert data["verdict"].startswith("AGC's per-step overhead")
+    assert "| timm |" in proc.stdout
