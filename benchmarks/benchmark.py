@@ -951,8 +951,8 @@ def build_configs(args, train_size, infer_size, peer_names):
                     for spec in args.compare_threads:
                         configs.append(dict(base, tf_threads=spec))
         for name in peer_names:
-            if name == "onnxruntime" and mode != "infer":
-                continue
+            if name not in peers.TORCH_PEERS and mode != "infer":
+                continue  # ONNX Runtime and OpenVINO: inference peers
             configs.append(dict(impl=name, mode=mode, batch=args.batch,
                                 size=size))
             if (name == "timm" and mode == "train"

@@ -130,11 +130,12 @@ def test_an_interleaved_round_pairs_each_mode_with_its_peers():
     assert {c["size"] for c in train} == {192}
     assert [c.get("remat") for c in train[:2]] == ["auto", "on"]
     assert train[2]["tf_threads"] == "0:1"
-    # ONNX Runtime is an inference peer only.
+    # ONNX Runtime and OpenVINO are inference peers only.
     assert [c.get("impl", "keras") for c in infer] == [
-        "keras", "timm", "timm_channels_last", "timm_compile", "onnxruntime"]
+        "keras", "timm", "timm_channels_last", "timm_compile", "onnxruntime",
+        "openvino"]
     common = types.SimpleNamespace(steps=3, warmup=1, agc_clipping=0.01)
-    cmd = benchmark.peer_command(infer[-1], common,
+    cmd = benchmark.peer_command(infer[-2], common,
                                  dict(path="/x.onnx", flops_per_image=2e9))
     assert cmd[1].endswith("peers.py")
     assert peers.parse_args(cmd[2:]).onnx == "/x.onnx"
