@@ -32,7 +32,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402  (no TensorFlow or torch at import)
+import benchmark  # noqa: E402  (no TensorFlow or torch at import)
+import peers  # noqa: E402
 
 SIDES = ("keras_nfnets", "timm")
 CLIP = 0.01
@@ -75,11 +76,7 @@ def keras_steps(args):
         model = keras_nfnets.NFNet(args.variant, weights=None,
                                    input_shape=(args.size, args.size, 3),
                                    classifier_activation=None)
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-            loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True),
-            agc_clipping=clip)
+        model.compile(**benchmark.sgd_training(), agc_clipping=clip)
         steps[name] = (lambda m: lambda: m.train_on_batch(x, y))(model)
     import tensorflow as tf
     return steps, f"tensorflow {tf.__version__}, keras {keras.__version__}"

@@ -154,8 +154,7 @@ def run_child(args):
     if args.child == "train":
         y = rng.integers(0, 1000, (args.batch,))
         compile_kwargs = dict(
-            optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            sgd_training(),
             # --jit is XLA on TensorFlow; JAX always compiles (XLA), and
             # "auto" is eager on PyTorch.
             jit_compile=args.jit if args.backend == "tensorflow" else "auto")
@@ -343,7 +342,7 @@ def run_serving_child(args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _artefact_mb(path):
+def artefact_mb(path):
     """An artefact's size: a folder's files, or a file with its weights
     (OpenVINO's `.xml` and `.bin`)."""
     if os.path.isdir(path):
@@ -401,7 +400,7 @@ def run_serving_export(args):
             folded, path, format=runtime.split("_")[0],
             calibration_data=calibration, verbose=False)
     result["export_s"] = time.perf_counter() - t
-    result["file_mb"] = _artefact_mb(path)
+    result["file_mb"] = artefact_mb(path)
     x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
     expected = np.asarray(model(x, training=False))
     got = np.asarray(_serving_runner(runtime, path, args.variant, size,
@@ -707,6 +706,16 @@ def serving_main(args):
     print()
     for line in serving_lines(results["recommended"]):
         print(line)
+
+
+def sgd_training():
+    """The training setup both sides of every comparison use: Nesterov
+    SGD (0.1, momentum 0.9) on the cross-entropy of logits, as
+    `model.compile` arguments (timm's: `peers.timm_train_step`)."""
+    import keras
+    return dict(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
 def _agc_kwargs(args):

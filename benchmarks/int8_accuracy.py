@@ -34,6 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark  # noqa: E402  (artefact_mb; no TensorFlow at import)
 import peers  # noqa: E402  (cpu_info; no TensorFlow or torch at import)
 
 FORMATS = ("litert", "onnx", "openvino")
@@ -190,12 +191,9 @@ def main(argv=None):
                 else:
                     logits = {"litert": run_litert, "onnx": run_onnx}[fmt](
                         path, x)
-                weights = os.path.splitext(path)[0] + ".bin"
-                size = os.path.getsize(path) + (
-                    os.path.getsize(weights) if fmt == "openvino" else 0)
                 row = dict(route=f"{fmt} {precision}", format=fmt,
                            precision=precision, export_s=export_s,
-                           file_mb=size / 1e6,
+                           file_mb=benchmark.artefact_mb(path),
                            calibration_images=(None if data_ is None
                                                else len(data_)),
                            **compare(logits.reshape(reference.shape),
