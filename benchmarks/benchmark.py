@@ -384,8 +384,7 @@ def run_serving_export(args):
                                   ).astype("float32")
         result["calibration_inputs"] = args.calibration
     t = time.perf_counter()
-    if runtime in ("saved_model", "onnx", "litert", "openvino",
-                   "openvino_bf16"):
+    if not precision.startswith("int8"):  # the float artefacts
         folded.export(path, format={
             "saved_model": "tf_saved_model", "openvino_bf16": "openvino",
         }.get(runtime, runtime), verbose=False)

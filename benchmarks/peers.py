@@ -51,7 +51,8 @@ _START = time.time()
 
 PEERS = ("timm", "timm_channels_last", "timm_compile", "onnxruntime",
          "openvino")
-# The peers that run timm's model in PyTorch (the others: ONNX Runtime).
+# The peers that run timm's model in PyTorch (the others, ONNX Runtime and
+# OpenVINO, are inference peers).
 TORCH_PEERS = ("timm", "timm_channels_last", "timm_compile")
 TIMM_MODEL = "dm_nfnet_f0"
 # ImageNet mean / std (timm's default for dm_nfnet_f0): inputs are drawn in

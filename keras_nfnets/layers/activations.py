@@ -121,6 +121,9 @@ def _lean_scaled(fn, gamma, derivative):
     `_lean_backward`); the plain product in a traced export."""
     backward = _lean_backward(derivative, float(gamma))
 
+    def forward(x):
+        return fn(x) * ops.cast(gamma, x.dtype)
+
     @ops.custom_gradient
     def scaled(x):
         def grad(*args, upstream=None):
@@ -128,11 +131,11 @@ def _lean_scaled(fn, gamma, derivative):
                 (upstream,) = args
             return backward(x, upstream)
 
-        return fn(x) * ops.cast(gamma, x.dtype), grad
+        return forward(x), grad
 
     def call(x):
         if runtime.exporting():  # the same values, no gradient to carry
-            return fn(x) * ops.cast(gamma, x.dtype)
+            return forward(x)
         return scaled(x)
 
     return call
