@@ -169,7 +169,9 @@ def f0_agc_cost(source="benchmarks/results_agc_cost.json"):
         _summary().cpu_line(rows) + ".", "",
         f"Batch {rows[0]['batch']} x {rows[0]['size']} px, AGC clip factor "
         f"{rows[0]['clip_factor']}, {rows[0]['warmup']} warm-up steps of "
-        "each model, then pairs of steps in alternating order.", "",
+        "each model, then pairs of whole steps in alternating order; then "
+        "pairs of optimizer updates, with and without AGC, of the same "
+        f"fixed gradients (normal, scale {rows[0]['grad_scale']:g}).", "",
         agc_cost.table(rows), "", data["verdict"], "", _provenance(source)])
 
 

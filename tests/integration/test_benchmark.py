@@ -836,17 +836,36 @@ def test_agc_cost_alternates_and_takes_the_median_of_pairs():
                                  lambda: calls.append("off"), warmup=1)
     assert calls == ["on", "off", "on", "off", "off", "on", "on", "off"]
     assert len(on) == len(off) == 3
+    calls.clear()
+    agc_cost.alternate(1, lambda: calls.append("on"),
+                       lambda: calls.append("off"), warmup=1,
+                       prepare=lambda: calls.append("prepare"))
+    assert calls == ["prepare", "on", "prepare", "off"] * 2
     assert agc_cost.overhead([1.1, 2.4, 1.0], [1.0, 2.0, 1.0]) == \
         pytest.approx(0.1)
+    assert agc_cost.added([0.3, 0.25, 0.5], [0.2, 0.2, 0.2]) == \
+        pytest.approx(0.1)
+    low, high = agc_cost.quartiles([1.0, 1.1, 1.2, 1.3, 1.4],
+                                   [1.0] * 5)
+    assert low < 0.1 < 0.3 < high
     rows = [dict(side="keras_nfnets", on_median_s=2.3, off_median_s=2.25,
-                 overhead=0.02, steps=10),
+                 overhead=0.02, overhead_quartiles=(-0.01, 0.05), steps=20,
+                 update_on_median_s=0.22, update_off_median_s=0.2,
+                 update_added_s=0.02, update_share=0.02 / 2.25,
+                 update_reps=30),
             dict(side="timm", on_median_s=2.7, off_median_s=2.5,
-                 overhead=0.08, steps=10)]
-    assert "| keras_nfnets | 2.30 | 2.25 | +2.0 % | 10 |" in \
-        agc_cost.table(rows)
+                 overhead=0.08, overhead_quartiles=(0.0, 0.1), steps=20,
+                 update_on_median_s=0.33, update_off_median_s=0.13,
+                 update_added_s=0.2, update_share=0.08, update_reps=30)]
+    assert ("| keras_nfnets | 2.30 | 2.25 | +2.0 % (-1.0 to +5.0) | 220 | "
+            "200 | +20 | +0.9 % | 20 / 30 |") in agc_cost.table(rows)
     assert agc_cost.verdict(rows).endswith("met.")
+    assert "keras_nfnets +0.9 %, timm +8.0 %" in agc_cost.verdict(rows)
     assert agc_cost.verdict(rows[::-1][:1]) is None
+    # The verdict reads the update measurement, not the whole steps.
     rows[0]["overhead"] = 0.09
+    assert not agc_cost.verdict(rows).endswith("not met.")
+    rows[0]["update_share"] = 0.081
     assert agc_cost.verdict(rows).endswith("not met.")
 
 
@@ -862,7 +881,7 @@ def test_agc_cost_run_on_tiny_models(tmp_path):
         [sys.executable, str(REPO / "benchmarks" / "agc_cost.py"),
          "--variant", _tiny_config(), "--timm_model", "test_nfnet",
          "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
-         "--out", str(out)],
+         "--update_reps", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -870,6 +889,8 @@ def test_agc_cost_run_on_tiny_models(tmp_path):
     assert [r["side"] for r in data["rows"]] == ["keras_nfnets", "timm"]
     for r in data["rows"]:
         assert len(r["on_s"]) == len(r["off_s"]) == 2
+        assert len(r["update_on_s"]) == len(r["update_off_s"]) == 2
+        assert r["update_on_median_s"] > 0 and r["update_off_median_s"] > 0
         assert r["cpu"]["model"]
-    assert data["verdict"].startswith("AGC's per-step overhead")
+    assert data["verdict"].startswith("AGC's cost per step")
     assert "| timm |" in proc.stdout
