@@ -95,7 +95,8 @@ def _fixed_gradients(shapes):
     numpy arrays: the same values whatever the framework."""
     import numpy as np
     rng = np.random.default_rng(0)
-    return [(rng.standard_normal(tuple(s), dtype="float32") * GRAD_SCALE)
+    return [np.asarray(rng.standard_normal(tuple(s), dtype="float32")
+                       * GRAD_SCALE, dtype="float32")  # () too: an array
             for s in shapes]
 
 

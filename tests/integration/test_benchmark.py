@@ -8,6 +8,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -845,6 +846,11 @@ def test_agc_cost_alternates_and_takes_the_median_of_pairs():
         pytest.approx(0.1)
     assert agc_cost.added([0.3, 0.25, 0.5], [0.2, 0.2, 0.2]) == \
         pytest.approx(0.1)
+    # A scalar parameter (timm's skip gains) gets an array too.
+    grads = agc_cost._fixed_gradients([(), (2, 3)])
+    assert [g.shape for g in grads] == [(), (2, 3)]
+    assert all(isinstance(g, np.ndarray) and g.dtype == np.float32
+               for g in grads)
     low, high = agc_cost.quartiles([1.0, 1.1, 1.2, 1.3, 1.4],
                                    [1.0] * 5)
     assert low < 0.1 < 0.3 < high
