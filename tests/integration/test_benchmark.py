@@ -866,7 +866,10 @@ def test_agc_cost_alternates_and_takes_the_median_of_pairs():
     assert ("| keras_nfnets | 2.30 | 2.25 | +2.0 % (-1.0 to +5.0) | 220 | "
             "200 | +20 | +0.9 % | 20 / 30 |") in agc_cost.table(rows)
     assert agc_cost.verdict(rows).endswith("met.")
-    assert "keras_nfnets +0.9 %, timm +8.0 %" in agc_cost.verdict(rows)
+    assert ("+0.9 % of the step, in the update (timm: +8.0 %); whole steps"
+            ", median of pairs: +2.0 % (timm: +8.0 %)") in \
+        agc_cost.verdict(rows)
+    assert agc_cost.target(rows)["holds"]
     assert agc_cost.verdict(rows[::-1][:1]) is None
     # The verdict reads the update measurement, not the whole steps.
     rows[0]["overhead"] = 0.09
@@ -898,5 +901,5 @@ def test_agc_cost_run_on_tiny_models(tmp_path):
         assert len(r["update_on_s"]) == len(r["update_off_s"]) == 2
         assert r["update_on_median_s"] > 0 and r["update_off_median_s"] > 0
         assert r["cpu"]["model"]
-    assert data["verdict"].startswith("AGC's cost per step")
+    assert data["verdict"].startswith("AGC's per-step cost: ")
     assert "| timm |" in proc.stdout
