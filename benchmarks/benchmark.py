@@ -228,8 +228,6 @@ SERVING = {
     "openvino_bf16": ("OpenVINO bf16 (folded export)", "bf16",
                       "folded_bf16.xml"),
 }
-# OpenVINO's INFERENCE_PRECISION_HINT for each of its routes.
-OPENVINO_PRECISION = {"openvino": "f32", "openvino_bf16": "bf16"}
 SERVING_RUNTIMES = tuple(SERVING)
 SERVING_PEERS = "timm,timm_channels_last,onnxruntime,openvino"
 # The target for the recommended serving route.
@@ -284,7 +282,8 @@ def _serving_runner(runtime, path, variant, size, result):
     if runtime.startswith("openvino"):
         import openvino as ov
         compiled = ov.Core().compile_model(path, "CPU", {
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[runtime]})
+            "INFERENCE_PRECISION_HINT": peers.OPENVINO_HINTS[
+                SERVING[runtime][1]]})
         request = compiled.create_infer_request()
         result["framework"] = f"openvino {ov.__version__}"
         return lambda x: (lambda: request.infer({0: x})[0])

@@ -433,6 +433,11 @@ def run_onnxruntime(args):
                    numpy_matmul_gflops(), "numpy")
 
 
+#: OpenVINO's INFERENCE_PRECISION_HINT for a serving precision (the
+#: precision column of benchmark.SERVING; the peer's `--precision`).
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
 def run_openvino(args):
     """timm's model converted by OpenVINO from PyTorch and run by its CPU
     plugin at `--precision` (`INFERENCE_PRECISION_HINT` f32 or bf16)."""
@@ -444,7 +449,7 @@ def run_openvino(args):
     t = time.perf_counter()
     with torch.no_grad():
         converted = ov.convert_model(model, example_input=torch.from_numpy(x))
-    hint = "bf16" if args.precision == "bfloat16" else "f32"
+    hint = OPENVINO_HINTS["bf16" if args.precision == "bfloat16" else "fp32"]
     compiled = ov.Core().compile_model(
         converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
