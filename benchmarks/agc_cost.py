@@ -45,6 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # noqa: E402  (no TensorFlow or torch at import)
 import peers  # noqa: E402
+import summary  # noqa: E402
 
 SIDES = ("keras_nfnets", "timm")
 CLIP = 0.01
@@ -175,8 +176,7 @@ def timm_updates(models):
     for ps in params.values():
         for p, g in zip(ps, grads):
             p.grad = g.clone()
-    opts = {name: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True)
-            for name, ps in params.items()}
+    opts = {name: peers.timm_sgd(ps) for name, ps in params.items()}
 
     def prepare():
         with torch.no_grad():
@@ -193,14 +193,14 @@ def timm_updates(models):
 
 def run_side(args):
     """One side's measurement in this process; a RESULT line."""
-    steps, updates, framework = (keras_steps if args.side == "keras_nfnets"
-                                 else timm_steps)(args)
+    steps, make_updates, framework = (
+        keras_steps if args.side == "keras_nfnets" else timm_steps)(args)
     on, off = alternate(args.steps, steps["on"], steps["off"], args.warmup)
     # After the steps: the fixed gradients move the weights anywhere.
-    updates, prepare = updates()
+    updates, prepare = make_updates()
     u_on, u_off = alternate(args.update_reps, updates["on"], updates["off"],
                             args.warmup, prepare)
-    off_median = statistics.median(off)
+    off_median, update_added = statistics.median(off), added(u_on, u_off)
     result = dict(side=args.side, framework=framework, batch=args.batch,
                   size=args.size, clip_factor=CLIP, warmup=args.warmup,
                   steps=args.steps, on_s=[round(t, 4) for t in on],
@@ -214,8 +214,8 @@ def run_side(args):
                   update_off_s=[round(t, 5) for t in u_off],
                   update_on_median_s=statistics.median(u_on),
                   update_off_median_s=statistics.median(u_off),
-                  update_added_s=added(u_on, u_off),
-                  update_share=added(u_on, u_off) / off_median,
+                  update_added_s=update_added,
+                  update_share=update_added / off_median,
                   cpu=peers.cpu_info(), peak_rss_gb=peers.peak_rss_gb())
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -255,7 +255,7 @@ def target(rows):
         return None
     ours, theirs = by["keras_nfnets"], by["timm"]
     return dict(
-        target="AGC's per-step cost ≤ timm's own",
+        target=summary.AGC_TARGET,
         measured=(f"{100 * ours['update_share']:+.1f} % of the step, in the "
                   f"update (timm: {100 * theirs['update_share']:+.1f} %); "
                   f"whole steps, median of pairs: "

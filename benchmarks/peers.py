@@ -304,6 +304,13 @@ def failed(result, phase, reason):
     return result
 
 
+def timm_sgd(params):
+    """The optimizer of timm's side of every comparison: Nesterov SGD
+    (0.1, momentum 0.9), as `benchmark.sgd_training` on the Keras side."""
+    import torch
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True)
+
+
 def timm_train_step(model, run, x, y, clip, autocast=None):
     """One training step of `model` (called through `run`, e.g. its
     `torch.compile` wrapper): Nesterov SGD (0.1, momentum 0.9) on the
@@ -311,8 +318,7 @@ def timm_train_step(model, run, x, y, clip, autocast=None):
     before the update when `clip > 0`; returns `step()`."""
     import contextlib
     import torch
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                          nesterov=True)
+    opt = timm_sgd(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     autocast = autocast or contextlib.nullcontext
     if clip > 0:
