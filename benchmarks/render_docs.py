@@ -172,7 +172,8 @@ def f0_agc_cost(source="benchmarks/results_agc_cost.json"):
         "each model, then pairs of whole steps in alternating order; then "
         "pairs of optimizer updates, with and without AGC, of the same "
         f"fixed gradients (normal, scale {rows[0]['grad_scale']:g}).", "",
-        agc_cost.table(rows), "", data["verdict"], "", _provenance(source)])
+        agc_cost.table(rows), "", agc_cost.verdict(rows), "",
+        _provenance(source)])
 
 
 def f0_remat(source="benchmarks/results_remat.json"):
