@@ -141,8 +141,9 @@ bench-peers: $(BENCH_STAMP)
 
 # F0 inference at batch 1 and 8: the Keras model, its folded copy, its
 # three export formats and its int8 exports, against timm (eager,
-# channels_last) and ONNX Runtime on timm's export, interleaved over rounds
-# (docs/performance.md, "Inference and export").
+# channels_last, torch.compile), ONNX Runtime on timm's export and OpenVINO
+# on timm's model, interleaved over rounds, each process also measuring
+# this CPU's fp32 ceiling (docs/performance.md, "Inference and export").
 bench-serving: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --serving --serving_peers $(BENCH_PEERS),openvino \
 	  --rounds 2 --steps 3 --warmup 2 --note "$(BENCH_NOTE)" $(BENCH_ARGS) --out benchmarks/results_serving.json

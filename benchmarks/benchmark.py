@@ -338,6 +338,7 @@ def run_serving_child(args):
             images_per_s=batch / statistics.median(measured),
             ms_per_batch=1000 * statistics.median(measured))
     result["peak_rss_gb"] = peers.peak_rss_gb()
+    result["ceiling_gflops"] = peers.gemm_ceiling_gflops()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -592,6 +593,75 @@ def serving_lines(recommended):
     return lines
 
 
+def serving_ceiling(data, rows, target=SERVING_TARGET):
+    """Per batch, the model's compute rate (its FLOPs per image x
+    images/s, in GFLOP/s) of the best fp32 peer and of the fastest route
+    with the model's numbers, against this CPU's fp32 ceiling (the median
+    over the run's processes of `peers.gemm_ceiling_gflops`), and the rate
+    that `target` x the best peer needs: over the ceiling, no fp32 route
+    with the model's FLOPs reaches the target on this CPU. [] for a run
+    without peers or recorded before the ceiling."""
+    ceilings = [r["ceiling_gflops"] for r in data["runs"]
+                if r.get("ceiling_gflops")]
+    flops = next((r["flops_per_image"] for r in data["runs"]
+                  if summary.is_peer(r) and r.get("flops_per_image")), None)
+    if not ceilings or not flops:
+        return []
+    ceiling = statistics.median(ceilings)
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        at = [r for r in rows if r["batch"] == batch
+              and r["precision"] == "fp32"]
+        peer = next((r for r in at if r["peer"]
+                     and r["label"] == r.get("best_peer")), None)
+        exact = [r for r in at if r["exact"]]
+        if peer is None or not exact:
+            continue
+        ours = max(exact, key=lambda r: r["images_per_s"])
+        rate = lambda r: r["images_per_s"] * flops / 1e9  # noqa: E731
+        out.append(dict(
+            batch=batch, ceiling_gflops=ceiling,
+            ceiling_range=(min(ceilings), max(ceilings)),
+            processes=len(ceilings), peer=peer["label"],
+            peer_images_per_s=peer["images_per_s"],
+            peer_gflops=rate(peer), ours=ours["label"],
+            ours_images_per_s=ours["images_per_s"], ours_gflops=rate(ours),
+            target=target, need_gflops=target * rate(peer)))
+    return out
+
+
+def serving_ceiling_table(lines):
+    """Markdown for `serving_ceiling`: rates as GFLOP/s (% of the
+    ceiling)."""
+    if not lines:
+        return ""
+
+    def share(gflops, line):
+        return f"{gflops:.0f} ({100 * gflops / line['ceiling_gflops']:.0f} %)"
+    first = lines[0]
+    low, high = first["ceiling_range"]
+    out = [f"fp32 ceiling: {first['ceiling_gflops']:.0f} GFLOP/s (median "
+           f"of the fastest 2048 x 2048 matrix product in each of the run's "
+           f"{first['processes']} processes; range {low:.0f}-{high:.0f}).",
+           "",
+           "| batch | best fp32 peer: img/s, GFLOP/s (% of ceiling) | "
+           "fastest route with the model's numbers: img/s, GFLOP/s "
+           "(% of ceiling) | "
+           f"{first['target']}× the best peer needs: img/s, GFLOP/s "
+           "(% of ceiling) |",
+           "| --- | --- | --- | --- |"]
+    for line in lines:
+        out.append(
+            f"| {line['batch']} | {line['peer']}: "
+            f"{line['peer_images_per_s']:.2f}, "
+            f"{share(line['peer_gflops'], line)} | {line['ours']}: "
+            f"{line['ours_images_per_s']:.2f}, "
+            f"{share(line['ours_gflops'], line)} | "
+            f"{line['target'] * line['peer_images_per_s']:.2f}, "
+            f"{share(line['need_gflops'], line)} |")
+    return "\n".join(out)
+
+
 def _serving_json(results, path):
     if path:
         with open(path, "w") as f:
@@ -696,6 +766,7 @@ def serving_main(args):
     rows = serving_rows(results)
     results["summary"] = rows
     results["recommended"] = serving_recommendation(rows)
+    results["ceiling"] = serving_ceiling(results, rows)
     _serving_json(results, args.out)
     print()
     print(summary.cpu_line(results["runs"]))
@@ -704,6 +775,9 @@ def serving_main(args):
     print()
     for line in serving_lines(results["recommended"]):
         print(line)
+    if results["ceiling"]:
+        print()
+        print(serving_ceiling_table(results["ceiling"]))
 
 
 def sgd_training():

@@ -202,6 +202,25 @@ def numpy_matmul_gflops(n=1024, repeats=10):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+def gemm_ceiling_gflops(n=2048, repeats=5):
+    """This CPU's fp32 compute ceiling as this process finds it: the
+    fastest of `repeats` large square matrix products through numpy (the
+    work a CPU runs closest to its peak; a convolution network's
+    convolutions run at most this fast). Unlike `numpy_matmul_gflops`
+    (a median, at 1024), an upper bound: the serving table's ceiling."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(n, n)).astype("float32")
+    b = rng.normal(size=(n, n)).astype("float32")
+    a @ b
+    fastest = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        fastest = min(fastest, time.perf_counter() - t)
+    return 2 * n ** 3 / fastest / 1e9
+
+
 def images(batch, size, seed=0):
     """A batch in NCHW float32, uniform 0-255 like benchmark.py's, then
     normalized with ImageNet's mean and std."""
@@ -513,6 +532,7 @@ def _finish(result, measured, work, matmul, via):
     median = record_steps(result, measured)
     result["matmul_gflops"] = matmul
     result["matmul_via"] = via
+    result["ceiling_gflops"] = gemm_ceiling_gflops()
     if work:
         achieved = work * result["batch"] / median / 1e9
         result["achieved_gflops"] = achieved

@@ -125,6 +125,10 @@ def f0_serving(source="benchmarks/results_serving.json"):
     lines = benchmark.serving_lines(benchmark.serving_recommendation(rows))
     if lines:
         parts += ["", " ".join(lines)]
+    ceiling = benchmark.serving_ceiling_table(
+        benchmark.serving_ceiling(data, rows))
+    if ceiling:
+        parts += ["", ceiling]
     if data.get("note"):
         parts += ["", f"Note: {data['note']}."]
     return "\n".join(parts + ["", _provenance(source)])

@@ -799,6 +799,43 @@ def test_serving_routes_are_compared_with_peers_of_their_precision():
                                "(0.80×)") for line in lines)
 
 
+def test_serving_ceiling_states_the_rate_the_target_needs():
+    """Each batch's best fp32 peer and fastest exact route as GFLOP/s of
+    the model against the median of the processes' GEMM ceilings, and
+    what 1.2x the best peer needs; the bf16 peer is not the fp32 one."""
+    benchmark = _benchmark()
+    flops = 25e9  # per image: 10 img/s is 250 GFLOP/s
+    runs = [dict(_serving_run("keras_folded", 6.0), ceiling_gflops=300.0),
+            dict(_serving_run("onnx", 8.0), ceiling_gflops=320.0),
+            dict(_serving_peer("openvino", 1, 10.0), ceiling_gflops=310.0,
+                 flops_per_image=flops),
+            dict(_serving_peer("openvino", 8, 11.0), ceiling_gflops=290.0,
+                 flops_per_image=flops),
+            dict(_serving_peer("openvino", 8, 30.0, "bfloat16"),
+                 ceiling_gflops=305.0, flops_per_image=flops)]
+    data = dict(exports=[dict(runtime="onnx", export_s=5.0, file_mb=286.0,
+                              rel_diff_vs_keras=2e-7)], runs=runs)
+    rows = benchmark.serving_rows(data)
+    lines = {x["batch"]: x for x in benchmark.serving_ceiling(data, rows)}
+    assert lines[1]["ceiling_gflops"] == 305.0  # median of the five
+    assert lines[1]["ceiling_range"] == (290.0, 320.0)
+    assert lines[8]["peer"] == "OpenVINO (timm, from PyTorch)"
+    assert lines[8]["peer_gflops"] == pytest.approx(275.0)
+    assert lines[8]["ours"] == "ONNX Runtime (folded export)"
+    assert lines[8]["ours_gflops"] == pytest.approx(400.0)
+    assert lines[8]["need_gflops"] == pytest.approx(1.2 * 275.0)
+    table = benchmark.serving_ceiling_table(list(lines.values()))
+    assert "fp32 ceiling: 305 GFLOP/s" in table
+    assert ("| 8 | OpenVINO (timm, from PyTorch): 11.00, 275 (90 %) | "
+            "ONNX Runtime (folded export): 16.00, 400 (131 %) | "
+            "13.20, 330 (108 %) |") in table
+    # Runs recorded before the ceiling: no table.
+    old = dict(data, runs=[{k: v for k, v in r.items()
+                            if k != "ceiling_gflops"} for r in runs])
+    assert benchmark.serving_ceiling(old, benchmark.serving_rows(old)) == []
+    assert benchmark.serving_ceiling_table([]) == ""
+
+
 def test_serving_run_end_to_end_on_a_tiny_model(tmp_path):
     """`--serving` on the tiny NFNet at 32 px without peers: the Keras,
     ONNX and OpenVINO routes exported in their own processes, each
@@ -828,6 +865,7 @@ def test_serving_run_end_to_end_on_a_tiny_model(tmp_path):
     assert data["recommended"]["runtime"] in {"keras_folded", "onnx",
                                               "openvino"}
     assert "| OpenVINO (folded export) | fp32 |" in proc.stdout
+    assert all(r["ceiling_gflops"] > 0 for r in data["runs"])
 
 
 def test_agc_cost_alternates_and_takes_the_median_of_pairs():
