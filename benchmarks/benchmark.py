@@ -642,13 +642,15 @@ def serving_ceiling_table(lines):
     low, high = first["ceiling_range"]
     out = [f"fp32 ceiling: {first['ceiling_gflops']:.0f} GFLOP/s (median "
            f"of the fastest 2048 x 2048 matrix product in each of the run's "
-           f"{first['processes']} processes; range {low:.0f}-{high:.0f}).",
+           f"{first['processes']} processes; range {low:.0f}-{high:.0f}). "
+           "Shares are of the median; the last column also of the fastest "
+           "process's.",
            "",
            "| batch | best fp32 peer: img/s, GFLOP/s (% of ceiling) | "
            "fastest route with the model's numbers: img/s, GFLOP/s "
            "(% of ceiling) | "
            f"{first['target']}× the best peer needs: img/s, GFLOP/s "
-           "(% of ceiling) |",
+           "(% of ceiling; of the fastest process's) |",
            "| --- | --- | --- | --- |"]
     for line in lines:
         out.append(
@@ -658,7 +660,8 @@ def serving_ceiling_table(lines):
             f"{line['ours_images_per_s']:.2f}, "
             f"{share(line['ours_gflops'], line)} | "
             f"{line['target'] * line['peer_images_per_s']:.2f}, "
-            f"{share(line['need_gflops'], line)} |")
+            f"{share(line['need_gflops'], line)[:-1]}; "
+            f"{100 * line['need_gflops'] / high:.0f} %) |")
     return "\n".join(out)
 
 
