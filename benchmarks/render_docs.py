@@ -545,6 +545,8 @@ TABLES["f0_serving_avx2"] = lambda: f0_serving(
     "benchmarks/results_serving_avx2.json")
 TABLES["f0_gpu"] = f0_gpu
 TABLES["f0_remat"] = f0_remat
+TABLES["f0_remat_avx2"] = lambda: f0_remat(
+    "benchmarks/results_remat_avx2.json")
 TABLES["f0_remat_share035"] = lambda: f0_remat(
     "benchmarks/results_remat_share035.json")
 
