@@ -653,6 +653,7 @@ def serving_ceiling_table(lines):
            "(% of ceiling; of the fastest process's) |",
            "| --- | --- | --- | --- |"]
     for line in lines:
+        need = line["need_gflops"]
         out.append(
             f"| {line['batch']} | {line['peer']}: "
             f"{line['peer_images_per_s']:.2f}, "
@@ -660,8 +661,8 @@ def serving_ceiling_table(lines):
             f"{line['ours_images_per_s']:.2f}, "
             f"{share(line['ours_gflops'], line)} | "
             f"{line['target'] * line['peer_images_per_s']:.2f}, "
-            f"{share(line['need_gflops'], line)[:-1]}; "
-            f"{100 * line['need_gflops'] / high:.0f} %) |")
+            f"{need:.0f} ({100 * need / line['ceiling_gflops']:.0f} %; "
+            f"{100 * need / high:.0f} %) |")
     return "\n".join(out)
 
 
