@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-all test-floor test-notf demo bench bench-peers bench-serving bench-remat bench-int8 bench-agc bench-contended \
-	bench-profile bench-first-step bench-conv bench-all bench-venv bench-gpu clean
+	bench-profile bench-first-step bench-conv bench-serving-profile bench-all bench-venv bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -200,7 +200,13 @@ bench-first-step: $(BENCH_STAMP)
 bench-conv: $(BENCH_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/conv_gradients.py --out benchmarks/results_conv_gradients.json
 
-bench-all: bench bench-contended bench-profile bench-first-step bench-conv
+# Where OpenVINO's inference time goes, op class by op class, in the folded
+# export and in timm's model, and what Winograd for the stride-1 3x3
+# convolutions could save (docs/performance.md).
+bench-serving-profile: $(BENCH_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/serving_profile.py --out benchmarks/results_serving_profile.json
+
+bench-all: bench bench-contended bench-profile bench-first-step bench-conv bench-serving-profile
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --compare_allocator --out benchmarks/results.json
 	TF_CPP_MIN_LOG_LEVEL=2 $(BENCH_PY) benchmarks/benchmark.py --modes train --backend tensorflow,jax,torch --out benchmarks/results_backends.json
 

@@ -941,3 +941,71 @@ def test_agc_cost_run_on_tiny_models(tmp_path):
         assert r["cpu"]["model"]
     assert data["verdict"].startswith("AGC's per-step cost: ")
     assert "| timm |" in proc.stdout
+
+
+def test_winograd_f23_computes_the_grouped_convolution():
+    """benchmarks/serving_profile.py's F(2, 3) in OpenVINO ops against a
+    grouped stride-1 "same" 3x3 convolution computed in float64 numpy,
+    within fp32's rounding bound."""
+    _needs("openvino")
+    import openvino as ov
+    serving_profile = importlib.import_module("benchmarks.serving_profile")
+    rng = np.random.default_rng(3)
+    n, cin, cout, h, groups = 2, 8, 6, 6, 2
+    cg, og = cin // groups, cout // groups
+    w = rng.standard_normal((groups, og, cg, 3, 3)).astype("float32")
+    x = rng.standard_normal((n, cin, h, h)).astype("float32")
+    got = ov.Core().compile_model(
+        serving_profile.winograd_model(n, cin, h, w), "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+    xp = np.pad(x.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want, scale = np.zeros((n, cout, h, h)), np.zeros((n, cout, h, h))
+    for g in range(groups):
+        for i in range(3):
+            for j in range(3):
+                patch = xp[:, g * cg:(g + 1) * cg, i:i + h, j:j + h]
+                want[:, g * og:(g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", patch, w[g, :, :, i, j])
+                scale[:, g * og:(g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", np.abs(patch), np.abs(w[g, :, :, i, j]))
+    # A sum of k terms in fp32 is within k * eps of the sum of their
+    # magnitudes; F(2, 3)'s transforms add 4 + 4 terms before and after the
+    # 16 products per output and scale them by at most 4 (B^T d B, A^T m A).
+    eps = np.finfo("float32").eps
+    assert np.all(np.abs(got - want) <= 4 * (9 * cg + 16) * eps * scale)
+    assert np.abs(got - want).max() > 0  # fp32, not float64
+
+
+def test_serving_profile_end_to_end_at_64_px(tmp_path):
+    """benchmarks/serving_profile.py at 64 px, batch 1, one round: both IRs
+    made in their own processes and profiled node by node; they hold the
+    same network's FLOPs (keras_nfnets' own count); every stride-1 3x3
+    shape has its Winograd row, with F(2, 3)'s output as the convolution's;
+    the network table and its verdict line. Exports F0 twice (Keras and
+    timm): about 40 s."""
+    _needs("openvino", "torch", "timm")
+    import keras_nfnets
+    from keras_nfnets import flops
+    serving_profile = importlib.import_module("benchmarks.serving_profile")
+    out = tmp_path / "profile.json"
+    data = serving_profile.main([
+        "--size", "64", "--batches", "1", "--rounds", "1", "--repeats", "1",
+        "--winograd_rounds", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["network"] == data["network"]
+    model = keras_nfnets.NFNet("F0", weights=None, input_shape=(64, 64, 3))
+    expected = flops.count_flops(model)
+    for side in ("ours", "timm"):
+        profile = data["profiles"][side]["1"]
+        assert sum(r["flops"] for r in profile["classes"].values()) == \
+            pytest.approx(expected, rel=1e-3)
+        assert profile["classes"]["GroupConv 3x3, stride 1"]["nodes"] == 19
+    shapes = {tuple(c["shape"]) for c in
+              data["profiles"]["ours"]["1"]["stride1_3x3"]}
+    assert {(r["in_channels"], r["out_channels"], r["spatial"], r["groups"])
+            for r in data["winograd"]} == shapes
+    assert all(r["rel_diff"] < 1e-5 for r in data["winograd"])
+    text = serving_profile.tables(data)
+    assert "| Conv 1x1 |" in text and "| all executed nodes |" in text
+    assert text.splitlines()[-1].startswith("F(2, 3) as OpenVINO ops is ")
+    with pytest.raises(SystemExit):
+        serving_profile.main(["--size", "100"])
