@@ -36,6 +36,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1.2
 
+# One class for the linear layers on pooled features (squeeze-excite and
+# classifier), which one IR runs as FullyConnected and the other as 1x1
+# convolutions on a 1 x 1 input.
+LINEAR = "linear on pooled features"
 # F(2, 3)'s matrices (Lavin and Gray, 2016): Y = A^T [(G g G^T) * (B^T d B)] A.
 WINOGRAD_G = ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1))
 
@@ -73,13 +77,14 @@ def node_kind(layer_type, ins, out):
     """(class, FLOPs, convolution shape) of an executed node from its
     compiled input and output shapes: convolutions as "Conv 1x1",
     "GroupConv 3x3, stride 2" ..., with (in channels, out channels, output
-    spatial size, groups, kernel, stride); matrix products with their
-    FLOPs; any other node by its type, with no FLOPs."""
+    spatial size, groups, kernel, stride); matrix products, and 1x1
+    convolutions on a 1 x 1 input, as `LINEAR` with their FLOPs; any other
+    node by its type, with no FLOPs."""
     if layer_type in ("FullyConnected", "MatMul") and ins:
         size = 1
         for d in _dims(out):
             size *= d
-        return layer_type, 2 * size * _dims(ins[0])[-1], None
+        return LINEAR, 2 * size * _dims(ins[0])[-1], None
     if layer_type not in ("Convolution", "GroupConvolution") or len(ins) < 2:
         return layer_type, 0, None
     x, w, y = _dims(ins[0]), _dims(ins[1]), _dims(out)
@@ -92,6 +97,8 @@ def node_kind(layer_type, ins, out):
     if kh > 1:
         name += f", stride {stride}"
     flops = 2 * y[0] * y[1] * y[2] * y[3] * cin_g * kh * kw
+    if y[2:] == [1, 1] and kh == kw == 1:
+        return LINEAR, flops, None
     return name, flops, (x[1], y[1], y[2], groups, kh, stride)
 
 
@@ -346,6 +353,9 @@ def tables(data):
     out += ["", f"OpenVINO {data['openvino']} on {cpu.get('model')} "
             f"({cpu.get('isa')}), fp32 (`INFERENCE_PRECISION_HINT` f32), "
             f"NFNet-{data['variant']} at {data['size']} px, static batch; "
+            f"`{LINEAR}`: the squeeze-excite layers and the classifier "
+            "(`FullyConnected` nodes in one IR, 1x1 convolutions on a 1 x 1 "
+            "input in the other); "
             f"node times are the CPU plugin's counters, medians over "
             f"{data['rounds']} interleaved rounds of {data['repeats']} calls. "
             f"This process's fp32 ceiling (the fastest of five 2048 x 2048 "
@@ -399,7 +409,7 @@ def main(argv=None):
     p.add_argument("--variant", default="F0")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--winograd_rounds", type=int, default=6)
     p.add_argument("--export", choices=("ours", "timm"), default=None,

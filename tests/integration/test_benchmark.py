@@ -999,6 +999,8 @@ def test_serving_profile_end_to_end_at_64_px(tmp_path):
         assert sum(r["flops"] for r in profile["classes"].values()) == \
             pytest.approx(expected, rel=1e-3)
         assert profile["classes"]["GroupConv 3x3, stride 1"]["nodes"] == 19
+        # 12 squeeze-excites of two linears each, and the classifier
+        assert profile["classes"][serving_profile.LINEAR]["nodes"] == 25
     shapes = {tuple(c["shape"]) for c in
               data["profiles"]["ours"]["1"]["stride1_3x3"]}
     assert {(r["in_channels"], r["out_channels"], r["spatial"], r["groups"])
