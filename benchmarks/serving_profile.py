@@ -17,8 +17,9 @@ the folded IR and time, in one process and interleaved, OpenVINO's own
 convolution against F(2, 3) written as OpenVINO ops (input transform as
 slices and adds, the 16 x groups products as one batched `MatMul`, output
 transform as adds and a transpose); the `MatMul` node's own time is what
-the formulation would cost if its transforms were free. The network rows
-put those times in place of the profiled convolutions'.
+the formulation would cost if its transforms were free, and so is F(4, 3)'s
+`MatMul` alone (its 36 x groups products, transforms left out). The
+network rows put those times in place of the profiled convolutions'.
 """
 
 import argparse
@@ -40,6 +41,9 @@ TARGET = 1.2
 # classifier), which one IR runs as FullyConnected and the other as 1x1
 # convolutions on a 1 x 1 input.
 LINEAR = "linear on pooled features"
+# Every compiled model: fp32 (OpenVINO's default is bf16 on a CPU with bf16
+# arithmetic) and the plugin's per-node counters.
+CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"}
 # F(2, 3)'s matrices (Lavin and Gray, 2016): Y = A^T [(G g G^T) * (B^T d B)] A.
 WINOGRAD_G = ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1))
 
@@ -104,8 +108,7 @@ def node_kind(layer_type, ins, out):
 
 def compile_ir(core, model, batch, shape):
     model.reshape({model.inputs[0]: [batch, *shape]})
-    return core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"})
+    return core.compile_model(model, "CPU", CONFIG)
 
 
 def profile_once(request, x, repeats):
@@ -221,14 +224,15 @@ def winograd_model(n, cin, h, w):
 
 def products_model(n, cin, h, w, m):
     """F(m, 3)'s products alone, on its transformed input: (m + 2)^2 x
-    groups matrix products over (h / m)^2 tiles per image, transforms
-    left out (their cost is not in this time)."""
+    groups matrix products over ceil(h / m)^2 tiles per image (the input
+    padded to whole tiles), transforms left out (their cost is not in this
+    time)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import openvino as ov  # pylint: disable=import-outside-toplevel
     import openvino.opset13 as op  # pylint: disable=import-outside-toplevel
     groups, cout_g, cin_g = w.shape[:3]
     k = (m + 2) ** 2 * groups
-    v = op.parameter([k, cin_g, n * (h // m) ** 2], np.float32)
+    v = op.parameter([k, cin_g, n * (-(-h // m)) ** 2], np.float32)
     u = np.random.default_rng(0).standard_normal((k, cout_g, cin_g))
     return ov.Model([op.matmul(op.constant(u.astype(np.float32)), v, False,
                                False)], [v])
@@ -251,8 +255,7 @@ def winograd_rows(core, shapes, batches, rounds, repeats):
                           winograd=winograd_model(n, cin, h, w),
                           f43=products_model(n, cin, h, w, 4))
             requests = {name: core.compile_model(
-                model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                               "PERF_COUNT": "YES"}).create_infer_request()
+                model, "CPU", CONFIG).create_infer_request()
                 for name, model in models.items()}
             inputs = {name: x if name != "f43" else rng.standard_normal(
                 models[name].inputs[0].shape).astype(np.float32)
@@ -310,7 +313,7 @@ def network_bounds(profiles, wino, batches):
     return out
 
 
-def _cell(classes, key, batch, total):
+def _cell(classes, key, total):
     row = classes.get(key)
     if row is None:
         return "-"
@@ -341,8 +344,9 @@ def tables(data):
                     / int(n) for side in prof for n in batches)
         line = f"| {key} | {flops / 1e9:.2f} |" if flops else f"| {key} | - |"
         for n in batches:
-            line += "".join(f" {_cell(prof[side][n]['classes'], key, n, totals[side, n])} |"
-                            for side in ("ours", "timm"))
+            line += "".join(
+                f" {_cell(prof[side][n]['classes'], key, totals[side, n])} |"
+                for side in ("ours", "timm"))
         out.append(line)
     line = "| all executed nodes | |"
     for n in batches:
@@ -422,9 +426,9 @@ def main(argv=None):
         return None
     if args.variant != "F0":
         p.error("timm's peer model is F0's (dm_nfnet_f0): --variant F0 only")
-    if args.size % 32:
-        p.error(f"--size {args.size}: a multiple of 32 (F0's stages halve "
-                "it five times, and F(2, 3) tiles even sizes)")
+    if args.size % 64:
+        p.error(f"--size {args.size}: a multiple of 64 (F0's last stage "
+                "works at 1/32 of it, and F(2, 3) tiles even sizes)")
     batches = [int(b) for b in args.batches.split(",")]
     import numpy as np  # pylint: disable=import-outside-toplevel
     import openvino as ov  # pylint: disable=import-outside-toplevel
@@ -449,7 +453,8 @@ def main(argv=None):
         for n in batches:
             compiled = {k: compile_ir(core, m, n, layout[k])
                         for k, m in models.items()}
-            requests = {k: c.create_infer_request() for k, c in compiled.items()}
+            requests = {k: c.create_infer_request()
+                        for k, c in compiled.items()}
             x = {k: rng.uniform(-2, 2, (n, *layout[k])).astype(np.float32)
                  for k in models}
             for k, r in requests.items():  # warm up
