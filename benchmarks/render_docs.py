@@ -538,17 +538,6 @@ def f0_conv_gradients(source="benchmarks/results_conv_gradients.json"):
 
 TABLES["f0_conv_gradients"] = f0_conv_gradients
 
-
-def f0_serving_profile(source="benchmarks/results_serving_profile.json"):
-    """OpenVINO's time op class by op class in the folded export and in
-    timm's model, and Winograd for the stride-1 3x3 convolutions
-    (benchmarks/serving_profile.py)."""
-    from benchmarks import serving_profile
-    return "\n".join([serving_profile.tables(_load(source)), "",
-                      _provenance(source)])
-
-
-TABLES["f0_serving_profile"] = f0_serving_profile
 TABLES["f0_conv_gradients_onednn"] = lambda: f0_conv_gradients(
     "benchmarks/results_conv_gradients_onednn.json")
 # The same peer and serving runs on the AVX2 CPU (TensorFlow's Eigen kernels).
@@ -561,6 +550,18 @@ TABLES["f0_remat_avx2"] = lambda: f0_remat(
     "benchmarks/results_remat_avx2.json")
 TABLES["f0_remat_share035"] = lambda: f0_remat(
     "benchmarks/results_remat_share035.json")
+
+
+def f0_serving_profile(source="benchmarks/results_serving_profile.json"):
+    """OpenVINO's time op class by op class in the folded export and in
+    timm's model, and Winograd for the stride-1 3x3 convolutions
+    (benchmarks/serving_profile.py)."""
+    from benchmarks import serving_profile
+    return "\n".join([serving_profile.tables(_load(source)), "",
+                      _provenance(source)])
+
+
+TABLES["f0_serving_profile"] = f0_serving_profile
 
 
 def render(text):

@@ -59,13 +59,13 @@ def export_ir(which, path, variant, size):
         folded = keras_nfnets.fold_weight_standardization(model)
         folded.export(path, format="openvino", verbose=False)
         return
-    import timm  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers  # pylint: disable=import-outside-toplevel
-    torch.manual_seed(0)
-    model = timm.create_model(peers.TIMM_MODEL, pretrained=False,
-                              num_classes=1000).eval()
+    # The serving peer's model, made as the peer run makes it.
+    # pylint: disable-next=protected-access
+    model = peers._timm_model(argparse.Namespace(
+        model=peers.TIMM_MODEL, impl="timm", channels_last=False)).eval()
     with torch.no_grad():
         converted = ov.convert_model(
             model, example_input=torch.zeros(1, 3, size, size))
